@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install sample-runs bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU wheel first, so that no resolver pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/stability demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15
+
+sample-runs: $(STAMP)
+	$(BIN)/stability sample-runs --out sample_runs
+
+bench: $(STAMP)
+	$(BIN)/stability bench overhead --json
+	$(BIN)/stability bench store --json
+	$(BIN)/stability bench policies --json
+	$(BIN)/stability bench dashboard --json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,84 @@
+"""Canonical metric, event and status names.
+
+These strings are the values of the store's `metric`, `kind` and `status` columns. Probes, the store, the
+detector, the policies, alerting and the dashboard all use these constants; nothing else invents a name.
+
+A metric value is keyed by `(metric, layer)`. `layer` is "" for run-wide scalars (loss, lr, ...). For
+`grad_norm`, layer `total` is the whole model and `embedding` the input embedding; otherwise it is the
+top-level block's name as the model names it (e.g. `layers.3`, `final_norm`, `head`).
+"""
+
+from __future__ import annotations
+
+# --- metrics ---------------------------------------------------------------------------------------------
+LOSS = "loss"
+LR = "lr"
+GRAD_NORM = "grad_norm"
+PARAM_NORM = "param_norm"
+UPDATE_RATIO = "update_ratio"
+ATTN_SCORE_MAX = "attn_score_max"
+ATTN_SCORE_MIN = "attn_score_min"
+ATTN_ENTROPY = "attn_entropy"
+NONFINITE_GRADS = "nonfinite_grads"
+LOSS_SCALE = "loss_scale"
+SKIPPED_STEP = "skipped_step"
+ACT_ABSMAX = "act_absmax"
+TOKENS_PER_S = "tokens_per_s"
+STEP_TIME = "step_time"
+
+# Derived by the detector and stored so the dashboard and alerting can show it.
+SPIKE_RISK = "spike_risk"
+# Set by the policies: 1.0 while Embedding Gradient Shrink is active, else 0.0.
+EGS_ACTIVE = "egs_active"
+
+ALL_METRICS = (
+    LOSS, LR, GRAD_NORM, PARAM_NORM, UPDATE_RATIO, ATTN_SCORE_MAX, ATTN_SCORE_MIN, ATTN_ENTROPY,
+    NONFINITE_GRADS, LOSS_SCALE, SKIPPED_STEP, ACT_ABSMAX, TOKENS_PER_S, STEP_TIME, SPIKE_RISK, EGS_ACTIVE,
+)
+
+# Special layer names.
+LAYER_TOTAL = "total"
+LAYER_EMBEDDING = "embedding"
+NO_LAYER = ""
+
+# Global (all-rank) values carry rank -1; per-rank values carry their rank.
+GLOBAL_RANK = -1
+
+# FP16's largest finite value: scores or activations above it overflow in half precision.
+FP16_MAX = 65504.0
+
+# --- events ----------------------------------------------------------------------------------------------
+EV_ALERT = "alert"              # detector: a spike is predicted (detail: signal, score)
+EV_SPIKE = "spike"              # labeller: a loss spike happened
+EV_DIVERGENCE = "divergence"    # labeller / trainer: loss went non-finite or never recovered
+EV_OVERFLOW_BURST = "overflow_burst"
+EV_EGS_ON = "egs_on"
+EV_EGS_OFF = "egs_off"
+EV_ROLLBACK = "rollback"
+EV_SKIP_STEP = "skip_step"
+EV_LR_BACKOFF = "lr_backoff"
+EV_ESCALATE = "escalate"
+EV_CHECKPOINT = "checkpoint"
+EV_CHECKPOINT_FAILED = "checkpoint_failed"
+EV_DRY_RUN = "dry_run"          # a policy that would have acted, in dry-run mode
+EV_STALLED = "stalled"
+EV_RESOLVED = "resolved"
+
+SEVERITIES = ("info", "warning", "critical")
+
+# --- run status ------------------------------------------------------------------------------------------
+ST_RUNNING = "running"
+ST_FINISHED = "finished"
+ST_FAILED = "failed"
+ST_DIVERGED = "diverged"
+ST_STOPPED = "stopped"
+
+
+def flat_key(metric: str, layer: str = NO_LAYER) -> str:
+    """`metric` for run-wide scalars, `metric/layer` otherwise: the key the detector sees."""
+    return metric if not layer else f"{metric}/{layer}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    metric, _, layer = key.partition("/")
+    return metric, layer
