@@ -26,13 +26,20 @@ def _command_modules():
     return mods
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get one line naming the flag, and exit code 2 (argparse would also print the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stability",
         description="Watch LLM pretraining runs, predict loss spikes before they happen, act on them.",
     )
     parser.add_argument("--version", action="version", version=f"stability {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in _command_modules():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
         mod.add_arguments(p)
@@ -55,6 +62,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stability {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

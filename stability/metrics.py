@@ -26,6 +26,9 @@ ACT_ABSMAX = "act_absmax"
 TOKENS_PER_S = "tokens_per_s"
 STEP_TIME = "step_time"
 
+# Held-out loss of the reference trainer (evaluated every `eval_every` steps and at the end).
+VAL_LOSS = "val_loss"
+
 # Derived by the detector and stored so the dashboard and alerting can show it.
 SPIKE_RISK = "spike_risk"
 # Set by the policies: 1.0 while Embedding Gradient Shrink is active, else 0.0.
@@ -33,7 +36,7 @@ EGS_ACTIVE = "egs_active"
 
 ALL_METRICS = (
     LOSS, LR, GRAD_NORM, PARAM_NORM, UPDATE_RATIO, ATTN_SCORE_MAX, ATTN_SCORE_MIN, ATTN_ENTROPY,
-    NONFINITE_GRADS, LOSS_SCALE, SKIPPED_STEP, ACT_ABSMAX, TOKENS_PER_S, STEP_TIME, SPIKE_RISK, EGS_ACTIVE,
+    NONFINITE_GRADS, LOSS_SCALE, SKIPPED_STEP, ACT_ABSMAX, TOKENS_PER_S, STEP_TIME, VAL_LOSS, SPIKE_RISK, EGS_ACTIVE,
 )
 
 # Special layer names.

@@ -1,0 +1,100 @@
+"""`stability train`: train the reference GLM model with the monitor, store, detector and policies."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from stability.cli import UsageError
+from stability.config import LN_VARIANTS, PRECISIONS, ModelConfig, TrainConfig
+
+NAME = "train"
+HELP = "train the reference GLM model (blank infilling on the shipped corpus), monitored and recorded"
+
+
+def add_store_argument(parser, required: bool = False):
+    parser.add_argument("--store", metavar="DIR", required=required,
+                        default=None if required else os.environ.get("STABILITY_STORE", "runs"),
+                        help="run store folder (default: $STABILITY_STORE or ./runs)")
+
+
+def check_writable_store(path: str) -> Path:
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--store {path}: not writable ({e.strerror or e})")
+    return p
+
+
+def add_arguments(p):
+    m = p.add_argument_group("model")
+    m.add_argument("--ln", choices=LN_VARIANTS, default="pre", help="LayerNorm placement (default: pre)")
+    m.add_argument("--d-model", type=int, default=ModelConfig.d_model)
+    m.add_argument("--n-layer", type=int, default=ModelConfig.n_layer)
+    m.add_argument("--n-head", type=int, default=ModelConfig.n_head)
+    m.add_argument("--fp32-softmax", action="store_true", help="GLM-130B's scaled scores with softmax in fp32")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int, default=TrainConfig.steps)
+    t.add_argument("--lr", type=float, default=TrainConfig.lr)
+    t.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    t.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    t.add_argument("--init-loss-scale", type=float, default=TrainConfig.init_loss_scale,
+                   help="GradScaler's initial loss scale (fp16)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    t.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
+    t.add_argument("--grad-clip", type=float, default=TrainConfig.grad_clip, help="0 turns clipping off")
+    t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    r = p.add_argument_group("recording")
+    add_store_argument(r)
+    r.add_argument("--run", metavar="NAME", help="run name (default: derived from the config and time)")
+    r.add_argument("--log-every", type=int, default=1, help="monitor and log every N steps")
+    r.add_argument("--no-monitor", action="store_true", help="train bare: no probes (loss and lr still logged)")
+    r.add_argument("--no-detect", action="store_true", help="do not run the online spike detector")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def config_from_args(args) -> TrainConfig:
+    if args.steps < 0:
+        raise UsageError(f"--steps must be >= 0, got {args.steps}")
+    try:
+        model = ModelConfig(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, ln=args.ln,
+                            fp32_softmax=args.fp32_softmax)
+        return TrainConfig(model=model, steps=args.steps, lr=args.lr, warmup=args.warmup,
+                           precision=args.precision, init_loss_scale=args.init_loss_scale, seed=args.seed,
+                           batch_size=args.batch_size, seq_len=args.seq_len, grad_clip=args.grad_clip,
+                           weight_decay=args.weight_decay, log_every=args.log_every, threads=args.threads)
+    except ValueError as e:
+        raise UsageError(str(e))
+
+
+def session_options(args):
+    from stability.session import SessionOptions
+
+    check_writable_store(args.store)
+    return SessionOptions(store=args.store, run=args.run, monitor=not args.no_monitor,
+                          detect=not args.no_detect, progress=not args.quiet)
+
+
+def run(args) -> int:
+    from stability.session import build_trainer
+
+    cfg = config_from_args(args)
+    opts = session_options(args)
+    trainer = build_trainer(cfg, opts)
+    m = trainer.model
+    if not args.quiet:
+        print(f"run {trainer.run_name}: GLM {cfg.model.ln}-LN, {m.num_parameters() / 1e6:.2f}M parameters, "
+              f"{cfg.precision}, lr {cfg.lr:g}, warm-up {cfg.warmup}, {cfg.steps} steps -> store {opts.store}",
+              file=sys.stderr)
+    result = trainer.fit()
+    print(f"run {result.run}: {result.status} after {result.steps} steps in {result.wall_time:.1f} s "
+          f"({result.steps / max(result.wall_time, 1e-9):.2f} steps/s); final train loss {result.final_loss:.4f}, "
+          f"held-out loss {result.val_loss:.4f}")
+    return 0 if result.status in ("finished", "stopped") else 1

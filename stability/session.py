@@ -1,0 +1,60 @@
+"""Wire a training run: trainer + monitor + store writer + detector + policies + notifier.
+
+Used by `stability train`, the demo, the sample-run and evaluation-suite generators, and the benchmarks, so that
+every caller trains the reference model the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stability.config import TrainConfig
+from stability.train import RunResult, Trainer, run_metadata
+
+
+@dataclass
+class SessionOptions:
+    store: str | Path | None = None
+    """Run store folder; None records nothing."""
+    run: str | None = None
+    """Run name; default derived from the config and the time."""
+    monitor: bool = True
+    detect: bool = True
+    progress: bool = True
+    policies: list = field(default_factory=list)
+    """Policy objects (see stability.policies) attached to the trainer."""
+    notifier: object | None = None
+    monitor_options: dict = field(default_factory=dict)
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    return (f"{cfg.model.ln}-{cfg.precision}-lr{cfg.lr:g}-w{cfg.warmup}-s{cfg.seed}-"
+            f"{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
+    name = opts.run or default_run_name(cfg)
+    sink = None
+    if opts.store is not None:
+        from stability.store import RunStore
+
+        sink = RunStore(opts.store).create_run(name, config=run_metadata(cfg))
+    detector = None
+    if opts.detect:
+        from stability.detector import OnlineDetector
+
+        detector = OnlineDetector()
+    trainer = Trainer(cfg, sink=sink, detector=detector, policies=opts.policies, notifier=opts.notifier,
+                      run_name=name, progress=opts.progress)
+    if opts.monitor:
+        import probes
+
+        trainer.monitor = probes.Monitor(trainer.model, probes.MonitorConfig(every=cfg.log_every,
+                                                                             **opts.monitor_options))
+    return trainer
+
+
+def train(cfg: TrainConfig, opts: SessionOptions | None = None) -> RunResult:
+    return build_trainer(cfg, opts or SessionOptions()).fit()
