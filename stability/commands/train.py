@@ -58,6 +58,11 @@ def add_arguments(p):
     r.add_argument("--no-monitor", action="store_true", help="train bare: no probes (loss and lr still logged)")
     r.add_argument("--no-detect", action="store_true", help="do not run the online spike detector")
     r.add_argument("--quiet", action="store_true", help="no progress output")
+    from stability import distributed
+    from stability.alerting import cli_args as alert_args
+
+    distributed.add_arguments(p.add_argument_group("distributed"))
+    alert_args.add_arguments(p)
 
 
 def config_from_args(args) -> TrainConfig:
@@ -85,8 +90,19 @@ def session_options(args):
 def run(args) -> int:
     from stability.session import build_trainer
 
+    from stability import distributed
+
     cfg = config_from_args(args)
     opts = session_options(args)
+    launched = distributed.maybe_launch(args)  # --nproc N: N workers run this command; or join their group
+    if launched is not None:
+        return launched
+    from stability.alerting import cli_args as alert_args
+    from stability.session import default_run_name
+
+    opts.run = opts.run or default_run_name(cfg)
+    if distributed.is_main():  # one rank pages and serves /metrics
+        opts.notifier = alert_args.notifier_from_args(args, run=opts.run)
     trainer = build_trainer(cfg, opts)
     m = trainer.model
     if not args.quiet:
@@ -94,6 +110,8 @@ def run(args) -> int:
               f"{cfg.precision}, lr {cfg.lr:g}, warm-up {cfg.warmup}, {cfg.steps} steps -> store {opts.store}",
               file=sys.stderr)
     result = trainer.fit()
+    if not distributed.is_main():
+        return 0 if result.status in ("finished", "stopped") else 1
     print(f"run {result.run}: {result.status} after {result.steps} steps in {result.wall_time:.1f} s "
           f"({result.steps / max(result.wall_time, 1e-9):.2f} steps/s); final train loss {result.final_loss:.4f}, "
           f"held-out loss {result.val_loss:.4f}")
