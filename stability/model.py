@@ -169,11 +169,15 @@ class GLM(nn.Module):
             x = block(x, cos, sin, attn_mask)
         return self.head(self.final_norm(x))
 
-    def loss(self, batch) -> torch.Tensor:
-        """Mean cross-entropy over Part B targets (the blanks), computed in fp32."""
+    def loss(self, batch, normalizer: float | None = None) -> torch.Tensor:
+        """Cross-entropy over Part B targets (the blanks), computed in fp32: their mean, or with `normalizer`
+        their sum divided by it. Data parallel passes (global targets / world size): DDP averages gradients over
+        ranks, so the update is the single-process update on the global batch."""
         logits = self(batch.tokens, batch.positions, batch.attn_mask)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.targets.view(-1),
-                               ignore_index=IGNORE)
+        flat, targets = logits.float().view(-1, logits.size(-1)), batch.targets.view(-1)
+        if normalizer is None:
+            return F.cross_entropy(flat, targets, ignore_index=IGNORE)
+        return F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum") / normalizer
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -37,7 +37,19 @@ def default_run_name(cfg: TrainConfig) -> str:
 def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
     name = opts.run or default_run_name(cfg)
     sink = None
-    if opts.store is not None:
+    notifier = opts.notifier
+    from stability.distributed import is_initialized
+
+    if is_initialized():
+        # One run for all ranks (see stability/rank_sink.py); alerts are sent once, from rank 0.
+        import torch.distributed as dist
+        from stability import rank_sink
+
+        name = rank_sink.agree(name)
+        if opts.store is not None:
+            sink = rank_sink.open_run(opts.store, name, dict(run_metadata(cfg), world_size=dist.get_world_size()))
+        notifier = notifier if dist.get_rank() == 0 else None
+    elif opts.store is not None:
         from stability.store import RunStore
 
         sink = RunStore(opts.store).create_run(name, config=run_metadata(cfg))
@@ -46,7 +58,7 @@ def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
         from stability.detector import OnlineDetector
 
         detector = OnlineDetector()
-    trainer = Trainer(cfg, sink=sink, detector=detector, policies=opts.policies, notifier=opts.notifier,
+    trainer = Trainer(cfg, sink=sink, detector=detector, policies=opts.policies, notifier=notifier,
                       run_name=name, progress=opts.progress)
     if opts.monitor:
         import probes

@@ -125,6 +125,13 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.model = GLM(cfg.model)
+        self.dp = None
+        """Data parallel (stability.data_parallel) when a torch.distributed process group is initialized."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from stability.data_parallel import DataParallel
+
+            self.dp = DataParallel(self.model)
+        self.rank = self.dp.rank if self.dp is not None else 0
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -139,7 +146,7 @@ class Trainer:
         self.policies = list(policies)
         self.notifier = notifier
         self.run_name = run_name
-        self.progress = progress
+        self.progress = progress and self.rank == 0
         self.divergence_patience = divergence_patience
         self.step = 0
         self.lr_scale = 1.0
@@ -183,7 +190,8 @@ class Trainer:
         if self.monitor is not None:
             self.monitor.start_step(step)
         with autocast_context(cfg.precision):
-            loss = self.model.loss(batch)
+            # Data parallel: this rank's rows of the global batch, through DDP (gradients averaged over ranks).
+            loss = self.model.loss(batch) if self.dp is None else self.dp.loss(batch, logged)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -216,12 +224,22 @@ class Trainer:
                 t0 = time.perf_counter()
                 step = self.step
                 loss, batch, lr, skipped, logged = self.train_step()
-                loss_value = loss.item()  # the one host sync per step: progress, divergence and logging need it
-                self.losses.append(loss_value)
+                if self.dp is None:
+                    loss_value = loss.item()  # the one host sync per step: progress, divergence and logging need it
+                else:
+                    loss_value, nonfinite = self.dp.local_values(loss)  # the same one sync, this rank's values
+                tokens = batch.n_tokens if self.dp is None else self.dp.local_rows.n_tokens
                 record = None
                 if self.monitor is not None:
                     record = self.monitor.after_optimizer_step(
-                        step, loss=loss, lr=lr, tokens=batch.n_tokens, optimizer=self.optimizer, scaler=self.scaler)
+                        step, loss=loss, lr=lr, tokens=tokens, optimizer=self.optimizer, scaler=self.scaler)
+                if self.dp is not None:
+                    if logged:
+                        self.sink.log(step, self.dp.rank_record(loss_value, nonfinite, time.perf_counter() - t0),
+                                      rank=self.rank)
+                    # From here on, global values only: every rank must take the same decisions.
+                    loss_value = self.dp.global_loss(loss_value, record)
+                self.losses.append(loss_value)
                 if record is None and logged:
                     dt = time.perf_counter() - t0
                     record = {(M.LOSS, ""): loss_value, (M.LR, ""): lr, (M.STEP_TIME, ""): dt,
@@ -230,9 +248,17 @@ class Trainer:
                     record[(M.SKIPPED_STEP, "")] = 1.0
                 alerts = []
                 if record is not None:
-                    self.sink.log(step, record)
+                    if self.dp is not None:
+                        own = record
+                        record = self.dp.shared(record)  # without the values each rank's own clock measured
                     if self.detector is not None:
                         alerts = self.detector.update(step, {M.flat_key(m, l): v for (m, l), v in record.items()})
+                        # The risk is stored with the step, so the dashboard and /metrics show what the detector saw.
+                        record[(M.SPIKE_RISK, "")] = float(self.detector.risk)
+                        if self.dp is not None:
+                            own[(M.SPIKE_RISK, "")] = record[(M.SPIKE_RISK, "")]
+                    self.sink.log(step, own if self.dp is not None else record)
+                    if self.detector is not None:
                         for a in alerts:
                             self.sink.event(step, M.EV_ALERT, severity=a.severity,
                                             detail={"signal": a.signal, "score": a.score, "message": a.message})
@@ -262,7 +288,8 @@ class Trainer:
             status = M.ST_FAILED
             raise
         finally:
-            val = self.evaluate() if status != M.ST_FAILED else float("nan")
+            # Data parallel: the replicas are identical, rank 0 evaluates for all.
+            val = self.evaluate() if status != M.ST_FAILED and self.rank == 0 else float("nan")
             if math.isfinite(val) or status == M.ST_DIVERGED:
                 self.sink.log(self.step, {(M.VAL_LOSS, ""): val})
             for p in self.policies:

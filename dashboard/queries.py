@@ -1,0 +1,317 @@
+"""Every read the dashboard makes from the run store, in one place.
+
+Plain functions take a `RunStore` (the benchmark and tests call them directly); the `cached_*` wrappers take the
+store folder as a string and sit behind `st.cache_data`. A run's cache key carries its *version* (last step and
+last write from its metadata), so an archived run is read once and a live run is re-read as soon as it grows.
+
+Every user input (run name, step window, kinds) reaches the store as a parameter of its API, never as SQL text.
+Errors are caught per run: a corrupt or half-written run becomes an `error` string on that run alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard.figures import bin_layers
+from dashboard.run_stats import SpikeInfo, loss_full, run_summary, spikes  # noqa: F401  (read through here)
+from stability import metrics as M
+
+LIVE_WINDOW_S = 60.0
+"""A running run written to within this many seconds is live (a closed run is archived at once)."""
+LIST_TTL_S = 0.5
+"""How long the run list (and with it every run's version) may be stale: bounds the live delay with run_every."""
+DATA_TTL_S = 600.0
+"""Data is keyed by run version, so it can stay cached long; the TTL only bounds memory for old versions."""
+MAX_ENTRIES = 256
+QUERY_THREADS = 2
+
+# Metrics the run view draws: (metric, all layers?)
+RUN_METRICS = (
+    (M.LOSS, False), (M.GRAD_NORM, True), (M.ATTN_SCORE_MAX, True), (M.ATTN_SCORE_MIN, True),
+    (M.NONFINITE_GRADS, False), (M.LOSS_SCALE, False), (M.SKIPPED_STEP, False), (M.EGS_ACTIVE, False),
+)
+# Events shown as alerts and actions (not routine checkpoints).
+ALERT_KINDS = (
+    M.EV_ALERT, M.EV_EGS_ON, M.EV_EGS_OFF, M.EV_ROLLBACK, M.EV_SKIP_STEP, M.EV_LR_BACKOFF, M.EV_ESCALATE,
+    M.EV_DRY_RUN, M.EV_OVERFLOW_BURST, M.EV_DIVERGENCE, M.EV_CHECKPOINT_FAILED, M.EV_STALLED, M.EV_RESOLVED,
+)
+EVENT_COLUMNS = ["run", "step", "time", "kind", "severity", "detail"]
+RUN_COLUMNS = ["run", "live", "status", "ln", "precision", "last_step", "spikes", "alerts", "last_write",
+               "started", "error"]
+
+
+# --- opening the store -----------------------------------------------------------------------------------
+def open_store(store_dir: str | Path):
+    """A read-only RunStore on `store_dir` (the dashboard never writes)."""
+    from stability.store import RunStore
+
+    params = inspect.signature(RunStore).parameters
+    kw = {"read_only": True} if "read_only" in params else {}
+    return RunStore(str(store_dir), **kw)
+
+
+def run_folders(store_dir: str | Path) -> list[str]:
+    """Names of run folders in the store, including ones whose metadata cannot be read."""
+    root = Path(store_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and any(
+                (p / n).exists() for n in ("run.json", "segments", "run.duckdb")):
+            out.append(p.name)
+    return out
+
+
+# --- plain queries (take a store) ------------------------------------------------------------------------
+def _unix(v) -> float:
+    """Seconds since the epoch from whatever the store gives (float, int, Timestamp, ISO string)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return float("nan")
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    try:
+        ts = pd.Timestamp(v)
+        if ts.tzinfo is None:
+            ts = ts.tz_localize("UTC")
+        return ts.timestamp()
+    except (ValueError, TypeError):
+        return float("nan")
+
+
+def list_runs(store, store_dir: str | Path, now: float | None = None) -> pd.DataFrame:
+    """One row per run folder: metadata, live flag, and `error` ("" when readable)."""
+    now = time.time() if now is None else now
+    rows: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    try:
+        meta = store.list_runs()
+    except Exception:  # one bad run.json must not hide the others: read them one by one
+        recs = []
+        for name in run_folders(store_dir):
+            try:
+                recs.append(store.run_info(name))
+            except Exception as e:
+                errors[name] = f"{type(e).__name__}: {e}"
+        meta = pd.DataFrame(recs)
+    for rec in meta.to_dict("records") if len(meta) else []:
+        cfg = rec.get("config")
+        if isinstance(cfg, str):
+            try:
+                cfg = json.loads(cfg)
+            except ValueError:
+                cfg = {}
+        cfg = cfg if isinstance(cfg, dict) else {}
+        last_write = _unix(rec.get("last_write"))
+        status = str(rec.get("status") or "")
+        rows[str(rec["run"])] = {
+            "run": str(rec["run"]), "status": status,
+            "ln": rec.get("ln") or cfg.get("ln") or "", "precision": rec.get("precision") or cfg.get("precision") or "",
+            "last_step": int_or_none(rec.get("last_step")), "last_write": last_write,
+            "started": _unix(rec.get("started")), "error": str(rec.get("error") or ""),
+            "live": is_live(status, last_write, now),
+        }
+    for name in run_folders(store_dir):
+        if name not in rows:
+            rows[name] = {"run": name, "status": "", "ln": "", "precision": "", "last_step": None,
+                          "last_write": float("nan"), "started": float("nan"), "live": False,
+                          "error": errors.get(name, "run metadata (run.json) is missing or unreadable")}
+    df = pd.DataFrame(list(rows.values()), columns=[c for c in RUN_COLUMNS if c not in ("spikes", "alerts")])
+    df["error"] = df["error"].fillna("").astype(str)  # "" = readable
+    return df.sort_values(["live", "last_write", "run"], ascending=[False, False, True], na_position="last",
+                          ignore_index=True)
+
+
+def is_live(status: str, last_write: float, now: float) -> bool:
+    return status == M.ST_RUNNING and math.isfinite(last_write) and now - last_write <= LIVE_WINDOW_S
+
+
+def run_problems(store, run: str) -> list[str]:
+    """Damaged parts of a run that the store skipped while reading it (e.g. a truncated segment), one short
+    line each: the file's name and the first words of why."""
+    marker = f"{Path(store.root) / run}/"
+    out = []
+    for p in getattr(store, "problems", []):
+        if marker not in p:
+            continue
+        path, _, why = p.partition(marker)[2].partition(": ")
+        out.append(f"{path} skipped ({why.split(':')[0][:80] or 'unreadable'})")
+    return sorted(set(out))
+
+
+def int_or_none(v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if math.isfinite(f) else None
+
+
+def run_events(store, run: str) -> pd.DataFrame:
+    ev = store.events(run=run)
+    if ev is None or len(ev) == 0:
+        return pd.DataFrame(columns=EVENT_COLUMNS)
+    ev = ev.copy()
+    if "run" not in ev:
+        ev["run"] = run
+    ev["detail"] = [_as_dict(d) for d in ev["detail"]] if "detail" in ev else [{}] * len(ev)
+    return ev.sort_values(["step", "time"], ignore_index=True)
+
+
+def _as_dict(d) -> dict:
+    if isinstance(d, dict):
+        return d
+    if isinstance(d, str) and d:
+        try:
+            v = json.loads(d)
+            return v if isinstance(v, dict) else {"value": v}
+        except ValueError:
+            return {"text": d}
+    return {}
+
+
+def run_counts(store, run: str) -> dict:
+    """Spike and alert counts for the runs table."""
+    ev = run_events(store, run)
+    info = spikes(store, run, events=ev)
+    return {"spikes": len(info.steps), "alerts": int((ev["kind"] == M.EV_ALERT).sum()) if len(ev) else 0}
+
+
+def run_series(store, run: str, step_min: int | None = None, step_max: int | None = None,
+               max_points: int = 2000, layer_points: int = 400) -> dict[tuple[str, str], pd.DataFrame]:
+    """Downsampled series of everything the run view draws: {(metric, layer): step, value, vmin, vmax}.
+
+    Per-layer series get fewer points (`layer_points`): they become heatmap columns or thin bands.
+    """
+    names = store.metric_names(run)
+    have = set(zip(names["metric"], names["layer"])) if len(names) else set()
+    jobs = []
+    for metric, per_layer in RUN_METRICS:
+        for m, layer in sorted(k for k in have if k[0] == metric and (per_layer or k[1] == M.NO_LAYER)):
+            pts = layer_points if (per_layer and layer not in (M.LAYER_TOTAL, M.LAYER_EMBEDDING)) else max_points
+            jobs.append((m, layer, pts))
+
+    def one(job):
+        m, layer, pts = job
+        return store.series(run, m, layer=layer, max_points=pts, step_min=step_min, step_max=step_max)
+
+    # DuckDB works outside the GIL and the store is thread-safe: a few queries at a time use every core.
+    with ThreadPoolExecutor(max_workers=QUERY_THREADS) as pool:
+        frames = list(pool.map(one, jobs))
+    return {(m, layer): df for (m, layer, _), df in zip(jobs, frames)}
+
+
+def compare_series(store, run: str, max_points: int = 1500) -> dict[str, pd.DataFrame]:
+    """Loss, embedding grad norm and the max attention score over all layers, for the compare view."""
+    names = store.metric_names(run)
+    have = set(zip(names["metric"], names["layer"])) if len(names) else set()
+    out = {}
+    if (M.LOSS, M.NO_LAYER) in have:
+        out["loss"] = store.series(run, M.LOSS, layer=M.NO_LAYER, max_points=max_points)
+    if (M.GRAD_NORM, M.LAYER_EMBEDDING) in have:
+        out["emb"] = store.series(run, M.GRAD_NORM, layer=M.LAYER_EMBEDDING, max_points=max_points)
+    attn = {lay: store.series(run, M.ATTN_SCORE_MAX, layer=lay, max_points=max_points // 2)
+            for m, lay in have if m == M.ATTN_SCORE_MAX}
+    if attn:
+        x, _, z = bin_layers(attn, n_bins=max_points // 2)
+        with np.errstate(all="ignore"):
+            top = np.nanmax(np.where(np.isnan(z), -np.inf, z), axis=0)
+        ok = np.isfinite(top)
+        out["attn_max"] = pd.DataFrame({"step": x[ok], "value": top[ok], "vmin": top[ok], "vmax": top[ok]})
+    return out
+
+
+# --- cached wrappers (Streamlit) -------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def cached_store(store_dir: str):
+    return open_store(store_dir)
+
+
+@st.cache_data(ttl=LIST_TTL_S, max_entries=8, show_spinner=False)
+def cached_runs(store_dir: str) -> pd.DataFrame:
+    return list_runs(cached_store(store_dir), store_dir)
+
+
+def problems(store_dir: str, run: str) -> list[str]:
+    return run_problems(cached_store(store_dir), run)
+
+
+def run_version(row) -> tuple:
+    """What changes when a run gets new data: part of every cache key of that run's data."""
+    return (row.get("last_step"), row.get("last_write"), row.get("status"))
+
+
+@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def cached_counts(store_dir: str, run: str, version: tuple) -> dict:
+    return run_counts(cached_store(store_dir), run)
+
+
+@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def cached_events(store_dir: str, run: str, version: tuple) -> pd.DataFrame:
+    return run_events(cached_store(store_dir), run)
+
+
+@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def cached_spikes(store_dir: str, run: str, version: tuple) -> SpikeInfo:
+    return spikes(cached_store(store_dir), run)
+
+
+@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def cached_series(store_dir: str, run: str, version: tuple, step_min: int | None, step_max: int | None,
+                  max_points: int) -> dict:
+    return run_series(cached_store(store_dir), run, step_min, step_max, max_points)
+
+
+@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def cached_compare(store_dir: str, run: str, version: tuple) -> dict:
+    return compare_series(cached_store(store_dir), run)
+
+
+@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def cached_summary(store_dir: str, run: str, version: tuple, meta: dict) -> dict:
+    return run_summary(cached_store(store_dir), run, meta)
+
+
+@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def cached_loss_overview(store_dir: str, run: str, version: tuple, max_points: int = 300) -> pd.DataFrame:
+    return cached_store(store_dir).series(run, M.LOSS, layer=M.NO_LAYER, max_points=max_points)
+
+
+def guarded(fn, *args, **kw):
+    """(result, None) or (None, 'error text'): one run's failure must not take down the page."""
+    try:
+        return fn(*args, **kw), None
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+def guarded_parallel(*calls: tuple) -> list[tuple]:
+    """`guarded` for several (fn, *args) at once, each in its own thread with the page's script context.
+
+    The run view's series queries spend their time inside DuckDB (no GIL) while spike labelling is Python:
+    side by side, a first paint waits for the slower of the two instead of their sum.
+    """
+    from streamlit.runtime.scriptrunner import add_script_run_ctx
+
+    results: list = [None] * len(calls)
+
+    def work(i, call):
+        results[i] = guarded(*call)
+
+    threads = [add_script_run_ctx(threading.Thread(target=work, args=(i, c), daemon=True))
+               for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

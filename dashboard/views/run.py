@@ -1,0 +1,149 @@
+"""Run view: every chart of one run on one step axis, and its event table; redraws itself while live."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import live, nav, plot
+from dashboard import queries as q
+from dashboard.run_figure import run_figure
+from dashboard.views.common import age, badge_md, empty_store
+
+RESOLUTIONS = (500, 1000, 2000, 5000, 10000)
+CHART_KEY = "run_figure"
+
+
+def focus_window(step: int, last_step: int | None) -> tuple[int, int]:
+    """A window around a linked step: wide enough to see what led up to it and what followed."""
+    half = max(50, int(0.03 * (last_step or 0)))
+    return max(0, step - half), step + half
+
+
+def render(store_dir: str) -> None:
+    runs = q.cached_runs(store_dir)
+    if runs.empty:
+        st.header("Run")
+        empty_store(store_dir)
+        return
+    names = runs["run"].tolist()
+    if st.session_state.get(nav.RUN_KEY) not in names:
+        st.session_state[nav.RUN_KEY] = names[0]
+    c1, c2, c3, c4, c5 = st.columns([3, 1.2, 1.2, 1, 1])
+    run = c1.selectbox("Run", names, key=nav.RUN_KEY, on_change=_forget_focus)
+    meta = runs[runs["run"] == run].iloc[0].to_dict()
+
+    # A linked step (?step=N or an alert's button) opens a window around it, once; the user may then clear it.
+    focus = st.session_state.get(nav.STEP_KEY)
+    if focus is not None and st.session_state.get("_focus_applied") != (run, focus):
+        st.session_state["step_from"], st.session_state["step_to"] = focus_window(focus, meta.get("last_step"))
+        st.session_state["_focus_applied"] = (run, focus)
+    lo = c2.number_input("From step", min_value=0, value=None, step=1, key="step_from",
+                         placeholder="start")
+    hi = c3.number_input("To step", min_value=0, value=None, step=1, key="step_to", placeholder="end")
+    pts = c4.selectbox("Points", RESOLUTIONS, index=2, key="run_points",
+                       help="Points per series drawn; the store keeps each bucket's min and max.")
+    follow = c5.toggle("Live", value=True, key="run_follow", help="Redraw every second while the run is live.")
+
+    if meta.get("error"):
+        st.markdown(f"### {run}")
+        st.markdown(badge_md(meta))
+        st.error(f"This run cannot be read: {meta['error']}", icon="⚠️")
+        return
+    st.markdown(f"### {run}")
+    st.markdown(f"{badge_md(meta)} :blue-badge[{meta.get('status') or '?'}] "
+                f":violet-badge[LN: {meta.get('ln') or '?'}] :orange-badge[{meta.get('precision') or '?'}]")
+    window = (None if lo is None else int(lo), None if hi is None else int(hi))
+    live.maybe_live(bool(meta.get("live")) and follow, panel, store_dir, run, window, int(pts), focus)
+
+
+def _forget_focus() -> None:
+    st.session_state[nav.STEP_KEY] = None
+    st.session_state["step_from"] = None
+    st.session_state["step_to"] = None
+
+
+@st.cache_data(ttl=q.DATA_TTL_S, max_entries=32, show_spinner=False)
+def figure(store_dir, run, version, window, fetch, max_points, focus, _series, _events, _spikes):
+    """Built once per run version, so a redraw with no new data costs nothing. The `_` arguments are not hashed:
+    they follow from the others."""
+    return run_figure(_series, _events, _spikes, focus_step=focus, uirevision=f"{run}:{window}")
+
+
+def fetch_window(window: tuple, zoom: tuple | None, last_step: int | None) -> tuple:
+    """Steps to fetch: the user's From/To window, narrowed to a zoomed range plus half its width on each side
+    (room to pan without a refetch). A zoom reaching the run's end keeps following it."""
+    if zoom is None:
+        return window
+    a, b = zoom
+    half = (b - a) / 2
+    lo, hi = math.floor(a - half), math.ceil(b + half)
+    if window[0] is not None:
+        lo = max(lo, window[0])
+    lo = max(lo, 0)
+    if last_step is not None and hi >= last_step:
+        hi = None
+    if window[1] is not None:
+        hi = window[1] if hi is None else min(hi, window[1])
+    return (lo, hi)
+
+
+def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int | None) -> None:
+    """The charts and the event table (the part that redraws while live)."""
+    runs = q.cached_runs(store_dir)
+    meta = runs[runs["run"] == run]
+    if meta.empty:
+        st.warning(f"Run {run} is no longer in the store.")
+        return
+    meta = meta.iloc[0].to_dict()
+    version = q.run_version(meta)
+    # A zoomed chart asks for its range at full resolution; the figure keeps its uirevision, so the user's
+    # zoom stays where it is while the finer data arrives.
+    uirevision = f"{run}:{window}"
+    zoom = plot.zoomed_range(st.session_state.get(CHART_KEY), uirevision)
+    fetch = fetch_window(window, zoom, q.int_or_none(meta.get("last_step")))
+    (series, err), (events, ev_err), (info, sp_err) = q.guarded_parallel(
+        (q.cached_series, store_dir, run, version, fetch[0], fetch[1], max_points),
+        (q.cached_events, store_dir, run, version),
+        (q.cached_spikes, store_dir, run, version),
+    )
+    if err:
+        st.error(f"Cannot read the metrics of {run}: {err}", icon="⚠️")
+        return
+    for damaged in q.problems(store_dir, run):
+        st.warning(f"Part of this run is damaged and was skipped: {damaged}", icon="⚠️")
+    for e in (ev_err, sp_err):
+        if e:
+            st.warning(f"Events of {run} could not be read: {e}", icon="⚠️")
+    events = events if events is not None else pd.DataFrame(columns=q.EVENT_COLUMNS)
+    spikes = info.steps if info else []
+    if window[0] is not None or window[1] is not None:
+        a = -float("inf") if window[0] is None else window[0]
+        b = float("inf") if window[1] is None else window[1]
+        spikes = [s for s in spikes if a <= s <= b]
+        events = events[(events["step"] >= a) & (events["step"] <= b)]
+    if not any(len(df) for df in series.values()):
+        st.info("No metrics logged for this run yet." + (" Waiting for the first step…" if meta["live"] else ""))
+    else:
+        fig = figure(store_dir, run, version, window, fetch, max_points, focus, series, events, spikes)
+        plot.show(fig, key=CHART_KEY, report_zoom=True)
+    src = {"labeller": "labelled from the loss", "events": "from stored spike events", "none": "no labeller"}
+    st.caption(
+        f"Last step {q.int_or_none(meta.get('last_step'))}, written {age(meta.get('last_write'))}. "
+        f"{len(spikes)} spikes ({src.get(info.source, '') if info else '?'}), "
+        f"{int((events['kind'] == 'alert').sum())} alerts in view. Drag to zoom (every row follows, and the "
+        "zoomed range is fetched again at full resolution), double-click to zoom out."
+    )
+    st.subheader("Events")
+    if events.empty:
+        st.caption("No events in this window.")
+    else:
+        tbl = events.sort_values(["step", "time"], ascending=False)
+        st.dataframe(pd.DataFrame({
+            "step": tbl["step"].astype("int64"), "time (UTC)": pd.to_datetime(tbl["time"], unit="s", utc=True),
+            "kind": tbl["kind"], "severity": tbl["severity"],
+            "detail": [json.dumps(d, default=str)[:300] for d in tbl["detail"]],
+        }), hide_index=True, width="stretch", height=min(400, 38 + 35 * len(tbl)), key="run_events")

@@ -1,0 +1,245 @@
+"""`stability bench dashboard --json`: first paint of the run view on a run with 10 million metric rows.
+
+- build_s / rows: writing the synthetic run through the store's writer (`log_columns`) and compacting it;
+- first_paint_query_s: everything the run view computes before it can draw, from a cold cache: the run list,
+  then side by side every series it draws (downsampled by the store to <= `--points` per series, fewer per
+  layer), the events and the spike labels (first_paint_series_s and first_paint_spikes_s time those two);
+  first_paint_figure_s: building the figure; first_paint_total_s: all of it plus the figure's JSON;
+  first_paint_cpu_s: the CPU time all of that took in this process (every thread, DuckDB's included): what the
+  wall time comes down to on a machine nothing else is using;
+  warm_total_s: the same again with the store's metadata cached (a second viewer, a live redraw);
+- browser_first_paint_s (with `--browser`, on by default when Debian's chromium is installed): the real
+  `stability dashboard` server in headless Chromium, from opening `?view=run&run=...` until the chart holds
+  data; browser_cold_start_s is the first page load after the server starts (Python imports, Plotly's JS);
+- live_refresh_10_runs_s: one redraw of the runs view's data with 10 runs being written at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HELP = "dashboard: first paint of a 10M-row run (queries, figure, real browser), live refresh of 10 runs"
+
+
+def add_arguments(parser):
+    parser.add_argument("--rows", type=int, default=10_000_000, help="metric rows in the run (default 10M)")
+    parser.add_argument("--layers", type=int, default=24, help="transformer blocks in the synthetic run")
+    parser.add_argument("--points", type=int, default=2000, help="points per series, as the run view's default")
+    parser.add_argument("--dir", help="work folder (default: a temporary one, removed afterwards)")
+    parser.add_argument("--browser", dest="browser", action="store_true", default=None,
+                        help="also time a real browser first paint (default: when chromium is installed)")
+    parser.add_argument("--no-browser", dest="browser", action="store_false")
+
+
+def build_run(store, name: str, rows: int, layers: int) -> dict:
+    import numpy as np
+
+    from dashboard.synthetic import columns, rows_per_step
+
+    per_step = rows_per_step(layers)
+    n_steps = -(-rows // per_step)
+    t0 = time.perf_counter()
+    w = store.create_run(name, config={"ln": "pre", "precision": "fp16", "synthetic": True})
+    chunk = max(1, 2_000_000 // per_step)
+    spikes = tuple(int(s) for s in np.linspace(n_steps * 0.2, n_steps * 0.8, 4))
+    for lo in range(0, n_steps, chunk):
+        steps = np.arange(lo, min(n_steps, lo + chunk))
+        w.log_columns(*columns(steps, layers, spikes, seed=lo, egs=(spikes[0] - 200, spikes[0] + 400)))
+        w.flush(timeout=600)  # bounded memory: one chunk in flight
+    for s in spikes:
+        w.event(s - 30, "alert", severity="warning", detail={"signal": "grad_norm/embedding", "score": 5.0})
+    t_logged = time.perf_counter()
+    w.close()
+    return {"rows": n_steps * per_step, "steps": n_steps, "write_s": t_logged - t0,
+            "compact_s": time.perf_counter() - t_logged, "build_s": time.perf_counter() - t0}
+
+
+def first_paint(store_dir: str, run: str, points: int) -> dict:
+    """What the run view does before it can draw: same functions, no Streamlit cache."""
+    from dashboard import queries as q
+    from dashboard.run_figure import run_figure
+
+    store = q.open_store(store_dir)  # a new store: nothing cached
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    q.list_runs(store, store_dir)
+    # As the run view does: series and events beside spike labelling (see queries.guarded_parallel).
+    timed: dict = {}
+
+    def timing(name, fn, *a, **kw):
+        t = time.perf_counter()
+        out = fn(*a, **kw)
+        timed[name] = time.perf_counter() - t
+        return out
+
+    (series, e1), (events, e2), (info, e3) = q.guarded_parallel(
+        (timing, "series", q.run_series, store, run, None, None, points),
+        (timing, "events", q.run_events, store, run),
+        (timing, "spikes", q.spikes, store, run),
+    )
+    if e1 or e2 or e3:
+        raise RuntimeError(e1 or e2 or e3)
+    t_query = time.perf_counter()
+    fig = run_figure(series, events, info.steps, uirevision=run)
+    t_fig = time.perf_counter()
+    spec = fig.to_json()
+    t_end = time.perf_counter()
+    cpu = time.process_time() - cpu0
+    return {"series": len(series), "points": int(sum(len(df) for df in series.values())),
+            "series_s": timed["series"], "spikes_s": timed["spikes"], "spikes": len(info.steps),
+            "query_s": t_query - t0, "figure_s": t_fig - t_query, "json_s": t_end - t_fig,
+            "json_bytes": len(spec), "total_s": t_end - t0, "cpu_s": cpu}
+
+
+def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> float:
+    """Median time to compute the runs view's data while `n_runs` runs are being written (every run's version
+    changes between refreshes, so nothing comes from a cache)."""
+    import numpy as np
+
+    from dashboard import queries as q
+    from dashboard.synthetic import columns
+    from stability.store import RunStore, WriterConfig
+
+    writer_store = RunStore(store_dir, writer_config=WriterConfig(flush_interval=0.25))
+    stop = threading.Event()
+    writers = [writer_store.create_run(f"live-{i}", config={"ln": "pre", "precision": "bf16"}) for i in range(n_runs)]
+
+    def feed():
+        step = 0
+        while not stop.is_set() and step < 100_000:
+            for i, w in enumerate(writers):
+                w.log_columns(*columns(np.array([step]), 4, spikes=(), seed=step + i))
+            step += 1
+            stop.wait(0.05)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    times = []
+    try:
+        time.sleep(1.0)
+        store = q.open_store(store_dir)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            runs = q.list_runs(store, store_dir)
+            for name in runs.loc[runs["live"], "run"]:
+                q.run_counts(store, name)
+                store.series(name, "loss", max_points=300)
+            times.append(time.perf_counter() - t0)
+    finally:
+        stop.set()
+        t.join(timeout=10)
+        for w in writers:
+            w.close()
+    times.sort()
+    return times[len(times) // 2] if times else float("nan")
+
+
+def _round(v, nd: int = 3):
+    return None if v is None else round(v, nd)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+JS_DRAWN = """() => [...document.querySelectorAll('.js-plotly-plot'),
+    ...Array.from(document.querySelectorAll('iframe')).flatMap(f => {
+        try { return Array.from(f.contentDocument.querySelectorAll('.js-plotly-plot')); } catch (e) { return []; }
+    })].some(el => (el._fullData || []).some(t => t.name === 'loss' && t.x && t.x.length > 0))"""
+
+
+def browser_first_paint(store_dir: str, run: str, chromium: str) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from stability.commands.dashboard import launch
+
+    port = _free_port()
+    proc = launch(Path(store_dir), port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                  start_new_session=True)
+    out: dict = {}
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "_stcore/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=args)
+            try:
+                for label in ("browser_cold_start_s", "browser_first_paint_s"):
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    t0 = time.perf_counter()
+                    page.goto(f"{base}?view=run&run={run}")
+                    page.wait_for_function(JS_DRAWN, timeout=120_000, polling=50)
+                    out[label] = time.perf_counter() - t0
+                    page.close()
+            finally:
+                browser.close()
+    finally:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            proc.kill()
+    return out
+
+
+def _quiet_streamlit() -> None:
+    """The dashboard's queries are Streamlit-cached; outside a Streamlit server each cache says so once per
+    function. Nothing is wrong: keep the benchmark's output to its JSON."""
+    import streamlit.logger
+
+    streamlit.logger.set_log_level("error")
+
+
+def run(args) -> dict:
+    from stability.store import RunStore
+
+    _quiet_streamlit()
+
+    work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="stability-bench-dashboard-"))
+    try:
+        store_dir = work / "store"
+        name = f"bench-{args.rows}"
+        store = RunStore(store_dir)
+        built = build_run(store, name, args.rows, args.layers) if not store.has_run(name) else {"rows": args.rows}
+        cold = first_paint(str(store_dir), name, args.points)
+        warm = first_paint(str(store_dir), name, args.points)
+        result = {
+            "rows": built["rows"], "layers": args.layers, "points_per_series": args.points,
+            "build_s": _round(built.get("build_s")), "compact_s": _round(built.get("compact_s")),
+            "series_drawn": cold["series"], "points_drawn": cold["points"],
+            "first_paint_series_s": round(cold["series_s"], 3), "first_paint_spikes_s": round(cold["spikes_s"], 3),
+            "first_paint_query_s": round(cold["query_s"], 3), "first_paint_figure_s": round(cold["figure_s"], 3),
+            "first_paint_json_bytes": cold["json_bytes"], "first_paint_total_s": round(cold["total_s"], 3),
+            "first_paint_cpu_s": round(cold["cpu_s"], 3), "warm_total_s": round(warm["total_s"], 3),
+            "spikes_found": cold["spikes"],
+        }
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        want_browser = args.browser if args.browser is not None else chromium is not None
+        if want_browser and chromium:
+            result.update({k: round(v, 3) for k, v in browser_first_paint(str(store_dir), name, chromium).items()})
+        shutil.rmtree(work / "live", ignore_errors=True)
+        result["live_refresh_10_runs_s"] = round(live_refresh(str(work / "live")), 3)
+        result["cpus"] = os.cpu_count()
+        result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        return result
+    finally:
+        if not args.dir:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,28 @@
+"""Policies that act on predicted and actual loss spikes, each leaving an event in the run store.
+
+    from stability.policies import PolicyConfig, build_policies, load_policy_file
+    policies = build_policies(load_policy_file("policy.toml"))     # -> SessionOptions(policies=...)
+
+  EmbeddingGradShrink  GLM-130B's embedding gradient shrink, always on or switched on by alerts
+  Rollback             PaLM's restart from a recent good state with data skip, bounded retries, escalation
+  SkipStep             drop updates with non-finite or anomalous gradients
+  LRBackoff            scale the learning rate down on alerts, back up after a calm period
+
+Each is an object with any of `attach(trainer)`, `before_update(trainer, step) -> bool`,
+`after_step(trainer, step, record, alerts)` and `close()` (see `stability.train.Trainer`).
+"""
+
+from stability.policies.checkpoint_ring import CheckpointRing, clone_state
+from stability.policies.cli import build_policies
+from stability.policies.config import PolicyConfig, PolicyFileError, load_policy_file
+from stability.policies.embedding_grad_shrink import EGSConfig, EmbeddingGradShrink, shrink_gradient
+from stability.policies.lr_backoff import LRBackoff, LRBackoffConfig
+from stability.policies.rollback import Rollback, RollbackConfig
+from stability.policies.skip_step import SkipStep, SkipStepConfig
+from stability.policies.triggers import TRIGGERS, LossJump, LossJumpConfig
+
+__all__ = [
+    "PolicyConfig", "PolicyFileError", "load_policy_file", "build_policies", "EGSConfig", "EmbeddingGradShrink",
+    "shrink_gradient", "RollbackConfig", "Rollback", "CheckpointRing", "clone_state", "SkipStepConfig", "SkipStep",
+    "LRBackoffConfig", "LRBackoff", "TRIGGERS", "LossJump", "LossJumpConfig",
+]

@@ -1,0 +1,126 @@
+"""What makes a policy act, and how it leaves an audit trail.
+
+A policy fires on alert severities from the detector (`warning` = a spike is predicted, `critical` = it is
+happening) and, if asked, on an actual loss spike that it sees itself (`spike`: the loss jumped far above its
+recent median, or went non-finite). Every action is one event in the run store; in dry-run mode the same decision
+becomes an `EV_DRY_RUN` event naming what would have happened, and the run is not touched.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+from stability import metrics as M
+from stability.detector.alert import Alert
+
+WARNING, CRITICAL, SPIKE = "warning", "critical", "spike"
+TRIGGERS = (WARNING, CRITICAL, SPIKE)
+
+
+def check_triggers(on, where: str) -> tuple[str, ...]:
+    """Normalise a policy's `on` list; ValueError naming `where` if a name is unknown."""
+    if isinstance(on, str):
+        on = (on,)
+    on = tuple(on)
+    bad = [t for t in on if t not in TRIGGERS]
+    if bad:
+        raise ValueError(f"{where}: unknown trigger {bad[0]!r}; expected some of {', '.join(TRIGGERS)}")
+    return on
+
+
+@dataclass
+class LossJumpConfig:
+    window: int = 50
+    """Steps of loss history whose median is the baseline."""
+    min_history: int = 20
+    """Steps of history needed before a jump can be called."""
+    ratio: float = 1.5
+    """A loss at least `ratio` times the trailing median is a spike (non-finite losses always are)."""
+
+    def __post_init__(self):
+        if self.window < 2 or not 1 <= self.min_history <= self.window:
+            raise ValueError("loss_jump.window must be >= 2 and loss_jump.min_history in [1, window]")
+        if not self.ratio > 1:
+            raise ValueError(f"loss_jump.ratio must be > 1, got {self.ratio}")
+
+
+class LossJump:
+    """Actual-spike check on the per-step loss the trainer already holds on the host (no extra sync).
+
+    The history is keyed by step: when the steps go backwards (a rollback), the losses of the abandoned steps
+    are dropped, so the baseline is again the one the restored state had.
+    """
+
+    def __init__(self, cfg: LossJumpConfig | None = None):
+        self.cfg = cfg or LossJumpConfig()
+        self.history: deque[tuple[int, float]] = deque(maxlen=self.cfg.window)
+
+    def update(self, step: int, loss: float) -> str | None:
+        """Push one step's loss; a reason string if it is a spike (spikes do not enter the baseline)."""
+        while self.history and self.history[-1][0] >= step:
+            self.history.pop()
+        if not math.isfinite(loss):
+            return f"loss is {loss}"
+        if len(self.history) >= self.cfg.min_history:
+            base = statistics.median(v for _, v in self.history)
+            if base > 0 and loss >= self.cfg.ratio * base:
+                return f"loss {loss:.4g} is {loss / base:.2f}x its trailing median {base:.4g}"
+        self.history.append((step, loss))
+        return None
+
+
+class Trigger:
+    """A policy's `on` list, plus its own loss-jump check when `spike` is in it. `check()` once per step."""
+
+    def __init__(self, on: tuple[str, ...], loss_jump: LossJumpConfig | None = None):
+        self.on = on
+        self.jump = LossJump(loss_jump) if SPIKE in on else None
+
+    def check(self, trainer, step: int, alerts):
+        """The alert this policy should act on at `step` (an actual spike becomes a critical alert), or None."""
+        alert = first_match(alerts, self.on)
+        losses = getattr(trainer, "losses", None)
+        if self.jump is not None and losses:
+            why = self.jump.update(step, losses[-1])
+            if why and alert is None:
+                alert = Alert(int(step), "loss_jump", math.inf, CRITICAL, why)
+        return alert
+
+
+def first_match(alerts, on: tuple[str, ...]):
+    """The most severe alert whose severity is in `on`, or None."""
+    hits = [a for a in alerts or () if a.severity in on]
+    if not hits:
+        return None
+    return max(hits, key=lambda a: (a.severity == CRITICAL, a.score))
+
+
+def alert_detail(alert) -> dict | None:
+    if alert is None:
+        return None
+    return {"step": int(alert.step), "signal": alert.signal, "score": number(alert.score),
+            "severity": alert.severity, "message": getattr(alert, "message", "")}
+
+
+def number(x) -> float | str:
+    """A float the JSON detail can hold (non-finite values as strings)."""
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+
+
+def audit(trainer, step: int, kind: str, detail: dict, *, severity: str = "info", dry_run: bool = False) -> None:
+    """Write one audit event; in dry-run mode an EV_DRY_RUN event that names the action it stands for."""
+    if dry_run:
+        trainer.sink.event(step, M.EV_DRY_RUN, severity="info", detail={"would": kind, **detail})
+    else:
+        trainer.sink.event(step, kind, severity=severity, detail=detail)
+
+
+def notify(trainer, step: int, severity: str, signal: str, message: str) -> None:
+    """Page through the run's notifier, if it has one (escalations and checkpoint failures are alerts)."""
+    notifier = getattr(trainer, "notifier", None)
+    if notifier is not None:
+        notifier.notify(M.EV_ALERT, step, severity=severity, signal=signal, message=message)

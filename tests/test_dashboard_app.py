@@ -1,0 +1,186 @@
+"""Each dashboard view driven through Streamlit's AppTest on a real store (no browser)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard.views.alerts import collect
+from stability import metrics as M
+
+import dashboard_store as ds
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    return ds.build(tmp_path_factory.mktemp("dashapp") / "store")
+
+
+def open_app(monkeypatch, store, **params) -> AppTest:
+    monkeypatch.setenv("STABILITY_STORE", str(store))
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    """Figures the page drew through the live plot component (a Plotly figure's JSON in its `spec` argument)."""
+    out = []
+    for c in at.get("component_instance"):
+        if c.proto.component_name.endswith("stability_plot"):
+            out.append(json.loads(json.loads(c.proto.json_args)["spec"]))
+    return out
+
+
+def arr(v) -> list:
+    """A trace array from the figure JSON: a list, or Plotly's typed array {dtype, bdata (base64), shape}."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).tolist()
+    return list(v or [])
+
+
+def trace(spec: dict, name: str) -> dict:
+    return next(t for t in spec["data"] if t.get("name") == name)
+
+
+def points(spec: dict) -> int:
+    return sum(len(arr(t.get("x"))) for t in spec["data"])
+
+
+TABLE_COLUMN = {"runs_table": "last write", "run_events": "detail", "compare_table": "final_loss",
+                "alerts_table": "open"}
+
+
+def table(at: AppTest, key: str):
+    """The table the view drew under `key`, found by a column only it has (plain tables carry no id)."""
+    col = TABLE_COLUMN[key]
+    return next(d.value for d in at.dataframe if col in d.value.columns and (
+        key != "run_events" or "open" not in d.value.columns))
+
+
+def test_runs_view_lists_every_run_and_badges_only_the_broken_one(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir)
+    assert at.session_state["view"] == "Runs"
+    df = table(at, "runs_table").set_index("run")
+    assert set(df.index) == {*ds.GOOD, "garbage-meta", "truncated"}
+    assert df.loc["garbage-meta", "state"] == "⚠ error"
+    assert df.loc["pre-ln-fp16", "state"] == "○ archived"
+    assert df.loc["truncated", "state"] == "⚠ damaged" and ".parquet skipped" in df.loc["truncated", "error"]
+    assert df.loc["pre-ln-fp16", "spikes"] == 2 and df.loc["pre-ln-fp16", "alerts"] == 2
+    assert df.loc["sandwich-bf16", "spikes"] == 0 and df.loc["sandwich-bf16", "steps"] == ds.N_STEPS - 1
+    assert df.loc["post-ln-fp16", "open"] == "?view=run&run=post-ln-fp16"
+    assert [e.value for e in at.error if "garbage-meta" in e.value] and not [
+        e.value for e in at.error if "pre-ln-fp16" in e.value]
+    (overview,) = charts(at)
+    assert {t["name"] for t in overview["data"]} >= set(ds.GOOD)
+    # Search is a plain substring; filters narrow the table.
+    at.text_input(key="runs_search").set_value("ln-fp").run()
+    assert set(table(at, "runs_table")["run"]) == {"pre-ln-fp16", "post-ln-fp16"}
+    at.text_input(key="runs_search").set_value("").run()
+    at.multiselect(key="runs_ln").set_value(["sandwich"]).run()
+    assert table(at, "runs_table")["run"].tolist() == ["sandwich-bf16"]
+
+
+def test_open_button_moves_to_the_run_view(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir)
+    at.selectbox(key="runs_open_pick").set_value("post-ln-fp16")
+    at.button(key="runs_open_btn").click().run()
+    assert at.session_state["view"] == "Run" and at.session_state["run_pick"] == "post-ln-fp16"
+    assert at.query_params["view"] == "run" and at.query_params["run"] == "post-ln-fp16"
+    assert charts(at), "the run view drew its figure"
+
+
+def test_run_view_from_a_link_opens_a_window_around_the_step(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="run", run="pre-ln-fp16", step=420)
+    assert at.number_input(key="step_from").value == 370 and at.number_input(key="step_to").value == 470
+    (fig,) = charts(at)
+    x = arr(trace(fig, "loss")["x"])
+    assert x == list(range(370, 471))  # fetched at full resolution for the window
+    assert arr(trace(fig, "spike")["x"]) == [420]
+    assert any(s.get("x0") == 420 and s.get("yref") == "paper" for s in fig["layout"]["shapes"])
+    names = {t["name"] for t in fig["data"]}
+    assert {"alert", "embedding grad norm", "rest-of-model grad norm", "loss scale"} <= names
+    assert any(t["type"] == "heatmap" for t in fig["data"])
+    assert fig["layout"]["uirevision"].startswith("pre-ln-fp16")
+    events = table(at, "run_events")
+    assert set(events["kind"]) >= {M.EV_ALERT, M.EV_EGS_ON, M.EV_ROLLBACK}
+    # Clearing the window shows the whole run.
+    at.number_input(key="step_from").set_value(None)
+    at.number_input(key="step_to").set_value(None).run()
+    x = arr(trace(charts(at)[0], "loss")["x"])
+    assert min(x) == 0 and max(x) == ds.N_STEPS - 1
+
+
+def test_run_view_of_a_corrupt_run_shows_the_error_and_the_app_goes_on(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="run", run="garbage-meta")
+    assert any("cannot be read" in e.value for e in at.error)
+    assert not charts(at)
+    at.selectbox(key="run_pick").set_value("sandwich-bf16").run()
+    assert not at.exception and not at.error
+    assert points(charts(at)[0]) > 0
+
+
+def test_run_view_of_a_half_written_run_warns_and_draws_what_it_can(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="run", run="truncated")
+    assert any("damaged" in w.value for w in at.warning)
+    assert not at.exception
+
+
+def test_compare_view_overlays_runs_and_tabulates_them(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="compare", runs="pre-ln-fp16,no-such-run")
+    assert at.multiselect(key="cmp_runs").value == ["pre-ln-fp16"]  # from the URL; unknown names dropped
+    at.multiselect(key="cmp_runs").set_value(list(ds.GOOD)).run()
+    assert at.query_params["runs"] == ",".join(ds.GOOD)
+    (fig,) = charts(at)
+    loss_names = {t["name"] for t in fig["data"] if t.get("yaxis") in (None, "y")}
+    assert loss_names == set(ds.GOOD)
+    summary = table(at, "compare_table").set_index("run")
+    assert summary.loc["pre-ln-fp16", "spikes"] == 2 and summary.loc["sandwich-bf16", "overflow_steps"] == 0
+    assert summary.loc["post-ln-fp16", "ln"] == "post"
+    assert at.get("download_button"), "the summary can be downloaded"
+    # Grouped by LN variant: pick variants, one colour per variant.
+    at.toggle(key="cmp_group").set_value(True).run()
+    at.multiselect(key="cmp_lns").set_value(["pre", "post"]).run()
+    (fig,) = charts(at)
+    names = {t["name"] for t in fig["data"] if t.get("showlegend") is not False}
+    # The truncated run is an LN "pre" run too, but its only metrics segment is damaged: nothing to draw.
+    assert names == {"pre-ln-fp16 [pre]", "post-ln-fp16 [post]"}
+    assert any("truncated" in w.value and "damaged" in w.value for w in at.warning)
+
+
+def test_alerts_view_lists_newest_first_and_links_to_the_run_at_the_step(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="alerts")
+    df = table(at, "alerts_table")
+    assert list(df["time (UTC)"]) == sorted(df["time (UTC)"], reverse=True)
+    assert (df["kind"] == M.EV_ALERT).sum() == 3
+    first = df.iloc[0]
+    assert first["open"] == f"?view=run&run={first['run']}&step={first['step']}"
+    assert charts(at) and points(charts(at)[0]) == len(df)
+    at.selectbox(key="alerts_pick").set_value(0)
+    at.button(key="alerts_open").click().run()
+    assert at.session_state["view"] == "Run" and at.session_state["focus_step"] == first["step"]
+    assert at.session_state["run_pick"] == first["run"]
+    assert charts(at)
+
+
+def test_alert_collection_reports_unreadable_runs_separately(monkeypatch, store_dir):
+    ev, errors = collect(str(store_dir), (M.EV_ALERT,), (), ())
+    assert set(ev["run"]) == {"pre-ln-fp16", "post-ln-fp16"} and set(errors) == {"garbage-meta"}
+    ev, _ = collect(str(store_dir), (M.EV_ALERT,), ("post-ln-fp16",), ("critical",))
+    assert ev.empty
+
+
+def test_an_empty_store_says_how_to_fill_it(monkeypatch, tmp_path):
+    for view in ("runs", "run", "compare", "alerts"):
+        at = open_app(monkeypatch, tmp_path, view=view)
+        assert any("No runs in" in i.value for i in at.info), view

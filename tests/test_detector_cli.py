@@ -1,0 +1,141 @@
+"""`stability spikes`, `stability detect` and `stability eval` on real stores and files."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stability import metrics as M
+from stability.cli import main
+from stability.detector.suite import SuiteModel, SuiteRun, _write, load_suite
+from stability.detector.synthetic import planted_run
+from stability.store import RunStore
+
+
+def _log_series(store, name, series, config=None):
+    w = store.create_run(name, config=config or {"ln": "pre", "precision": "fp32"})
+    for s, rec in zip(series.steps.tolist(), series.records):
+        w.log(s, {M.split_key(k): v for k, v in rec.items()})
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("store")
+    st = RunStore(d)
+    _log_series(st, "calm", planted_run(n=1200, seed=0))
+    _log_series(st, "planted", planted_run(n=1200, seed=1, surge_at=700, lag=15))
+    return d
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_spikes_json(store_dir, capsys):
+    out = _json(capsys, ["spikes", "planted", "--store", str(store_dir), "--json"])
+    assert out["run"] == "planted"
+    assert [s["step"] for s in out["spikes"]] == [715]
+    s = out["spikes"][0]
+    assert isinstance(s["loss"], float) and s["loss"] > s["baseline"] + 1.0
+    assert out["diverged"] is False and out["logged_steps"] == 1200
+    assert _json(capsys, ["spikes", "calm", "--store", str(store_dir), "--json"])["spikes"] == []
+
+
+def test_detect_json_alerts_before_the_spike_and_truncation(store_dir, capsys):
+    out = _json(capsys, ["detect", "planted", "--store", str(store_dir), "--json"])
+    alerts = out["alerts"]
+    assert alerts and 700 <= alerts[0]["step"] < 715
+    assert set(alerts[0]) >= {"step", "signal", "score", "severity"}
+    assert alerts[0]["severity"] in ("warning", "critical")
+    # Alerts at step t use data up to t only: the run cut at t gives the same alerts up to t.
+    for t in (705, 712, 716, 800):
+        cut = _json(capsys, ["detect", "planted", "--store", str(store_dir), "--json", "--until", str(t)])
+        assert cut["alerts"] == [a for a in alerts if a["step"] <= t]
+    assert _json(capsys, ["detect", "calm", "--store", str(store_dir), "--json"])["alerts"] == []
+
+
+def test_detect_on_an_imported_wandb_run(tmp_path, capsys):
+    # A W&B-shaped pair of exports: loss every 10 steps, total grad norm every 100, surge at 30000.
+    rng = np.random.default_rng(0)
+    steps = np.arange(10, 60001, 10)
+    loss = 2 + 3 * (steps / 100.0) ** -0.5 + 0.01 * rng.standard_normal(len(steps))
+    loss[steps >= 30500] += 1.5
+    g_steps = np.arange(100, 60001, 100)
+    g = 0.4 * np.exp(0.1 * rng.standard_normal(len(g_steps)))
+    g[g_steps >= 30000] *= 20
+    lf, gf = tmp_path / "loss.csv", tmp_path / "grad.csv"
+    pd.DataFrame({"Step": steps, "r - train/CrossEntropyLoss": loss, "r - train/CrossEntropyLoss__MIN": loss,
+                  "r - train/CrossEntropyLoss__MAX": loss}).to_csv(lf, index=False)
+    pd.DataFrame({"Step": g_steps, "r - optim/total_grad_norm": g}).to_csv(gf, index=False)
+    store = tmp_path / "st"
+    assert main(["import", str(lf), str(gf), "--store", str(store), "--run", "imp"]) == 0
+    capsys.readouterr()
+    out = _json(capsys, ["detect", "imp", "--store", str(store), "--json"])
+    first = out["alerts"][0]
+    assert first["signal"] == "grad_norm_z" and 30000 <= first["step"] < 30500
+    sp = _json(capsys, ["spikes", "imp", "--store", str(store), "--json", "--merge-gap", "200"])
+    assert [s["step"] for s in sp["spikes"]] == [30500]
+
+
+def test_bad_input_is_a_usage_error(store_dir, tmp_path, capsys):
+    assert main(["detect", "nope", "--store", str(store_dir)]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["spikes", "calm", "--store", str(tmp_path / "missing")]) == 2
+    assert main(["spikes", "calm", "--store", str(store_dir), "--window", "2"]) == 2
+    assert main(["eval", "--suite", str(tmp_path / "nothing")]) == 2
+    bad = tmp_path / "cfg.json"
+    bad.write_text('{"window": 1}')
+    assert main(["detect", "calm", "--store", str(store_dir), "--config", str(bad)]) == 2
+
+
+def _planted_suite(path, n_cfg=4):
+    frames, runs = [], []
+    for i in range(n_cfg):
+        for seed in (0, 1):
+            r = SuiteRun("pre", 1e-3 * (i + 1), 0, seed=seed, steps=1500)
+            surge = 500 + 150 * i + 40 * seed if i % 2 == 0 else None
+            s = planted_run(n=1500, seed=10 * i + seed, surge_at=surge, lag=12)
+            rows = [(r.name, st, *M.split_key(k), v) for st, rec in zip(s.steps.tolist(), s.records)
+                    for k, v in rec.items()]
+            frames.append(pd.DataFrame(rows, columns=["run", "step", "metric", "layer", "value"]))
+            runs.append(r)
+    _write(path, pd.concat(frames), SuiteModel(), runs, [], {})
+
+
+def test_eval_json_on_a_planted_suite(tmp_path, capsys):
+    _planted_suite(tmp_path)
+    assert {r.meta["split"] for r in load_suite(tmp_path)} == {"tune", "heldout"}
+    out = _json(capsys, ["eval", "--suite", str(tmp_path), "--json", "--horizon", "50"])
+    assert out["horizon"] == 50 and out["runs"] == 8
+    assert set(out["methods"]) == {"detector", "loss_z", "grad_norm_threshold", "olmo_spike_score"}
+    assert len(out["splits"]["tune"]) == len(out["splits"]["heldout"]) == 4
+    det = out["methods"]["detector"]["heldout"]
+    assert det["incidents"] == 2 and det["recall"] == 1.0 and det["median_lead"] >= 5
+    for m in out["methods"].values():
+        assert set(m["heldout"]) >= {"recall", "precision", "false_alarms_per_10k", "median_lead"}
+        assert m["curve_heldout"]
+
+
+@pytest.mark.slow
+def test_generate_a_tiny_suite_end_to_end(tmp_path):
+    """Real training: one base run and two phases of a tiny reference model, stored compactly and reloadable."""
+    from stability.detector.suite import MANIFEST, SUITE_FILE, generate
+
+    model = SuiteModel(d_model=32, n_layer=1, n_head=2, batch_size=4, seq_len=32, base_steps=30,
+                       base_lr={"pre": 1e-3}, keep_base=10)
+    runs = [SuiteRun("pre", 1e-2, 5, seed=0, steps=12), SuiteRun("pre", 1e-2, 5, seed=1, steps=12)]
+    manifest = generate(tmp_path, runs, model=model, workers=2, log=lambda *a: None)
+    assert (tmp_path / SUITE_FILE).exists() and (tmp_path / MANIFEST).exists()
+    assert [d["status"] for d in manifest["results"]] == ["finished", "finished"]
+    loaded = {r.name: r for r in load_suite(tmp_path)}
+    assert set(loaded) == {r.name for r in runs}
+    r = loaded[runs[1].name]
+    assert r.meta["split"] == "heldout" and r.meta["config"]["lr"] == 1e-2
+    # The last 10 base steps (20..29), then the phase numbered on from the base (30..41).
+    assert r.steps.tolist() == list(range(20, 42))
+    assert {"loss", "grad_norm/embedding", "grad_norm/total", "attn_score_max/layers.0"} <= r.keys()
+    assert not any(k.startswith("grad_norm/layers") for k in r.keys())  # only what the detector reads
+    assert not (tmp_path / ".scratch").exists()
