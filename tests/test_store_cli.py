@@ -223,3 +223,61 @@ def test_runs_json_and_unwritable_or_missing_store(tmp_path, capsys):
     assert rc == 2 and ".csv or .parquet" in err
     rc, _, err = _cli(capsys, "import", f, "--store", tmp_path / "s", "--run", "../evil")
     assert rc == 2 and "invalid run name" in err
+
+
+# --- TensorBoard event files written by hand (no tensorboard package needed) -----------------------------
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def _field(num: int, wire: int, payload: bytes) -> bytes:
+    key = _varint(num << 3 | wire)
+    return key + (_varint(len(payload)) + payload if wire == 2 else payload)
+
+
+def _event(step: int, wall: float, values: list[bytes]) -> bytes:
+    import struct
+    summary = b"".join(_field(1, 2, v) for v in values)
+    return _field(1, 1, struct.pack("<d", wall)) + _field(2, 0, _varint(step)) + _field(5, 2, summary)
+
+
+def _simple(tag: str, x: float) -> bytes:
+    import struct
+    return _field(1, 2, tag.encode()) + _field(2, 5, struct.pack("<f", x))
+
+
+def _tensor_scalar(tag: str, x: float) -> bytes:  # TF2 style: a rank-0 DT_DOUBLE tensor
+    import struct
+    tensor = _field(1, 0, _varint(2)) + _field(2, 2, b"") + _field(6, 2, struct.pack("<d", x))
+    return _field(1, 2, tag.encode()) + _field(8, 2, tensor)
+
+
+def _record(data: bytes) -> bytes:
+    import struct
+    return struct.pack("<Q", len(data)) + b"\0" * 4 + data + b"\0" * 4  # CRCs are not checked
+
+
+def test_tensorboard_reader_on_hand_written_records(tmp_path, capsys):
+    logdir = tmp_path / "tb"
+    logdir.mkdir()
+    recs = [_record(_field(3, 2, b"brain.Event:2"))]  # file_version event, no summary
+    recs += [_record(_event(s, 100.0 + s, [_simple("train/loss", 2.5 - s / 8), _tensor_scalar("lr", 1e-3 * s)]))
+             for s in range(5)]
+    recs.append(_record(_event(2, 200.0, [_simple("train/loss", 9.0)])))  # restarted run: later value wins
+    data = b"".join(recs) + _record(_event(9, 300.0, [_simple("train/loss", 1.0)]))[:-7]  # torn tail
+    (logdir / "events.out.tfevents.1.host").write_bytes(data)
+    rc, _, err = _cli(capsys, "import", logdir, "--store", tmp_path / "s", "--run", "tb")
+    assert rc == 0, err
+    df = RunStore(tmp_path / "s").metrics("tb")
+    loss = df[df["metric"] == M.LOSS]
+    assert loss["step"].tolist() == [0, 1, 2, 3, 4]
+    assert loss["value"].tolist() == [2.5, 2.375, 9.0, 2.125, 2.0]
+    lr = df[df["metric"] == M.LR]
+    assert lr["value"].tolist() == pytest.approx([1e-3 * s for s in range(5)], rel=0, abs=0)

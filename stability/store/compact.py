@@ -65,7 +65,8 @@ def compact_run(run_dir: Path) -> dict:
     with layout.file_lock(run_dir / layout.COMPACT_LOCK):
         for p in run_dir.glob(".run.duckdb.*.tmp*"):  # left by a compaction that was killed
             p.unlink(missing_ok=True)
-        for p in (run_dir / layout.SEGMENTS).glob(".*.tmp"):  # left by a writer killed mid-write
+        stale_tmp = list((run_dir / layout.SEGMENTS).glob(".*.tmp")) + list(run_dir.glob(".run.json.*.tmp"))
+        for p in stale_tmp:  # left by a writer killed mid-write
             try:
                 if time.time() - p.stat().st_mtime > STALE_TMP_S:  # a live writer's file is seconds old
                     p.unlink()

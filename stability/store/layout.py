@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def live_segments(segs: list[Segment], covered: dict[tuple[str, str], list[tuple
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # unique per call
     with open(tmp, "w") as f:
         json.dump(obj, f, default=str, allow_nan=True)
     os.replace(tmp, path)
