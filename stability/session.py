@@ -27,6 +27,8 @@ class SessionOptions:
     """Policy objects (see stability.policies) attached to the trainer."""
     notifier: object | None = None
     monitor_options: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    """Extra run metadata stored with the config (e.g. the policy settings, as {"policies": {...}})."""
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -36,6 +38,7 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
     name = opts.run or default_run_name(cfg)
+    meta = dict(run_metadata(cfg), **opts.meta)
     sink = None
     notifier = opts.notifier
     from stability.distributed import is_initialized
@@ -47,12 +50,12 @@ def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
 
         name = rank_sink.agree(name)
         if opts.store is not None:
-            sink = rank_sink.open_run(opts.store, name, dict(run_metadata(cfg), world_size=dist.get_world_size()))
+            sink = rank_sink.open_run(opts.store, name, dict(meta, world_size=dist.get_world_size()))
         notifier = notifier if dist.get_rank() == 0 else None
     elif opts.store is not None:
         from stability.store import RunStore
 
-        sink = RunStore(opts.store).create_run(name, config=run_metadata(cfg))
+        sink = RunStore(opts.store).create_run(name, config=meta)
     detector = None
     if opts.detect:
         from stability.detector import OnlineDetector

@@ -83,7 +83,7 @@ def run_summary(store, run: str, meta: dict | None = None, final_window: int = 2
         "run": run,
         "ln": meta.get("ln") or config.get("ln") or model.get("ln"),
         "precision": meta.get("precision") or config.get("precision"),
-        "egs": (config.get("policies") or {}).get("egs", config.get("egs", "off")) if isinstance(config, dict) else None,
+        "egs": config.get("egs") or ((config.get("policies") or {}).get("egs") or {}).get("mode") or "off",
         "status": meta.get("status"),
         "steps": int(loss["step"].max()) + 1 if len(loss) else 0,
         "spikes": spikes,

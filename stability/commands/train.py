@@ -61,6 +61,9 @@ def add_arguments(p):
     from stability import distributed
     from stability.alerting import cli_args as alert_args
 
+    from stability.policies import cli as policy_cli
+
+    policy_cli.add_arguments(p.add_argument_group("policies"))
     distributed.add_arguments(p.add_argument_group("distributed"))
     alert_args.add_arguments(p)
 
@@ -80,11 +83,18 @@ def config_from_args(args) -> TrainConfig:
 
 
 def session_options(args):
+    import dataclasses
+
+    from stability.policies import cli as policy_cli
     from stability.session import SessionOptions
 
     check_writable_store(args.store)
+    # A bad policy file or value is refused here, before any training starts.
+    policy_cfg = policy_cli.config_from_args(args)
     return SessionOptions(store=args.store, run=args.run, monitor=not args.no_monitor,
-                          detect=not args.no_detect, progress=not args.quiet)
+                          detect=not args.no_detect, progress=not args.quiet,
+                          policies=policy_cli.build_policies(policy_cfg),
+                          meta={"policies": dataclasses.asdict(policy_cfg), "egs": policy_cfg.egs.mode})
 
 
 def run(args) -> int:
