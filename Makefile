@@ -26,6 +26,8 @@ sample-runs: $(STAMP)
 	$(BIN)/stability sample-runs --out sample_runs
 
 bench: $(STAMP)
+	# The peers of the overhead benchmark (TensorBoard, W&B offline).
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/stability bench overhead --json
 	$(BIN)/stability bench store --json
 	$(BIN)/stability bench policies --json

@@ -14,7 +14,6 @@ import torch
 
 from probes.layers import Block
 from probes.reading import MAX, MIN, Reading
-from stability.metrics import ACT_ABSMAX
 
 ACT_MAX, ACT_MIN = "_act_max", "_act_min"
 

@@ -23,6 +23,11 @@ NONFINITE_GRADS = "nonfinite_grads"
 LOSS_SCALE = "loss_scale"
 SKIPPED_STEP = "skipped_step"
 ACT_ABSMAX = "act_absmax"
+# 1.0 per layer whose output's absolute max is past FP16_MAX (would overflow in fp16), 0.0 otherwise;
+# under layer `total`, how many layers did.
+ACT_OVERFLOW = "act_overflow"
+# Max |pre-softmax score| / FP16_MAX per layer: how close attention is to the FP16 limit.
+ATTN_FP16_FRACTION = "attn_fp16_fraction"
 TOKENS_PER_S = "tokens_per_s"
 STEP_TIME = "step_time"
 
@@ -36,7 +41,7 @@ EGS_ACTIVE = "egs_active"
 
 ALL_METRICS = (
     LOSS, LR, GRAD_NORM, PARAM_NORM, UPDATE_RATIO, ATTN_SCORE_MAX, ATTN_SCORE_MIN, ATTN_ENTROPY,
-    NONFINITE_GRADS, LOSS_SCALE, SKIPPED_STEP, ACT_ABSMAX, TOKENS_PER_S, STEP_TIME, VAL_LOSS, SPIKE_RISK, EGS_ACTIVE,
+    NONFINITE_GRADS, LOSS_SCALE, SKIPPED_STEP, ACT_ABSMAX, ACT_OVERFLOW, ATTN_FP16_FRACTION, TOKENS_PER_S, STEP_TIME, VAL_LOSS, SPIKE_RISK, EGS_ACTIVE,
 )
 
 # Special layer names.

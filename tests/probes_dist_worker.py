@@ -1,7 +1,9 @@
-"""One rank of the distributed probes test: `python probes_dist_worker.py RANK WORLD PORT MODES OUT.json`.
+"""One rank of the distributed probes test.
 
-Trains ToyMHA for two steps under DDP and/or FSDP2 (MODES: `ddp,fsdp2`) (gloo, CPU) with rank-specific batches, records what the monitor
-reports and how many collectives its `after_optimizer_step` issued, and writes that as JSON.
+    python probes_dist_worker.py RANK WORLD PORT MODES OUT.json
+
+Trains ToyMHA for two steps under each of MODES (`ddp,fsdp1,fsdp2`; gloo, CPU) with rank-specific batches, records what
+the monitor reports and how many collectives its `after_optimizer_step` issued, and writes that as JSON.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def train(rank: int, world: int, mode: str, calls: dict) -> dict:
     model = ToyMHA()
     if mode == "ddp":
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    elif mode == "fsdp1":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
     else:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -72,7 +78,7 @@ def train(rank: int, world: int, mode: str, calls: dict) -> dict:
         rec = mon.after_optimizer_step(step, loss=loss, lr=0.1, tokens=x.numel(), optimizer=opt)
         calls["on"] = False
         collectives.append(calls["n"])
-        records.append({f"{m}|{l}": v for (m, l), v in rec.items()})
+        records.append({f"{m}|{layer}": v for (m, layer), v in rec.items()})
     mon.close()
     return {"records": records, "collectives": collectives, "syncs": mon.syncs,
             "leftover_hooks": hook_count(wrapped) - base_hooks}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -89,7 +88,7 @@ def test_grad_norms_equal_get_total_norm_per_block_and_total(mha):
     ref_total = get_total_norm(grads(list(model.parameters()))).item()
     assert rel(rec[(M.GRAD_NORM, M.LAYER_TOTAL)], ref_total) <= 1e-5
     # The total is the norm of the blocks' norms: nothing counted twice, nothing left out.
-    blocks = [v for (m, l), v in rec.items() if m == M.GRAD_NORM and l != M.LAYER_TOTAL]
+    blocks = [v for (m, layer), v in rec.items() if m == M.GRAD_NORM and layer != M.LAYER_TOTAL]
     assert rel(math.sqrt(sum(v * v for v in blocks)), rec[(M.GRAD_NORM, M.LAYER_TOTAL)]) <= 1e-9
 
 
@@ -130,8 +129,8 @@ def test_activation_absmax_equals_direct_max_of_each_block_output():
         h.remove()
     for layer, ref in outs.items():
         assert rel(rec[(M.ACT_ABSMAX, layer)], ref) <= 1e-6
-    assert rec[(M.ACT_ABSMAX, M.LAYER_TOTAL)] == max(v for (m, l), v in rec.items()
-                                                      if m == M.ACT_ABSMAX and l != M.LAYER_TOTAL)
+    assert rec[(M.ACT_ABSMAX, M.LAYER_TOTAL)] == max(v for (m, layer), v in rec.items()
+                                                      if m == M.ACT_ABSMAX and layer != M.LAYER_TOTAL)
 
 
 def test_close_removes_every_hook_and_context_manager_does_too():
@@ -165,10 +164,10 @@ def test_layer_patterns_select_per_layer_metrics_but_totals_cover_everything():
     torch.manual_seed(0)
     model = ToyMHA()
     rec = _Capture(model, probes.MonitorConfig(layers=("layers.1",))).rec
-    layers = {l for (m, l) in rec if m == M.GRAD_NORM}
+    layers = {layer for (m, layer) in rec if m == M.GRAD_NORM}
     assert layers == {"layers.1", "embedding", M.LAYER_TOTAL}
-    assert {l for (m, l) in rec if m == M.ATTN_SCORE_MAX} == {"layers.1"}
-    assert {l for (m, l) in rec if m == M.ACT_ABSMAX} == {"layers.1", M.LAYER_TOTAL}
+    assert {layer for (m, layer) in rec if m == M.ATTN_SCORE_MAX} == {"layers.1"}
+    assert {layer for (m, layer) in rec if m == M.ACT_ABSMAX} == {"layers.1", M.LAYER_TOTAL}
     assert rel(rec[(M.GRAD_NORM, M.LAYER_TOTAL)], get_total_norm(grads(list(model.parameters()))).item()) <= 1e-5
 
 

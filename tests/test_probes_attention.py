@@ -13,7 +13,7 @@ from torch import nn
 import probes
 from stability import metrics as M
 
-from probes_toys import D, H, T, V, SDPABlock, ToyMHA, ToySDPA, direct_scores, lm_loss, run_steps, tokens
+from probes_toys import D, H, T, SDPABlock, ToyMHA, ToySDPA, direct_scores, run_steps
 
 
 def rel(a, b):
@@ -187,6 +187,6 @@ def test_glm_blocks_and_no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rec, _ = _glm_step(model, probes.MonitorConfig())
-    layers = {l for (m, l) in rec if m == M.GRAD_NORM}
+    layers = {layer for (m, layer) in rec if m == M.GRAD_NORM}
     assert layers == {"embedding", "layers.0", "layers.1", "final_norm", "head", M.LAYER_TOTAL}
-    assert {l for (m, l) in rec if m == M.ATTN_SCORE_MAX} == {"layers.0", "layers.1"}
+    assert {layer for (m, layer) in rec if m == M.ATTN_SCORE_MAX} == {"layers.0", "layers.1"}

@@ -32,7 +32,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-MODES = ("ddp", "fsdp2")
+MODES = ("ddp", "fsdp1", "fsdp2")
 
 
 def launch(tmp_path: Path) -> list[dict]:
@@ -40,8 +40,8 @@ def launch(tmp_path: Path) -> list[dict]:
     port = free_port()
     outs = [tmp_path / f"rank{r}.json" for r in range(2)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", str(port), ",".join(MODES), str(outs[r])], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", str(port), ",".join(MODES), str(outs[r])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
     logs = []
     try:
         for p in procs:
@@ -63,7 +63,7 @@ def reference() -> list[dict]:
     recs = run_steps(model, mon, steps=STEPS, opt=opt, lr=0.1,
                      batch_fn=lambda seed: torch.cat([batch(0, seed), batch(1, seed)]))
     mon.close()
-    return [{f"{m}|{l}": v for (m, l), v in r.items()} for r in recs]
+    return [{f"{m}|{layer}": v for (m, layer), v in r.items()} for r in recs]
 
 
 @pytest.fixture(scope="module")
