@@ -197,20 +197,6 @@ def _line(df, name, color, dash="solid", width=1.5, legendgroup=None, showlegend
     )
 
 
-def _band(df, color, name, legendgroup, y_lo=None, y_hi=None, opacity=0.2):
-    """Two traces: the bucket max (invisible) and the bucket min filled up to it."""
-    lo = df["vmin"] if y_lo is None else y_lo
-    hi = df["vmax"] if y_hi is None else y_hi
-    rgba = _rgba(color, opacity)
-    return [
-        go.Scatter(x=df["step"], y=hi, mode="lines", line=dict(width=0, color=rgba), hoverinfo="skip",
-                   showlegend=False, legendgroup=legendgroup, name=f"{name} max"),
-        go.Scatter(x=df["step"], y=lo, mode="lines", line=dict(width=0, color=rgba), fill="tonexty",
-                   fillcolor=rgba, hoverinfo="skip", showlegend=False, legendgroup=legendgroup,
-                   name=f"{name} min"),
-    ]
-
-
 def _rgba(color: str, alpha: float) -> str:
     """'#rrggbb' or 'rgb(r, g, b)' -> 'rgba(r,g,b,alpha)'."""
     if color.startswith("rgb"):

@@ -10,7 +10,6 @@ Errors are caught per run: a corrupt or half-written run becomes an `error` stri
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import threading
@@ -52,12 +51,11 @@ RUN_COLUMNS = ["run", "live", "status", "ln", "precision", "last_step", "spikes"
 
 # --- opening the store -----------------------------------------------------------------------------------
 def open_store(store_dir: str | Path):
-    """A read-only RunStore on `store_dir` (the dashboard never writes)."""
+    """A RunStore on `store_dir` used only to read: its reads take no lock and write nothing (store contract),
+    and the dashboard calls nothing else."""
     from stability.store import RunStore
 
-    params = inspect.signature(RunStore).parameters
-    kw = {"read_only": True} if "read_only" in params else {}
-    return RunStore(str(store_dir), **kw)
+    return RunStore(str(store_dir))
 
 
 def run_folders(store_dir: str | Path) -> list[str]:
@@ -251,6 +249,16 @@ def run_version(row) -> tuple:
     return (row.get("last_step"), row.get("last_write"), row.get("status"))
 
 
+def coarse_version(row, every_s: float) -> tuple:
+    """Like run_version, but a live run's changes only every `every_s` seconds: for what is costly to redo on
+    each redraw (spike labels over every logged loss, the runs table's per-run figures)."""
+    if not row.get("live"):
+        return run_version(row)
+    lw = row.get("last_write")
+    bucket = int(lw // every_s) if lw is not None and lw == lw else None
+    return (row.get("status"), bucket, True)
+
+
 @st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
 def cached_counts(store_dir: str, run: str, version: tuple) -> dict:
     return run_counts(cached_store(store_dir), run)
@@ -263,7 +271,8 @@ def cached_events(store_dir: str, run: str, version: tuple) -> pd.DataFrame:
 
 @st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
 def cached_spikes(store_dir: str, run: str, version: tuple) -> SpikeInfo:
-    return spikes(cached_store(store_dir), run)
+    store = cached_store(store_dir)
+    return spikes(store, run, run_events(store, run))
 
 
 @st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
@@ -279,7 +288,8 @@ def cached_compare(store_dir: str, run: str, version: tuple) -> dict:
 
 @st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
 def cached_summary(store_dir: str, run: str, version: tuple, meta: dict) -> dict:
-    return run_summary(cached_store(store_dir), run, meta)
+    store = cached_store(store_dir)
+    return run_summary(store, run, run_events(store, run), meta)
 
 
 @st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)

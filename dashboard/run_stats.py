@@ -28,9 +28,9 @@ class SpikeInfo:
     """'labeller' (computed from the loss), 'events' (stored spike events) or 'none'."""
 
 
-def spikes(store, run: str, events: pd.DataFrame | None = None, loss: pd.DataFrame | None = None) -> SpikeInfo:
-    """Spike onsets of a run: stored `spike` events, else the detector's labeller run on the logged loss."""
-    events = _events(store, run) if events is None else events
+def spikes(store, run: str, events: pd.DataFrame, loss: pd.DataFrame | None = None) -> SpikeInfo:
+    """Spike onsets of a run: stored `spike` events, else the detector's labeller run on the logged loss.
+    `events` are the run's events (queries.run_events)."""
     stored = sorted({int(s) for s in events.loc[events["kind"] == M.EV_SPIKE, "step"]}) if len(events) else []
     div_ev = sorted(int(s) for s in events.loc[events["kind"] == M.EV_DIVERGENCE, "step"]) if len(events) else []
     if stored:
@@ -56,10 +56,10 @@ def _first_nonfinite(loss: pd.DataFrame) -> int | None:
     return int(loss["step"].to_numpy()[bad][0]) if bad.any() else None
 
 
-def run_summary(store, run: str, meta: dict | None = None) -> dict:
+def run_summary(store, run: str, events: pd.DataFrame, meta: dict | None = None) -> dict:
     """One row of the compare table, computed on every logged value (not the downsampled series)."""
     meta = meta or {}
-    ev = _events(store, run)
+    ev = events
     loss = loss_full(store, run)
     info = spikes(store, run, events=ev, loss=loss)
     emb = store.metrics(run, metrics=[M.GRAD_NORM], layers=[M.LAYER_EMBEDDING])
@@ -79,8 +79,3 @@ def run_summary(store, run: str, meta: dict | None = None) -> dict:
 
 
 
-
-def _events(store, run: str) -> pd.DataFrame:
-    from dashboard.queries import run_events
-
-    return run_events(store, run)

@@ -184,3 +184,31 @@ def test_an_empty_store_says_how_to_fill_it(monkeypatch, tmp_path):
     for view in ("runs", "run", "compare", "alerts"):
         at = open_app(monkeypatch, tmp_path, view=view)
         assert any("No runs in" in i.value for i in at.info), view
+
+
+def test_a_live_run_is_badged_and_drawn_by_its_self_refreshing_section(monkeypatch, tmp_path):
+    from dashboard.synthetic import columns
+    from stability.store import RunStore, WriterConfig
+
+    store = RunStore(tmp_path, writer_config=WriterConfig(flush_interval=0.05))
+    w = store.create_run("now", config={"ln": "post", "precision": "bf16"})
+    try:
+        w.log_columns(*columns(np.arange(40), 2, spikes=(), fp16=False))
+        w.flush()
+        at = open_app(monkeypatch, tmp_path, view="run", run="now")
+        assert any("live" in m.value for m in at.markdown)
+        (fig,) = charts(at)
+        assert max(arr(trace(fig, "loss")["x"])) == 39
+        assert not any(t["name"] == "loss scale" for t in fig["data"]), "bf16 run: no FP16 row"
+        at = open_app(monkeypatch, tmp_path)
+        assert table(at, "runs_table").set_index("run").loc["now", "state"] == "● live"
+    finally:
+        w.close()
+
+
+def test_hostile_input_in_the_address_is_only_data(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="run", run="x' OR 1=1; DROP TABLE metrics; --", step="1e3")
+    assert at.session_state["run_pick"] in ds.GOOD + ("garbage-meta", "truncated")  # an unknown name is ignored
+    at = open_app(monkeypatch, store_dir, view="runs")
+    at.text_input(key="runs_search").set_value("%' OR '1'='1").run()
+    assert table(at, "runs_table").empty and not at.exception

@@ -60,7 +60,7 @@ def test_a_running_run_is_live_until_a_minute_without_writes(tmp_path):
 
 def test_summary_matches_the_values_written(store):
     for run in ds.GOOD:
-        got = q.run_summary(store, run, {"ln": "x"})
+        got = q.run_summary(store, run, q.run_events(store, run), {"ln": "x"})
         w = written(run)
         _, emb = w(M.GRAD_NORM, M.LAYER_EMBEDDING)
         _, loss = w(M.LOSS)
@@ -83,7 +83,7 @@ def test_stored_spike_events_take_precedence_over_the_labeller(tmp_path):
     w.event(33, M.EV_SPIKE, severity="critical")
     w.event(90, M.EV_DIVERGENCE, severity="critical")
     w.close()
-    info = q.spikes(st, "r")
+    info = q.spikes(st, "r", q.run_events(st, "r"))
     assert (info.steps, info.divergence_step, info.source) == ([33], 90, "events")
 
 
@@ -113,3 +113,15 @@ def test_a_truncated_segment_is_reported_on_its_run_only(store):
     q.run_series(store, "pre-ln-fp16")
     assert q.run_problems(store, "truncated")
     assert q.run_problems(store, "pre-ln-fp16") == []
+
+
+def test_a_run_json_that_breaks_the_whole_listing_only_marks_its_own_run(tmp_path):
+    st = RunStore(tmp_path)
+    w = st.create_run("good", config={"ln": "pre", "precision": "bf16"})
+    w.log(0, {(M.LOSS, ""): 1.0})
+    w.close()
+    (tmp_path / "odd" / "segments").mkdir(parents=True)
+    (tmp_path / "odd" / "run.json").write_text("[1, 2]")  # valid JSON, not an object
+    runs = q.list_runs(q.open_store(tmp_path), tmp_path).set_index("run")
+    assert runs.loc["good", "error"] == "" and runs.loc["good", "last_step"] == 0
+    assert runs.loc["odd", "error"] != ""

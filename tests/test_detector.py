@@ -367,3 +367,18 @@ def test_grad_norm_drift_signal():
     # 2.5x the flat level is reached at (log 2.5 / log 4) * 3000 + 2000 ~= 3980; the lowest smoothed level sits
     # a few % under the flat level (minimum of noisy medians), which moves it earlier by ~60 steps.
     assert 3850 <= alerts[0].step <= 4100
+
+
+def test_labeller_smoothing_finds_a_sustained_rise_under_batch_noise():
+    rng = np.random.default_rng(21)
+    loss = 2.0 + 0.3 * rng.standard_normal(600)
+    loss[300:340] += 0.8
+    raw = label_spikes(np.arange(600), loss)
+    assert not any(296 <= i.onset <= 305 and i.end >= 335 for i in raw.incidents)  # noise hides it per step
+    sm = label_spikes(np.arange(600), loss, LabelConfig(smooth=9, z=5))
+    assert len(sm.incidents) == 1
+    inc = sm.incidents[0]
+    # Centred smoothing can only move the onset early, by at most (9 - 1) / 2 steps.
+    assert 296 <= inc.onset <= 305 and 335 <= inc.end <= 345
+    with pytest.raises(ValueError):
+        LabelConfig(smooth=4)

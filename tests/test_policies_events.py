@@ -87,12 +87,12 @@ def test_events_command_refuses_an_unknown_run_or_store(store_dir, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_policies_demo_command_runs_the_four_runs_and_reports_the_table_fields(capsys):
+def test_policies_demo_command_runs_and_reports_the_table_fields(capsys):
     """A short version of the README demonstration (the full one is `stability policies-demo`, 300 steps)."""
-    assert main(["policies-demo", "--steps", "60", "--json"]) == 0
+    assert main(["policies-demo", "--steps", "60", "--json", "--runs", "egs+rollback+backoff", "no-policies"]) == 0
     out = json.loads(capsys.readouterr().out)
     runs = {r["run"]: r for r in out["runs"]}
-    assert list(runs) == ["no-policies", "egs+rollback", "egs+rollback+backoff", "calm-baseline"]
+    assert list(runs) == ["no-policies", "egs+rollback+backoff", "calm-baseline"]  # plan order, calm last
     for r in runs.values():
         for key in ("spikes", "max_loss", "diverged", "final_loss", "val_loss", "vs_calm_pct", "rollbacks",
                     "steps_computed", "wall_s"):
@@ -114,3 +114,29 @@ def test_bench_policies_reports_ring_cost_relative_to_step_time(capsys):
     # One entry holds the model, AdamW's two moments (fp32) and small extras: a bit over 3x the parameters.
     assert 12 * out["params"] <= out["entry_bytes"] <= 13 * out["params"]
     assert out["ring_bytes"] == 2 * out["entry_bytes"] and out["restore_ms"] > 0
+
+
+def test_train_flags_build_policies_that_run_with_the_real_monitor_and_detector(tmp_path):
+    """The wiring `stability train` gets: its parser plus the policy group; tiny run, every policy on."""
+    import argparse
+
+    from stability.commands import train as train_cmd
+    from stability.policies import cli as policy_cli
+
+    p = argparse.ArgumentParser()
+    train_cmd.add_arguments(p)
+    policy_cli.add_arguments(p.add_argument_group("policies"))
+    args = p.parse_args(["--d-model", "32", "--n-layer", "2", "--n-head", "2", "--batch-size", "4", "--seq-len",
+                         "32", "--steps", "6", "--threads", "1", "--egs", "always", "--rollback",
+                         "--rollback-interval", "2", "--skip-step", "--lr-backoff", "--store", str(tmp_path)])
+    policies = policy_cli.build(args)
+    assert len(policies) == 4
+    t = build_trainer(train_cmd.config_from_args(args), SessionOptions(store=tmp_path, run="flags", progress=False,
+                                                                       policies=policies))
+    r = t.fit()
+    assert r.status == M.ST_FINISHED
+    ev = RunStore(tmp_path).events("flags")
+    assert {M.EV_EGS_ON, M.EV_CHECKPOINT} <= set(ev["kind"])
+    assert not t.model.embedding._forward_hooks  # close() removed the EGS hook
+    m = RunStore(tmp_path).metrics("flags", metrics=[M.EGS_ACTIVE, M.GRAD_NORM], layers=["", "embedding"])
+    assert set(m[m["metric"] == M.EGS_ACTIVE]["value"]) == {1.0}

@@ -15,6 +15,8 @@ from dashboard.views.common import age, badge_md, empty_store
 
 RESOLUTIONS = (500, 1000, 2000, 5000, 10000)
 CHART_KEY = "run_figure"
+SPIKE_REFRESH_S = 5.0
+"""While a run is live its spike labels (the labeller over every logged loss) are redone at most this often."""
 
 
 def focus_window(step: int, last_step: int | None) -> tuple[int, int]:
@@ -57,13 +59,16 @@ def render(store_dir: str) -> None:
     st.markdown(f"{badge_md(meta)} :blue-badge[{meta.get('status') or '?'}] "
                 f":violet-badge[LN: {meta.get('ln') or '?'}] :orange-badge[{meta.get('precision') or '?'}]")
     window = (None if lo is None else int(lo), None if hi is None else int(hi))
-    live.maybe_live(bool(meta.get("live")) and follow, panel, store_dir, run, window, int(pts), focus)
+    is_live = bool(meta.get("live")) and follow
+    live.maybe_live(is_live, panel, store_dir, run, window, int(pts), focus, redrawing=is_live)
 
 
 def _forget_focus() -> None:
     st.session_state[nav.STEP_KEY] = None
     st.session_state["step_from"] = None
     st.session_state["step_to"] = None
+    # The chart's last reported zoom belongs to the run being left; coming back later starts unzoomed.
+    st.session_state["_stale_zoom"] = st.session_state.get(CHART_KEY)
 
 
 @st.cache_data(ttl=q.DATA_TTL_S, max_entries=32, show_spinner=False)
@@ -91,7 +96,8 @@ def fetch_window(window: tuple, zoom: tuple | None, last_step: int | None) -> tu
     return (lo, hi)
 
 
-def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int | None) -> None:
+def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int | None,
+          redrawing: bool = False) -> None:
     """The charts and the event table (the part that redraws while live)."""
     runs = q.cached_runs(store_dir)
     meta = runs[runs["run"] == run]
@@ -99,16 +105,19 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
         st.warning(f"Run {run} is no longer in the store.")
         return
     meta = meta.iloc[0].to_dict()
+    if redrawing and not meta["live"]:
+        st.rerun()  # the run ended: redraw the whole page once (badges, status) and stop redrawing
     version = q.run_version(meta)
     # A zoomed chart asks for its range at full resolution; the figure keeps its uirevision, so the user's
     # zoom stays where it is while the finer data arrives.
     uirevision = f"{run}:{window}"
-    zoom = plot.zoomed_range(st.session_state.get(CHART_KEY), uirevision)
+    reported = st.session_state.get(CHART_KEY)
+    zoom = None if reported == st.session_state.get("_stale_zoom") else plot.zoomed_range(reported, uirevision)
     fetch = fetch_window(window, zoom, q.int_or_none(meta.get("last_step")))
     (series, err), (events, ev_err), (info, sp_err) = q.guarded_parallel(
         (q.cached_series, store_dir, run, version, fetch[0], fetch[1], max_points),
         (q.cached_events, store_dir, run, version),
-        (q.cached_spikes, store_dir, run, version),
+        (q.cached_spikes, store_dir, run, q.coarse_version(meta, SPIKE_REFRESH_S)),
     )
     if err:
         st.error(f"Cannot read the metrics of {run}: {err}", icon="⚠️")

@@ -33,19 +33,12 @@ TABLE_REFRESH_S = 10.0
 """A live run's counts and overview line are re-read at most this often: the table watches many runs at once."""
 
 
-def coarse_version(row: dict) -> tuple:
-    """Like the run's version, but a live run only changes it every TABLE_REFRESH_S seconds."""
-    lw = row.get("last_write")
-    bucket = int(lw // TABLE_REFRESH_S) if row.get("live") and lw == lw else lw
-    return (row.get("status"), bucket if row.get("live") else row.get("last_step"), row.get("live"))
-
-
 def table(store_dir: str, text: str, statuses, lns, precs, live_only: bool) -> None:
     runs = filter_runs(q.cached_runs(store_dir), text, statuses, lns, precs, live_only)
     rows = []
     for r in runs.to_dict("records"):
         counts, err = ({}, r["error"]) if r["error"] else q.guarded(
-            q.cached_counts, store_dir, r["run"], coarse_version(r))
+            q.cached_counts, store_dir, r["run"], q.coarse_version(r, TABLE_REFRESH_S))
         damaged = [] if err else q.problems(store_dir, r["run"])
         rows.append({
             "state": "⚠ error" if err else ("⚠ damaged" if damaged else badge(r)), "run": r["run"],
@@ -55,10 +48,10 @@ def table(store_dir: str, text: str, statuses, lns, precs, live_only: bool) -> N
             "error": err or ("; ".join(damaged) if damaged else ""),
             "open": nav.run_link(r["run"]),
         })
-    df = pd.DataFrame(rows, columns=["state", "run", "status", "ln", "precision", "steps", "spikes", "alerts",
-                                     "last write", "error", "open"])
+    df = pd.DataFrame(rows, columns=["state", "run", "open", "status", "ln", "precision", "steps", "spikes",
+                                     "alerts", "last write", "error"])
     n_live = int(runs["live"].sum())
-    st.caption(f"{len(df)} runs shown, {n_live} live (written to in the last minute).")
+    st.caption(f"{len(df)} runs shown, {n_live} live (running and written to in the last minute).")
     st.dataframe(df, hide_index=True, width="stretch", key="runs_table", column_config={
         "open": st.column_config.LinkColumn("open", display_text="open ›"),
         "steps": st.column_config.NumberColumn("steps", format="%d"),
@@ -77,9 +70,10 @@ def table(store_dir: str, text: str, statuses, lns, precs, live_only: bool) -> N
                      on_click=lambda: nav.go_to_run(st.session_state["runs_open_pick"])):
             st.rerun()  # inside a fragment a click reruns only the fragment; the view changed, so rerun all
         losses = {}
+        meta = {m["run"]: m for m in runs.to_dict("records")}
         for r in good[:MAX_OVERVIEW_RUNS]:
             df_loss, err = q.guarded(q.cached_loss_overview, store_dir, r["run"],
-                                     coarse_version(runs[runs["run"] == r["run"]].iloc[0].to_dict()))
+                                     q.coarse_version(meta[r["run"]], TABLE_REFRESH_S))
             if df_loss is not None:
                 losses[r["run"]] = df_loss
         if losses:

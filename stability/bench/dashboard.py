@@ -83,7 +83,7 @@ def first_paint(store_dir: str, run: str, points: int) -> dict:
     (series, e1), (events, e2), (info, e3) = q.guarded_parallel(
         (timing, "series", q.run_series, store, run, None, None, points),
         (timing, "events", q.run_events, store, run),
-        (timing, "spikes", q.spikes, store, run),
+        (timing, "spikes", lambda: q.spikes(store, run, q.run_events(store, run))),
     )
     if e1 or e2 or e3:
         raise RuntimeError(e1 or e2 or e3)

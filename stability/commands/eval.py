@@ -33,6 +33,10 @@ def add_arguments(parser):
     parser.add_argument("--realworld", metavar="DIR",
                         help="also analyse W&B exports in DIR (e.g. ../shared/realworld/microscaling-instabilities)")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE")
+    from stability.commands.spikes import add_label_arguments
+    from stability.detector.evaluate import SUITE_LABELS
+
+    add_label_arguments(parser, SUITE_LABELS)
     g = parser.add_argument_group("generating the suite")
     g.add_argument("--generate", action="store_true", help="train the suite runs into --suite first")
     g.add_argument("--workers", type=int, default=2, help="training processes in parallel (default 2)")
@@ -61,7 +65,10 @@ def run(args) -> int:
     runs = load_suite(suite)
     if not runs:
         raise UsageError(f"evaluation suite at {suite} holds no runs")
-    result = {"suite": str(suite), "runs": len(runs), **compare(runs, horizon=args.horizon, fa_budget=args.fa_budget)}
+    from stability.commands.spikes import label_config
+
+    result = {"suite": str(suite), "runs": len(runs),
+              **compare(runs, horizon=args.horizon, fa_budget=args.fa_budget, label_cfg=label_config(args))}
     if args.realworld:
         from stability.detector.realworld import analyse
 

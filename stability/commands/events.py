@@ -1,4 +1,5 @@
-"""`stability events RUN --store DIR [--json] [--kind K ...]`: a run's events (alerts and policy actions)."""
+"""`stability events RUN --store DIR [--json] [--kind K ...]`: a run's events (alerts and policy actions), in the
+order they happened."""
 
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def load_events(store, run: str, kinds=None) -> list[dict]:
         df = store.events(run, kinds=kinds)
     except StoreError as e:
         raise UsageError(str(e)) from None
-    return [{"step": int(r.step), "kind": str(r.kind), "severity": str(r.severity), "time": float(r.time),
+    rows = [{"step": int(r.step), "kind": str(r.kind), "severity": str(r.severity), "time": float(r.time),
              "detail": _clean(r.detail)} for r in df.itertuples(index=False)]
+    # In the order they happened: after a rollback the steps go backwards, and the trail should say so.
+    return sorted(rows, key=lambda e: e["time"])
 
 
 def run(args) -> int:
@@ -56,7 +59,11 @@ def run(args) -> int:
     for e in events:
         t = time.strftime("%H:%M:%S", time.localtime(e["time"]))
         d = e["detail"]
-        what = d.get("reason") or d.get("message") or d.get("escalation") or d.get("location") or ""
+        what = d.get("escalation") or d.get("reason") or d.get("message") or d.get("location") or d.get("error") or ""
         extra = f" -> step {d['to_step']}" if "to_step" in d else ""
+        if isinstance(d.get("alert"), dict) and d.get("reason") == "alert":
+            what = f"alert {d['alert'].get('signal')} at step {d['alert'].get('step')}"
+        if e["kind"] in ("lr_backoff",) and "scale" in d:
+            extra += f" (lr scale {d['scale']:g})"
         print(f"{e['step']:>8}  {t}  {e['severity']:<8}  {e['kind']:<18}  {what}{extra}")
     return 0

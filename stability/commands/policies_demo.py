@@ -2,10 +2,12 @@
 
 The reference model in a configuration known to be unstable (Post-LN, LR 2e-2 reached over a 100-step warm-up, no
 gradient clipping, fp32) is trained with the same seed:
-  1. without policies;
-  2. with detector-triggered EGS (adaptive) and rollback with data skip;
-  3. with EGS, rollback and LR back-off;
-  4. the calm baseline: the same recipe at half the learning rate (1e-2), without policies.
+  no-policies            without policies;
+  egs+rollback           detector-triggered EGS (adaptive) and rollback with data skip;
+  backoff                LR back-off alone (ablation);
+  rollback+backoff       rollback and LR back-off, no EGS (ablation);
+  egs+rollback+backoff   EGS, rollback and LR back-off;
+  calm-baseline          the same recipe at half the learning rate (1e-2), without policies.
 For each: loss spikes (steps whose loss is >= 1.5x the median of the 50 before, counted over every loss computed,
 abandoned timelines included; jumps less than 20 steps apart are one spike), the highest loss, whether it diverged
 or failed to converge, final losses, rollbacks, steps computed and wall time.
@@ -26,11 +28,22 @@ UNSTABLE_LR, CALM_LR = 2e-2, 1e-2
 FAIL_MARGIN = 0.10
 """A run whose held-out loss ends more than 10 % above the calm baseline's did not converge."""
 
+PLAN = {  # name -> (learning rate, policies or None)
+    "no-policies": (UNSTABLE_LR, None),
+    "egs+rollback": (UNSTABLE_LR, dict(egs=True, rollback=True, backoff=False)),
+    "backoff": (UNSTABLE_LR, dict(egs=False, rollback=False, backoff=True)),
+    "rollback+backoff": (UNSTABLE_LR, dict(egs=False, rollback=True, backoff=True)),
+    "egs+rollback+backoff": (UNSTABLE_LR, dict(egs=True, rollback=True, backoff=True)),
+    "calm-baseline": (CALM_LR, None),
+}
+
 
 def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--store", metavar="DIR", help="also record the four runs (events, metrics) in this store")
+    parser.add_argument("--store", metavar="DIR", help="also record the runs (events, metrics) in this store")
+    parser.add_argument("--runs", nargs="+", metavar="NAME", choices=list(PLAN), default=list(PLAN),
+                        help="which runs (default: all; calm-baseline is always run, last)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -42,11 +55,13 @@ def demo_config(lr: float, steps: int, seed: int):
                        steps=steps, grad_clip=0.0, batch_size=8, seq_len=64, precision="fp32", seed=seed, threads=1)
 
 
-def demo_policies(backoff: bool):
+def demo_policies(egs: bool, rollback: bool, backoff: bool):
+    """Default settings of each policy; only which ones are on differs between runs."""
     from stability.policies import EGSConfig, LRBackoffConfig, PolicyConfig, RollbackConfig
 
-    return PolicyConfig(egs=EGSConfig(mode="adaptive"), rollback=RollbackConfig(enabled=True),
+    return PolicyConfig(egs=EGSConfig(mode="adaptive" if egs else "off"), rollback=RollbackConfig(enabled=rollback),
                         lr_backoff=LRBackoffConfig(enabled=backoff))
+
 
 
 class _Counting:
@@ -121,11 +136,12 @@ def run(args) -> int:
 
     if args.steps < 50:
         raise UsageError(f"--steps must be >= 50 for the demonstration, got {args.steps}")
-    plan = [("no-policies", UNSTABLE_LR, None), ("egs+rollback", UNSTABLE_LR, demo_policies(backoff=False)),
-            ("egs+rollback+backoff", UNSTABLE_LR, demo_policies(backoff=True)), ("calm-baseline", CALM_LR, None)]
+    names = [n for n in PLAN if n in args.runs and n != "calm-baseline"] + ["calm-baseline"]
     t0 = time.perf_counter()
     rows = []
-    for name, lr, pol in plan:
+    for name in names:
+        lr, which = PLAN[name]
+        pol = demo_policies(**which) if which is not None else None
         if not args.json:
             print(f"running {name} (lr {lr:g}, {args.steps} steps) ...", file=sys.stderr, flush=True)
         rows.append(run_one(name, lr, pol, args))

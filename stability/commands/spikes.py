@@ -16,10 +16,10 @@ DESCRIPTION = (
 )
 
 
-def add_label_arguments(parser) -> None:
+def add_label_arguments(parser, d=None) -> None:
     from stability.detector.labeller import LabelConfig
 
-    d = LabelConfig()
+    d = d or LabelConfig()
     g = parser.add_argument_group("labelling")
     g.add_argument("--window", type=int, default=d.window, help=f"baseline window, logged steps ({d.window})")
     g.add_argument("--z", type=float, default=d.z, help=f"robust sigmas above the baseline ({d.z:g})")
@@ -27,6 +27,8 @@ def add_label_arguments(parser) -> None:
                    help=f"minimum margin as a fraction of the baseline ({d.rel_margin:g})")
     g.add_argument("--merge-gap", type=int, default=d.merge_gap,
                    help=f"spike steps at most this many steps apart are one incident ({d.merge_gap})")
+    g.add_argument("--smooth", type=int, default=d.smooth,
+                   help=f"judge a centred mean over this many logged steps, odd ({d.smooth})")
 
 
 def label_config(args):
@@ -35,7 +37,7 @@ def label_config(args):
 
     try:
         return LabelConfig(window=args.window, min_history=min(LabelConfig.min_history, args.window), z=args.z,
-                           rel_margin=args.rel_margin, merge_gap=args.merge_gap)
+                           rel_margin=args.rel_margin, merge_gap=args.merge_gap, smooth=args.smooth)
     except ValueError as e:
         raise UsageError(str(e)) from None
 

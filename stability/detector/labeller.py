@@ -40,6 +40,10 @@ class LabelConfig:
     """...and at least this much above it, in loss units."""
     merge_gap: int = 20
     """Spike steps at most this many training steps apart are one incident."""
+    smooth: int = 1
+    """Judge a centred mean over this many logged steps (odd; 1 = the raw loss). For small-batch runs whose
+    per-step loss is mostly batch noise. Centred, so an onset can come at most (smooth - 1) / 2 logged steps
+    early, never late: lead times measured against it are, if anything, understated."""
 
     def __post_init__(self):
         if self.window < 3:
@@ -50,6 +54,8 @@ class LabelConfig:
             raise ValueError("z must be > 0 and rel_margin, abs_margin >= 0")
         if self.merge_gap < 0:
             raise ValueError(f"merge_gap must be >= 0, got {self.merge_gap}")
+        if self.smooth < 1 or self.smooth % 2 == 0:
+            raise ValueError(f"smooth must be an odd number >= 1, got {self.smooth}")
 
 
 @dataclass
@@ -109,6 +115,7 @@ def label_spikes(steps, loss, cfg: LabelConfig | None = None) -> Labels:
     cfg = cfg or LabelConfig()
     steps = np.asarray(steps, dtype=np.int64)
     loss = np.asarray(loss, dtype=np.float64)
+    judged = _centred_mean(loss, cfg.smooth) if cfg.smooth > 1 else loss
     n = len(steps)
     baseline = np.full(n, np.nan)
     threshold = np.full(n, np.nan)
@@ -116,7 +123,7 @@ def label_spikes(steps, loss, cfg: LabelConfig | None = None) -> Labels:
     hist = RollingWindow(cfg.window)
     first = None
     for i in range(n):
-        x = loss[i]
+        x = judged[i]
         if len(hist) >= cfg.min_history:
             if first is None:
                 first = int(steps[i])
@@ -134,6 +141,13 @@ def label_spikes(steps, loss, cfg: LabelConfig | None = None) -> Labels:
     labels = Labels(steps, loss, baseline, threshold, is_spike, first_labelled_step=first)
     labels.incidents = _incidents(labels, cfg)
     return labels
+
+
+def _centred_mean(x: np.ndarray, k: int) -> np.ndarray:
+    """Centred mean over k values (fewer at the ends); a non-finite loss stays non-finite where it is."""
+    s = pd.Series(np.where(np.isfinite(x), x, np.nan))
+    out = s.rolling(k, center=True, min_periods=1).mean().to_numpy()
+    return np.where(np.isfinite(x), out, x)
 
 
 def _incidents(lab: Labels, cfg: LabelConfig) -> list[Incident]:
