@@ -55,6 +55,7 @@ def go_to_run(run: str, step: int | None = None) -> None:
     st.session_state.pop("step_from", None)
     st.session_state.pop("step_to", None)
     st.session_state["_focus_applied"] = None
+    st.session_state["_stale_zoom"] = st.session_state.get("run_figure")  # the run view opens unzoomed
 
 
 def run_link(run: str, step: int | None = None) -> str:

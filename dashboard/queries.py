@@ -34,10 +34,12 @@ DATA_TTL_S = 600.0
 MAX_ENTRIES = 256
 QUERY_THREADS = 2
 
-# Metrics the run view draws: (metric, all layers?)
+# Metrics the run view draws, with the layers it draws them for (None: every layer). Non-finite gradient
+# counts are per layer, `total` being the whole model; some sources log the run-wide count without a layer.
 RUN_METRICS = (
-    (M.LOSS, False), (M.GRAD_NORM, True), (M.ATTN_SCORE_MAX, True), (M.ATTN_SCORE_MIN, True),
-    (M.NONFINITE_GRADS, False), (M.LOSS_SCALE, False), (M.SKIPPED_STEP, False), (M.EGS_ACTIVE, False),
+    (M.LOSS, (M.NO_LAYER,)), (M.VAL_LOSS, (M.NO_LAYER,)), (M.SPIKE_RISK, (M.NO_LAYER,)), (M.GRAD_NORM, None),
+    (M.ATTN_SCORE_MAX, None), (M.ATTN_SCORE_MIN, None), (M.NONFINITE_GRADS, (M.NO_LAYER, M.LAYER_TOTAL)),
+    (M.LOSS_SCALE, (M.NO_LAYER,)), (M.SKIPPED_STEP, (M.NO_LAYER,)), (M.EGS_ACTIVE, (M.NO_LAYER,)),
 )
 # Events shown as alerts and actions (not routine checkpoints).
 ALERT_KINDS = (
@@ -194,10 +196,10 @@ def run_series(store, run: str, step_min: int | None = None, step_max: int | Non
     names = store.metric_names(run)
     have = set(zip(names["metric"], names["layer"])) if len(names) else set()
     jobs = []
-    for metric, per_layer in RUN_METRICS:
-        for m, layer in sorted(k for k in have if k[0] == metric and (per_layer or k[1] == M.NO_LAYER)):
-            pts = layer_points if (per_layer and layer not in (M.LAYER_TOTAL, M.LAYER_EMBEDDING)) else max_points
-            jobs.append((m, layer, pts))
+    for metric, layers in RUN_METRICS:
+        for m, layer in sorted(k for k in have if k[0] == metric and (layers is None or k[1] in layers)):
+            per_layer = layers is None and layer not in (M.LAYER_TOTAL, M.LAYER_EMBEDDING)
+            jobs.append((m, layer, layer_points if per_layer else max_points))
 
     def one(job):
         m, layer, pts = job

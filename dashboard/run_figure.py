@@ -48,9 +48,15 @@ def run_rows(series: Series) -> list[str]:
         rows.append("emb")
     if _layers_of(series, M.ATTN_SCORE_MAX) or _layers_of(series, M.ATTN_SCORE_MIN):
         rows.append("attn")
-    if any(_get(series, m) is not None for m in (M.NONFINITE_GRADS, M.LOSS_SCALE, M.SKIPPED_STEP)):
+    if _overflows(series) is not None or any(_get(series, m) is not None for m in (M.LOSS_SCALE, M.SKIPPED_STEP)):
         rows.append("fp16")
     return rows
+
+
+def _overflows(series: Series) -> pd.DataFrame | None:
+    """Non-finite gradient counts: the run-wide series if logged, else the whole model's (`total`)."""
+    return _get(series, M.NONFINITE_GRADS) if _get(series, M.NONFINITE_GRADS) is not None else _get(
+        series, M.NONFINITE_GRADS, M.LAYER_TOTAL)
 
 
 def row_domains(rows: Sequence[str], gap: float = GAP) -> dict[str, tuple[float, float]]:
@@ -175,6 +181,19 @@ def run_figure(
     if focus_step is not None:
         shapes.append(dict(type="line", xref="x", yref="paper", x0=focus_step, x1=focus_step, y0=0, y1=1,
                            line=dict(color="#333", dash="dashdot", width=1)))
+    val = _get(series, M.VAL_LOSS)
+    if val is not None:
+        f = _finite(val)
+        traces.append(dict(type="scatter", x=f["step"].to_numpy(), y=f["value"].to_numpy(), mode="markers+lines",
+                           name="validation loss", yaxis=y, line=dict(color=PALETTE[2], width=1, dash="dot"),
+                           marker=dict(symbol="diamond", size=7, color=PALETTE[2])))
+    risk = _get(series, M.SPIKE_RISK)
+    if risk is not None:
+        # The detector's spike risk on its own right-hand axis of the loss row.
+        y_risk, key_risk = _ax(len(rows) + 2)
+        layout[key_risk] = dict(overlaying=y, side="right", range=[0, 1.05], title=dict(text="spike risk"),
+                                showgrid=False, anchor="x", tickformat=".1f")
+        traces.append(_lines(_finite(risk), "spike risk", "rgba(255,127,14,0.55)", y_risk, dash="dot", width=1))
     yaxis("loss")["title"] = dict(text="loss")
 
     if "heat" in rows:
@@ -245,7 +264,7 @@ def run_figure(
 
     if "fp16" in rows:
         y = yref["fp16"]
-        nf = _get(series, M.NONFINITE_GRADS)
+        nf = _overflows(series)
         if nf is not None:
             c = "vmax" if "vmax" in nf else "value"
             traces.append(dict(type="bar", x=nf["step"].to_numpy(), y=nf[c].fillna(0).to_numpy(), yaxis=y,

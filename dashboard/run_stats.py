@@ -63,7 +63,9 @@ def run_summary(store, run: str, events: pd.DataFrame, meta: dict | None = None)
     loss = loss_full(store, run)
     info = spikes(store, run, events=ev, loss=loss)
     emb = store.metrics(run, metrics=[M.GRAD_NORM], layers=[M.LAYER_EMBEDDING])
-    nf = store.metrics(run, metrics=[M.NONFINITE_GRADS], layers=[M.NO_LAYER])
+    nf = store.metrics(run, metrics=[M.NONFINITE_GRADS], layers=[M.NO_LAYER, M.LAYER_TOTAL])
+    if len(nf) and (nf["layer"] == M.NO_LAYER).any():  # a run-wide count if logged, else the model total
+        nf = nf[nf["layer"] == M.NO_LAYER]
     ev_vals = emb["value"].to_numpy(dtype=float) if len(emb) else np.array([])
     ev_vals = ev_vals[np.isfinite(ev_vals)]
     nf_vals = np.nan_to_num(nf["value"].to_numpy(dtype=float)) if len(nf) else np.array([])

@@ -11,12 +11,9 @@ import numpy as np
 
 from stability import metrics as M
 
-ROWS_PER_STEP_PER_LAYER = 3  # grad_norm, attn_score_max, attn_score_min
-
-
 def rows_per_step(n_layers: int, fp16: bool = True) -> int:
     """Metric rows one logged step writes: see `columns()`."""
-    return 1 + (n_layers + 4) + 2 * n_layers + (3 if fp16 else 0) + 1
+    return 1 + 1 + (n_layers + 4) + 2 * n_layers + (3 if fp16 else 0) + 1
 
 
 def columns(steps: np.ndarray, n_layers: int = 4, spikes=(), fp16: bool = True, seed: int = 0,
@@ -49,9 +46,12 @@ def columns(steps: np.ndarray, n_layers: int = 4, spikes=(), fp16: bool = True, 
         top = 8.0 * (i + 1) * (1 + t / (t.max() + 1)) * (1 + 50 * lead) + rng.normal(0, 0.5, n)
         cols[(M.ATTN_SCORE_MAX, f"layers.{i}")] = top
         cols[(M.ATTN_SCORE_MIN, f"layers.{i}")] = -0.6 * top + rng.normal(0, 0.5, n)
+    # The detector's risk score: rises while the embedding gradient runs away before a spike.
+    cols[(M.SPIKE_RISK, M.NO_LAYER)] = np.clip(lead + rng.normal(0, 0.02, n), 0.0, 1.0)
     if fp16:
         over = ((lead > 0.5) & (rng.random(n) < 0.5)).astype(float)
-        cols[(M.NONFINITE_GRADS, M.NO_LAYER)] = over * rng.integers(1, 50, n)
+        # As the probes log it: non-finite gradient elements of the whole model under layer `total`.
+        cols[(M.NONFINITE_GRADS, M.LAYER_TOTAL)] = over * rng.integers(1, 50, n)
         cols[(M.SKIPPED_STEP, M.NO_LAYER)] = over
         cols[(M.LOSS_SCALE, M.NO_LAYER)] = 2.0 ** np.clip(16 - np.cumsum(over), 1, 24)
     active = np.zeros(n)

@@ -122,7 +122,7 @@ def test_run_view_from_a_link_opens_a_window_around_the_step(monkeypatch, store_
 
 
 def test_run_view_of_a_corrupt_run_shows_the_error_and_the_app_goes_on(monkeypatch, store_dir):
-    at = open_app(monkeypatch, store_dir, view="run", run="garbage-meta")
+    at = open_app(monkeypatch, store_dir, view="run", run="garbage-meta", step=10)
     assert any("cannot be read" in e.value for e in at.error)
     assert not charts(at)
     at.selectbox(key="run_pick").set_value("sandwich-bf16").run()

@@ -162,6 +162,20 @@ def test_run_figure_draws_the_fp16_limit_on_the_attention_row():
     assert float(np.max(t.y)) == pytest.approx(math.log10(111.0))
 
 
+def test_run_figure_shows_spike_risk_validation_loss_and_model_total_overflows():
+    s = {(M.LOSS, ""): frame(STEPS, 3 - STEPS / 100), (M.SPIKE_RISK, ""): frame(STEPS, np.linspace(0, 1, len(STEPS))),
+         (M.VAL_LOSS, ""): frame([50, 150], [2.6, 1.6]),
+         (M.NONFINITE_GRADS, M.LAYER_TOTAL): frame(STEPS, (STEPS == 100).astype(float) * 7)}
+    fig = run_figure(s)
+    assert run_rows(s) == ["loss", "fp16"]
+    risk = next(t for t in fig.data if t.name == "spike risk")
+    axis = fig.layout["yaxis" + risk.yaxis[1:]]
+    assert axis.overlaying == "y" and tuple(axis.range) == (0, 1.05)
+    assert list(next(t for t in fig.data if t.name == "validation loss").y) == [2.6, 1.6]
+    bars = next(t for t in fig.data if t.type == "bar")
+    assert float(np.max(bars.y)) == 7.0 and bars.yaxis == "y2"
+
+
 def test_run_figure_draws_a_min_max_band_only_when_downsampled():
     s = {(M.LOSS, ""): frame([0, 10], [2.0, 1.0])}
     assert [t.name for t in run_figure(s).data] == ["loss"]

@@ -70,7 +70,7 @@ def test_summary_matches_the_values_written(store):
         assert got["spikes"] == len(ds.SPIKES[run])  # the labeller finds each injected spike once
         assert got["divergence_step"] is None
         if "fp16" in run:
-            _, nf = w(M.NONFINITE_GRADS)
+            _, nf = w(M.NONFINITE_GRADS, M.LAYER_TOTAL)
             assert got["overflow_steps"] == int((nf > 0).sum()) and got["overflow_count"] == nf.sum()
         else:
             assert got["overflow_steps"] == 0

@@ -11,6 +11,8 @@ from dashboard.figures import compare_figure
 from dashboard.views.common import empty_store
 
 DEFAULT_RUNS = 6
+REFRESH_S = 5.0
+"""A live run's lines and summary are re-read at most this often: the view may watch many live runs."""
 SUMMARY_COLUMNS = ["run", "ln", "precision", "status", "steps", "spikes", "divergence_step",
                    "max_embedding_grad_norm", "overflow_steps", "overflow_count", "final_loss"]
 
@@ -51,7 +53,7 @@ def panel(store_dir: str, chosen: tuple, group: bool) -> None:
         if meta.empty:
             continue
         meta = meta.iloc[0].to_dict()
-        version = q.run_version(meta)
+        version = q.coarse_version(meta, REFRESH_S)
         data, err = q.guarded(q.cached_compare, store_dir, run, version)
         row, err2 = q.guarded(q.cached_summary, store_dir, run, version,
                               {k: meta.get(k) or "" for k in ("ln", "precision", "status")})

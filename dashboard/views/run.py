@@ -41,7 +41,8 @@ def render(store_dir: str) -> None:
     # A linked step (?step=N or an alert's button) opens a window around it, once; the user may then clear it.
     focus = st.session_state.get(nav.STEP_KEY)
     if focus is not None and st.session_state.get("_focus_applied") != (run, focus):
-        st.session_state["step_from"], st.session_state["step_to"] = focus_window(focus, meta.get("last_step"))
+        st.session_state["step_from"], st.session_state["step_to"] = focus_window(
+            focus, q.int_or_none(meta.get("last_step")))
         st.session_state["_focus_applied"] = (run, focus)
     lo = c2.number_input("From step", min_value=0, value=None, step=1, key="step_from",
                          placeholder="start")
@@ -61,6 +62,10 @@ def render(store_dir: str) -> None:
     window = (None if lo is None else int(lo), None if hi is None else int(hi))
     is_live = bool(meta.get("live")) and follow
     live.maybe_live(is_live, panel, store_dir, run, window, int(pts), focus, redrawing=is_live)
+
+
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}" + ("" if k == 1 else "s")
 
 
 def _forget_focus() -> None:
@@ -142,8 +147,8 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
     src = {"labeller": "labelled from the loss", "events": "from stored spike events", "none": "no labeller"}
     st.caption(
         f"Last step {q.int_or_none(meta.get('last_step'))}, written {age(meta.get('last_write'))}. "
-        f"{len(spikes)} spikes ({src.get(info.source, '') if info else '?'}), "
-        f"{int((events['kind'] == 'alert').sum())} alerts in view. Drag to zoom (every row follows, and the "
+        f"{_n(len(spikes), 'spike')} ({src.get(info.source, '') if info else '?'}), "
+        f"{_n(int((events['kind'] == 'alert').sum()), 'alert')} in view. Drag to zoom (every row follows, and the "
         "zoomed range is fetched again at full resolution), double-click to zoom out."
     )
     st.subheader("Events")

@@ -11,7 +11,8 @@
 - browser_first_paint_s (with `--browser`, on by default when Debian's chromium is installed): the real
   `stability dashboard` server in headless Chromium, from opening `?view=run&run=...` until the chart holds
   data; browser_cold_start_s is the first page load after the server starts (Python imports, Plotly's JS);
-- live_refresh_10_runs_s: one redraw of the runs view's data with 10 runs being written at once.
+- live_refresh_10_runs_s: one redraw of the runs view's data with 10 runs being written at once;
+  live_compare_10_runs_s: the compare view's lines and summary rows for those 10 runs, recomputed.
 """
 
 from __future__ import annotations
@@ -99,9 +100,9 @@ def first_paint(store_dir: str, run: str, points: int) -> dict:
             "json_bytes": len(spec), "total_s": t_end - t0, "cpu_s": cpu}
 
 
-def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> float:
-    """Median time to compute the runs view's data while `n_runs` runs are being written (every run's version
-    changes between refreshes, so nothing comes from a cache)."""
+def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> tuple[float, float]:
+    """Median time to compute the runs view's data, and the compare view's data for all of them, while `n_runs`
+    runs are being written (every run's version changes between refreshes, so nothing comes from a cache)."""
     import numpy as np
 
     from dashboard import queries as q
@@ -122,7 +123,7 @@ def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> floa
 
     t = threading.Thread(target=feed, daemon=True)
     t.start()
-    times = []
+    times, compare = [], []
     try:
         time.sleep(1.0)
         store = q.open_store(store_dir)
@@ -130,17 +131,26 @@ def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> floa
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
             runs = q.list_runs(store, store_dir)
-            for name in runs.loc[runs["live"], "run"]:
+            live = list(runs.loc[runs["live"], "run"])
+            for name in live:
                 q.run_counts(store, name)
                 store.series(name, "loss", max_points=300)
-            times.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            for name in live:
+                q.compare_series(store, name)
+                q.run_summary(store, name, q.run_events(store, name))
+            times.append(t1 - t0)
+            compare.append(time.perf_counter() - t1)
     finally:
         stop.set()
         t.join(timeout=10)
         for w in writers:
             w.close()
-    times.sort()
-    return times[len(times) // 2] if times else float("nan")
+    def median(v):
+        v = sorted(v)
+        return v[len(v) // 2] if v else float("nan")
+
+    return median(times), median(compare)
 
 
 def _round(v, nd: int = 3):
@@ -236,7 +246,9 @@ def run(args) -> dict:
         if want_browser and chromium:
             result.update({k: round(v, 3) for k, v in browser_first_paint(str(store_dir), name, chromium).items()})
         shutil.rmtree(work / "live", ignore_errors=True)
-        result["live_refresh_10_runs_s"] = round(live_refresh(str(work / "live")), 3)
+        runs_s, compare_s = live_refresh(str(work / "live"))
+        result["live_refresh_10_runs_s"] = round(runs_s, 3)
+        result["live_compare_10_runs_s"] = round(compare_s, 3)
         result["cpus"] = os.cpu_count()
         result["load_avg_1m"] = round(os.getloadavg()[0], 2)
         return result

@@ -52,7 +52,8 @@ def run(args) -> int:
     # A Post-LN run at a high learning rate with a short warm-up: it learns, and its embedding gradient swings.
     cfg = TrainConfig(model=ModelConfig(ln="post"), steps=args.steps, lr=3e-3, warmup=10, grad_clip=0.0, seed=0)
     name = f"demo-live-{time.strftime('%H%M%S')}"
-    print(f"stability demo: training live run {name} ({args.steps} steps); open the Runs view to watch it",
+    where = f"http://127.0.0.1:{args.port}/?view=run&run={name}" if proc is not None else "the store"
+    print(f"stability demo: training live run {name} ({args.steps} steps); watch it at {where}",
           file=sys.stderr, flush=True)
     try:
         result = build_trainer(cfg, SessionOptions(store=store, run=name)).fit()
