@@ -120,7 +120,7 @@ def test_stability_train_flags_wire_both_channels(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     secret_url = srv.url("/services/T0/B0/SECRETPATH")
-    cmd = [sys.executable, "-m", "stability.cli", "train", "--store", str(tmp_path / "store"), "--run", "cli-e2e",
+    cmd = [sys.executable, "-m", "stability", "train", "--store", str(tmp_path / "store"), "--run", "cli-e2e",
            "--steps", "40", "--d-model", "32", "--n-layer", "2", "--n-head", "2", "--batch-size", "4",
            "--seq-len", "32", "--lr", "50", "--warmup", "0", "--grad-clip", "0", "--threads", "1", "--quiet",
            "--webhook", secret_url, "--metrics-port", str(port)]
