@@ -150,11 +150,11 @@ def test_shipped_example_policy_files_load():
 
 @pytest.mark.slow
 def test_train_cli_refuses_a_bad_policy_file_before_training(tmp_path):
-    """Runs through `stability.policies.cli` the way `stability train --policy` does (exit code 2, one line)."""
+    """`stability train --policy bad.toml`: exit code 2, one line naming the file and line, no run created."""
     f = _write(tmp_path, "bad.toml", "[egs]\nmode = \"adaptive\"\nalphaa = 0.1\n")
-    code = ("import sys, argparse\nfrom stability.cli import UsageError\nfrom stability.policies import cli\n"
-            "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
-            "try:\n    cli.build(p.parse_args(sys.argv[1:]))\n"
-            "except UsageError as e:\n    print(e, file=sys.stderr); sys.exit(2)\n")
-    r = subprocess.run([sys.executable, "-c", code, "--policy", str(f)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "bad.toml:3: unknown key 'egs.alphaa'" in r.stderr
+    store = tmp_path / "store"
+    r = subprocess.run([sys.executable, "-m", "stability", "train", "--policy", str(f), "--store", str(store),
+                        "--steps", "1", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "bad.toml:3: unknown key 'egs.alphaa'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not [p for p in store.iterdir() if p.is_dir()] if store.exists() else True

@@ -169,3 +169,34 @@ def test_critical_only_trigger_ignores_warnings_and_dry_run_touches_nothing():
         dry.after_step(t, step, None, [_warn(step)] if step == 1 else [])
     assert dry.alpha == 1.0 and not t.model.embedding._forward_hooks
     assert [(e[1], e[3]["would"]) for e in t.sink.events] == [(M.EV_DRY_RUN, M.EV_EGS_ON), (M.EV_DRY_RUN, M.EV_EGS_OFF)]
+
+
+def test_relaxing_egs_does_not_make_the_real_detector_fire():
+    """The embedding gradient norm the detector sees is alpha x the true one. Drive the policy through on -> calm ->
+    ramp and feed the detector that norm: the default ramp must not look like a precursor (a jump would)."""
+    import math
+    import random
+
+    from stability.detector import OnlineDetector
+
+    def alerts_during_relax(ramp_steps):
+        t = _FakeTrainer()
+        egs = EmbeddingGradShrink(EGSConfig(mode="adaptive", alpha=0.1, calm_steps=150, ramp_steps=ramp_steps))
+        egs.attach(t)
+        det, rng, fired = OnlineDetector(), random.Random(0), []
+        for step in range(40 + 150 + ramp_steps + 100):
+            true_norm = math.exp(rng.gauss(0, 0.05))  # a quiet run: the hardest case for a z-score
+            emb = true_norm * egs.alpha
+            rest = 2.0 * math.exp(rng.gauss(0, 0.05))
+            metrics = {"loss": 2.5 + rng.gauss(0, 0.02), "grad_norm/embedding": emb,
+                       "grad_norm/total": math.hypot(emb, rest)}
+            alerts = det.update(step, metrics)
+            if step >= 40:
+                fired += alerts
+            # One warning at step 39 switches EGS on; after that only the detector's own alerts would.
+            egs.after_step(t, step, None, [_warn(step)] if step == 39 else [])
+        assert egs.alpha == 1.0
+        return fired
+
+    assert alerts_during_relax(EGSConfig.ramp_steps) == []
+    assert alerts_during_relax(0), "an instant switch-off should look like a surge (else this test proves nothing)"

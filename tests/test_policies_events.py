@@ -117,22 +117,20 @@ def test_bench_policies_reports_ring_cost_relative_to_step_time(capsys):
 
 
 def test_train_flags_build_policies_that_run_with_the_real_monitor_and_detector(tmp_path):
-    """The wiring `stability train` gets: its parser plus the policy group; tiny run, every policy on."""
+    """`stability train`'s parser and session wiring, tiny run, every policy on."""
     import argparse
 
     from stability.commands import train as train_cmd
-    from stability.policies import cli as policy_cli
 
     p = argparse.ArgumentParser()
     train_cmd.add_arguments(p)
-    policy_cli.add_arguments(p.add_argument_group("policies"))
     args = p.parse_args(["--d-model", "32", "--n-layer", "2", "--n-head", "2", "--batch-size", "4", "--seq-len",
                          "32", "--steps", "6", "--threads", "1", "--egs", "always", "--rollback",
                          "--rollback-interval", "2", "--skip-step", "--lr-backoff", "--store", str(tmp_path)])
-    policies = policy_cli.build(args)
-    assert len(policies) == 4
-    t = build_trainer(train_cmd.config_from_args(args), SessionOptions(store=tmp_path, run="flags", progress=False,
-                                                                       policies=policies))
+    opts = train_cmd.session_options(args)
+    assert len(opts.policies) == 4
+    opts.run, opts.progress = "flags", False
+    t = build_trainer(train_cmd.config_from_args(args), opts)
     r = t.fit()
     assert r.status == M.ST_FINISHED
     ev = RunStore(tmp_path).events("flags")

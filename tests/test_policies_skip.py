@@ -58,8 +58,9 @@ def _trainer(steps, policies):
     return Trainer(cfg, sink=Sink(), policies=policies, progress=False)
 
 
-def test_a_poisoned_gradient_is_not_applied_and_the_skip_is_an_event():
-    skip = SkipStep(SkipStepConfig(enabled=True))
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_poisoned_gradient_is_not_applied_and_the_skip_is_an_event(dry_run):
+    skip = SkipStep(SkipStepConfig(enabled=True), dry_run=dry_run)
 
     class Poison:
         """Puts a NaN into one gradient at step 2, before skip-step looks."""
@@ -76,6 +77,10 @@ def test_a_poisoned_gradient_is_not_applied_and_the_skip_is_an_event():
         t.train_step(); t.step += 1
     before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
     _, _, _, skipped, _ = t.train_step()
+    if dry_run:  # the update goes through (and poisons the head); the event says what would have happened
+        assert not skipped and torch.isnan(t.model.head.weight).any()
+        assert [(e[1], e[3]["would"]) for e in t.sink.events] == [(M.EV_DRY_RUN, M.EV_SKIP_STEP)]
+        return
     assert skipped
     for n, p in t.model.named_parameters():
         assert torch.equal(p, before[n]), n

@@ -34,8 +34,9 @@ class EGSConfig:
     """Adaptive mode: alert severities (or `spike`) that switch it on."""
     calm_steps: int = 200
     """Adaptive mode: steps without a triggering alert before relaxing."""
-    ramp_steps: int = 100
-    """Adaptive mode: steps over which alpha returns to 1 when relaxing (0 = at once)."""
+    ramp_steps: int = 200
+    """Adaptive mode: steps over which alpha returns to 1 when relaxing (0 = at once). Slow enough that the
+    detector, whose history adapts over ~100 steps, does not take the returning gradient for a precursor."""
     module: str = ""
     """Dotted path of the embedding module in the model; empty = the first `nn.Embedding`."""
 
@@ -123,9 +124,8 @@ class EmbeddingGradShrink:
     def attach(self, trainer) -> None:
         self.attach_module(find_embedding(trainer.model, self.cfg.module))
         if self.cfg.mode == "always":
-            audit(trainer, trainer.step, M.EV_EGS_ON,
-                   {"policy": self.name, "alpha": self.cfg.alpha, "reason": "mode always", "alert": None},
-                   dry_run=self.dry_run)
+            detail = {"policy": self.name, "alpha": self.cfg.alpha, "reason": "mode always", "alert": None}
+            audit(trainer, trainer.step, M.EV_EGS_ON, detail, dry_run=self.dry_run)
 
     def after_step(self, trainer, step: int, record, alerts) -> None:
         if record is not None:
@@ -137,9 +137,9 @@ class EmbeddingGradShrink:
         if alert is not None:
             self._calm = 0
             if not self._on or self._ramping:
-                audit(trainer, step, M.EV_EGS_ON, {"policy": self.name, "alpha": self.cfg.alpha, "reason": "alert",
-                                                    "alert": alert_detail(alert)},
-                       severity="warning", dry_run=self.dry_run)
+                detail = {"policy": self.name, "alpha": self.cfg.alpha, "reason": "alert",
+                          "alert": alert_detail(alert)}
+                audit(trainer, step, M.EV_EGS_ON, detail, severity="warning", dry_run=self.dry_run)
                 self._on, self._ramping = True, False
                 if not self.dry_run:
                     self._set_alpha(self.cfg.alpha)
@@ -148,8 +148,9 @@ class EmbeddingGradShrink:
         if not self._on:
             return
         if self._calm == self.cfg.calm_steps:
-            audit(trainer, step, M.EV_EGS_OFF, {"policy": self.name, "reason": f"no alert for {self._calm} steps",
-                                                 "ramp_steps": self.cfg.ramp_steps}, dry_run=self.dry_run)
+            detail = {"policy": self.name, "reason": f"no alert for {self._calm} steps",
+                      "ramp_steps": self.cfg.ramp_steps}
+            audit(trainer, step, M.EV_EGS_OFF, detail, dry_run=self.dry_run)
             self._ramping = True
         if self._ramping:
             # Linear in log(alpha): the embedding gradient norm grows by the same factor every step.

@@ -63,18 +63,18 @@ class LRBackoff:
             new = max(cfg.min_scale, self.scale * cfg.factor)
             if new < self.scale:
                 self._since_backoff = 0
-                audit(trainer, step, M.EV_LR_BACKOFF, {"policy": self.name, "scale": new, "previous": self.scale,
-                                                        "reason": "alert", "alert": alert_detail(alert)},
-                       severity="warning", dry_run=self.dry_run)
+                detail = {"policy": self.name, "scale": new, "previous": self.scale, "reason": "alert",
+                          "alert": alert_detail(alert)}
+                audit(trainer, step, M.EV_LR_BACKOFF, detail, severity="warning", dry_run=self.dry_run)
                 self._apply(trainer, new)
             return
         self._calm += 1
         if self.scale < 1.0 and self._calm > cfg.calm_steps:
             new = min(1.0, self.scale * (1.0 / cfg.factor) ** (1.0 / cfg.recover_steps))
             if new == 1.0:
-                audit(trainer, step, M.EV_LR_BACKOFF, {"policy": self.name, "scale": 1.0, "previous": self.scale,
-                                                        "reason": f"recovered after {self._calm} calm steps"},
-                       dry_run=self.dry_run)
+                detail = {"policy": self.name, "scale": 1.0, "previous": self.scale,
+                          "reason": f"recovered after {self._calm} calm steps"}
+                audit(trainer, step, M.EV_LR_BACKOFF, detail, dry_run=self.dry_run)
             self._apply(trainer, new)
 
     def _apply(self, trainer, scale: float) -> None:

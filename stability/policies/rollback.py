@@ -100,6 +100,9 @@ class Rollback:
 
     # -- trainer hooks --------------------------------------------------------------------------------------
     def attach(self, trainer) -> None:
+        if self.ring.directory is not None and getattr(trainer, "dp", None) is not None:
+            # Data parallel: every rank keeps its own copy (same state, but files must not collide).
+            self.ring.directory = self.ring.directory / f"rank{trainer.rank}"
         self.checkpoint(trainer, trainer.step - 1)  # the starting state is the first good one
 
     def after_step(self, trainer, step: int, record, alerts) -> None:
@@ -150,8 +153,8 @@ class Rollback:
         why = {"policy": self.name, "reason": alert.message or alert.signal, "alert": alert_detail(alert)}
         if self.dry_run:
             target = self._dry_steps[-1] if self._dry_steps else None
-            audit(trainer, step, M.EV_ROLLBACK, {**why, "to_step": target, "skip_batches": self.cfg.skip_batches},
-                   dry_run=True)
+            detail = {**why, "to_step": target, "skip_batches": self.cfg.skip_batches}
+            audit(trainer, step, M.EV_ROLLBACK, detail, dry_run=True)
             return
         same = (self._last_rollback_seen is not None
                 and self._seen - self._last_rollback_seen <= self.cfg.retry_window)

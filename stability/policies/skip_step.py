@@ -94,7 +94,6 @@ class SkipStep:
         if reason is None:
             return False
         self.skipped += 1
-        audit(trainer, step, M.EV_SKIP_STEP, {"policy": self.name, "reason": reason, "grad_norm": number(norm),
-                                               "consecutive": self.consecutive},
-               severity="warning", dry_run=self.dry_run)
+        detail = {"policy": self.name, "reason": reason, "grad_norm": number(norm), "consecutive": self.consecutive}
+        audit(trainer, step, M.EV_SKIP_STEP, detail, severity="warning", dry_run=self.dry_run)
         return not self.dry_run

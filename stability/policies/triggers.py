@@ -14,9 +14,10 @@ from collections import deque
 from dataclasses import dataclass
 
 from stability import metrics as M
-from stability.detector.alert import Alert
+from stability.detector.alert import CRITICAL, WARNING, Alert
 
-WARNING, CRITICAL, SPIKE = "warning", "critical", "spike"
+SPIKE = "spike"
+"""Not an alert severity: an actual loss jump (or non-finite loss) that the policy sees itself."""
 TRIGGERS = (WARNING, CRITICAL, SPIKE)
 
 
