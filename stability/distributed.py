@@ -190,6 +190,7 @@ def maybe_launch(args, argv: list[str] | None = None) -> int | None:
     if in_worker():
         if init_from_env():
             exit_on_sigterm()
+            _check_batch(args.batch_size, world_size(), "the number of ranks")
             if not is_main():
                 args.quiet = True  # progress and the banner come from rank 0
         return None
@@ -197,9 +198,7 @@ def maybe_launch(args, argv: list[str] | None = None) -> int | None:
         raise UsageError(f"--nproc must be >= 1, got {nproc}")
     if nproc == 1:
         return None
-    if args.batch_size % nproc:
-        raise UsageError(f"--batch-size {args.batch_size} must be divisible by --nproc {nproc} "
-                         "(each rank trains on an equal share of the global batch)")
+    _check_batch(args.batch_size, nproc, "--nproc")
     if getattr(args, "run", None) is None:
         from stability.commands.train import config_from_args
         from stability.session import default_run_name
@@ -219,6 +218,14 @@ def maybe_launch(args, argv: list[str] | None = None) -> int | None:
             mark_run_failed(store, args.run)
         return 1
     return 0
+
+
+def _check_batch(batch_size: int, ranks: int, what: str) -> None:
+    from stability.cli import UsageError
+
+    if batch_size % ranks:
+        raise UsageError(f"--batch-size {batch_size} must be divisible by {what} {ranks} "
+                         "(each rank trains on an equal share of the global batch)")
 
 
 def mark_run_failed(store_dir, run: str) -> bool:

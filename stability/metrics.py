@@ -30,6 +30,8 @@ ACT_OVERFLOW = "act_overflow"
 ATTN_FP16_FRACTION = "attn_fp16_fraction"
 TOKENS_PER_S = "tokens_per_s"
 STEP_TIME = "step_time"
+# Per rank: seconds from the forward until this rank's gradients were ready (the straggler's is the largest).
+COMPUTE_TIME = "compute_time"
 
 # Held-out loss of the reference trainer (evaluated every `eval_every` steps and at the end).
 VAL_LOSS = "val_loss"
@@ -42,7 +44,7 @@ EGS_ACTIVE = "egs_active"
 ALL_METRICS = (
     LOSS, LR, GRAD_NORM, PARAM_NORM, UPDATE_RATIO, ATTN_SCORE_MAX, ATTN_SCORE_MIN, ATTN_ENTROPY,
     NONFINITE_GRADS, LOSS_SCALE, SKIPPED_STEP, ACT_ABSMAX, ACT_OVERFLOW, ATTN_FP16_FRACTION, TOKENS_PER_S,
-    STEP_TIME, VAL_LOSS, SPIKE_RISK, EGS_ACTIVE,
+    STEP_TIME, COMPUTE_TIME, VAL_LOSS, SPIKE_RISK, EGS_ACTIVE,
 )
 
 # Special layer names.
