@@ -210,3 +210,24 @@ def test_example_prometheus_config_scrapes_the_job_the_rules_expect():
     assert doc["rule_files"] == [RULES.name]
     jobs = {j["job_name"] for j in doc["scrape_configs"]}
     assert 'up{job="stability"}' in RULES.read_text() and "stability" in jobs
+
+
+def test_spike_risk_is_peak_held_until_a_scrape_can_see_it():
+    now = [1000.0]
+    n = Notifier(AlertingConfig(run="r1", metrics_port=0, stall_after_s=3600.0, risk_hold_s=30.0),
+                 clock=lambda: now[0])
+    try:
+        n.observe(0, {("spike_risk", ""): 0.1})
+        assert value(scrape(n.metrics_url), "stability_spike_risk", run="r1") == pytest.approx(0.1)
+        now[0] += 1
+        n.observe(1, {("spike_risk", ""): 0.9})       # one step of high risk ...
+        for step in range(2, 12):
+            now[0] += 1
+            n.observe(step, {("spike_risk", ""): 0.2})
+        # ... is still what a scrape 10 s later sees,
+        assert value(scrape(n.metrics_url), "stability_spike_risk", run="r1") == pytest.approx(0.9)
+        now[0] += 25                                   # and is released once the hold window has passed it.
+        n.set_risk(0.3)
+        assert value(scrape(n.metrics_url), "stability_spike_risk", run="r1") == pytest.approx(0.3)
+    finally:
+        n.close()

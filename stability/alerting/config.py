@@ -50,6 +50,9 @@ class AlertingConfig:
     max_pages: int = 10
     """At most this many notifications per run in any `rate_window_s` (resolved ones included)."""
     rate_window_s: float = 3600.0
+    risk_hold_s: float = 60.0
+    """`/metrics` exports the highest spike risk of the last this-many seconds: a one-step rise in risk must
+    survive until the next scrape (Prometheus scrapes every 15-60 s), or no rule could ever see it."""
     stall_after_s: float = 600.0
     """Page "run stalled" when no step has been logged for this long (armed by the first step)."""
     resolve_after_steps: int = 20
@@ -98,6 +101,8 @@ class AlertingConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"alerting {name} must be an integer >= 1, got {v!r}")
+        if not self.risk_hold_s >= 0:
+            raise ValueError(f"alerting risk_hold_s must be >= 0, got {self.risk_hold_s}")
         if not 0.0 <= self.resolve_risk <= 1.0:
             raise ValueError(f"alerting resolve_risk must be in [0, 1], got {self.resolve_risk}")
 

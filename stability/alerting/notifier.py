@@ -88,6 +88,7 @@ class Notifier:
                 targets, queue_size=config.queue_size, timeout_s=config.timeout_s, deadline_s=config.deadline_s,
                 backoff_s=config.backoff_s, backoff_max_s=config.backoff_max_s, on_result=self._on_delivery)
         self._risk: float | None = None
+        self._risk_peaks: deque[tuple[float, float]] = deque()  # (time, risk), decreasing risk: a peak-hold window
         self._last_step: int | None = None
         self._last_step_time: float | None = None
         self._skips: deque[float] = deque(maxlen=config.overflow_window_steps)
@@ -117,7 +118,7 @@ class Notifier:
             elif mk[0] == SKIPPED_STEP:
                 skipped += float(v)
         if (SPIKE_RISK, "") in values:
-            self._risk = values[(SPIKE_RISK, "")]
+            values[(SPIKE_RISK, "")] = self._hold_risk(values[(SPIKE_RISK, "")], now)
         self.exporter.observe(step, values, skipped)
         self._last_step, self._last_step_time = int(step), now
         with self._lock:
@@ -166,9 +167,19 @@ class Notifier:
 
     @_never_raises
     def set_risk(self, value: float) -> None:
-        """The detector's current spike risk (0..1): exported, and gates resolution."""
-        self._risk = float(value)
-        self.exporter.set(SPIKE_RISK, self._risk)
+        """The detector's current spike risk (0..1): exported (peak-held for `risk_hold_s`), and gates resolution."""
+        self.exporter.set(SPIKE_RISK, self._hold_risk(value, self._clock()))
+
+    def _hold_risk(self, value: float, now: float) -> float:
+        """Record the current risk (resolution uses it as is) and return the highest of the hold window."""
+        self._risk = value = float(value)
+        peaks = self._risk_peaks
+        while peaks and peaks[-1][1] <= value:     # a monotone deque: the front is the window's maximum
+            peaks.pop()
+        peaks.append((now, value))
+        while peaks[0][0] < now - self.config.risk_hold_s:
+            peaks.popleft()
+        return peaks[0][1]
 
     def close(self) -> None:
         """Stop the watchdog, send what is queued (bounded by close_timeout_s), stop the exporter. Idempotent."""
