@@ -14,7 +14,6 @@ import json
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,6 @@ LIST_TTL_S = 0.5
 DATA_TTL_S = 600.0
 """Data is keyed by run version, so it can stay cached long; the TTL only bounds memory for old versions."""
 MAX_ENTRIES = 256
-QUERY_THREADS = 2
 
 # Metrics the run view draws, with the layers it draws them for (None: every layer). Non-finite gradient
 # counts are per layer, `total` being the whole model; some sources log the run-wide count without a layer.
@@ -191,37 +189,34 @@ def run_series(store, run: str, step_min: int | None = None, step_max: int | Non
                max_points: int = 2000, layer_points: int = 400) -> dict[tuple[str, str], pd.DataFrame]:
     """Downsampled series of everything the run view draws: {(metric, layer): step, value, vmin, vmax}.
 
-    Per-layer series get fewer points (`layer_points`): they become heatmap columns or thin bands.
+    Per-layer series get fewer points (`layer_points`): they become heatmap columns or thin bands. Only
+    series with rows in the step range are returned (the figure treats a missing series and an empty one
+    alike).
     """
-    names = store.metric_names(run)
-    have = set(zip(names["metric"], names["layer"])) if len(names) else set()
-    jobs = []
+    keys, points = [], {}
     for metric, layers in RUN_METRICS:
-        for m, layer in sorted(k for k in have if k[0] == metric and (layers is None or k[1] in layers)):
-            per_layer = layers is None and layer not in (M.LAYER_TOTAL, M.LAYER_EMBEDDING)
-            jobs.append((m, layer, layer_points if per_layer else max_points))
-
-    def one(job):
-        m, layer, pts = job
-        return store.series(run, m, layer=layer, max_points=pts, step_min=step_min, step_max=step_max)
-
-    # DuckDB works outside the GIL and the store is thread-safe: a few queries at a time use every core.
-    with ThreadPoolExecutor(max_workers=QUERY_THREADS) as pool:
-        frames = list(pool.map(one, jobs))
-    return {(m, layer): df for (m, layer, _), df in zip(jobs, frames)}
+        if layers is None:  # every layer: per-layer points, but the whole model and the embedding in full
+            keys.append((metric, None))
+            points[(metric, None)] = layer_points
+            points.update({(metric, lay): max_points for lay in (M.LAYER_TOTAL, M.LAYER_EMBEDDING)})
+        else:
+            keys += [(metric, lay) for lay in layers]
+    # One attach and two queries for all ~80 series (DuckDB spreads them over every core itself).
+    got = store.series_many(run, keys, max_points=max_points, per_key_points=points, step_min=step_min,
+                            step_max=step_max)
+    return {k: df for k, df in got.items() if len(df)}
 
 
 def compare_series(store, run: str, max_points: int = 1500) -> dict[str, pd.DataFrame]:
     """Loss, embedding grad norm and the max attention score over all layers, for the compare view."""
-    names = store.metric_names(run)
-    have = set(zip(names["metric"], names["layer"])) if len(names) else set()
+    got = store.series_many(run, [(M.LOSS, M.NO_LAYER), (M.GRAD_NORM, M.LAYER_EMBEDDING), (M.ATTN_SCORE_MAX, None)],
+                            max_points=max_points, per_key_points={(M.ATTN_SCORE_MAX, None): max_points // 2})
     out = {}
-    if (M.LOSS, M.NO_LAYER) in have:
-        out["loss"] = store.series(run, M.LOSS, layer=M.NO_LAYER, max_points=max_points)
-    if (M.GRAD_NORM, M.LAYER_EMBEDDING) in have:
-        out["emb"] = store.series(run, M.GRAD_NORM, layer=M.LAYER_EMBEDDING, max_points=max_points)
-    attn = {lay: store.series(run, M.ATTN_SCORE_MAX, layer=lay, max_points=max_points // 2)
-            for m, lay in have if m == M.ATTN_SCORE_MAX}
+    if len(got[(M.LOSS, M.NO_LAYER)]):
+        out["loss"] = got[(M.LOSS, M.NO_LAYER)]
+    if len(got[(M.GRAD_NORM, M.LAYER_EMBEDDING)]):
+        out["emb"] = got[(M.GRAD_NORM, M.LAYER_EMBEDDING)]
+    attn = {lay: df for (m, lay), df in got.items() if m == M.ATTN_SCORE_MAX}
     if attn:
         x, _, z = bin_layers(attn, n_bins=max_points // 2)
         with np.errstate(all="ignore"):
@@ -272,9 +267,17 @@ def cached_events(store_dir: str, run: str, version: tuple) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_spikes(store_dir: str, run: str, version: tuple) -> SpikeInfo:
+def cached_spikes(store_dir: str, run: str, version: tuple, _events: pd.DataFrame | None = None) -> SpikeInfo:
+    """`_events`: the run's events if the page has read them already (not part of the cache key)."""
     store = cached_store(store_dir)
-    return spikes(store, run, run_events(store, run))
+    return spikes(store, run, run_events(store, run) if _events is None else _events)
+
+
+def events_and_spikes(store_dir: str, run: str, version: tuple, spike_version: tuple) -> tuple[tuple, tuple]:
+    """The run's events, then its spike onsets from those same events (the events are read once, not once
+    for the table and again for the labels): ((events, error), (spikes, error)), each as `guarded` gives it."""
+    events = guarded(cached_events, store_dir, run, version)
+    return events, guarded(cached_spikes, store_dir, run, spike_version, events[0])
 
 
 @st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)

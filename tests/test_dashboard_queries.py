@@ -125,3 +125,31 @@ def test_a_run_json_that_breaks_the_whole_listing_only_marks_its_own_run(tmp_pat
     runs = q.list_runs(q.open_store(tmp_path), tmp_path).set_index("run")
     assert runs.loc["good", "error"] == "" and runs.loc["good", "last_step"] == 0
     assert runs.loc["odd", "error"] != ""
+
+
+def test_run_series_is_series_per_drawn_key(store):
+    """The batched read gives every drawn series as series() would, with per-layer series at layer_points and
+    the whole model and the embedding at full points; series not drawn are left out."""
+    names = store.metric_names("pre-ln-fp16")
+    drawn = {m: lay for m, lay in q.RUN_METRICS}
+    want = [(m, lay) for m, lay in zip(names["metric"], names["layer"])
+            if m in drawn and (drawn[m] is None or lay in drawn[m])]
+    for window in ((None, None), (150, 420)):
+        got = q.run_series(store, "pre-ln-fp16", *window, max_points=120, layer_points=30)
+        assert sorted(got) == sorted(want)
+        for m, lay in want:
+            per_layer = drawn[m] is None and lay not in (M.LAYER_TOTAL, M.LAYER_EMBEDDING)
+            ref = store.series("pre-ln-fp16", m, lay, max_points=30 if per_layer else 120,
+                               step_min=window[0], step_max=window[1])
+            assert got[(m, lay)][["step", "n", "nonfinite"]].equals(ref[["step", "n", "nonfinite"]]), (m, lay)
+            np.testing.assert_allclose(got[(m, lay)][["value", "vmin", "vmax"]].to_numpy(float),
+                                       ref[["value", "vmin", "vmax"]].to_numpy(float), rtol=1e-12, equal_nan=True)
+    assert q.run_series(store, "pre-ln-fp16", step_min=10 * ds.N_STEPS) == {}
+
+
+def test_compare_series_lines_are_the_stored_series(store):
+    got = q.compare_series(store, "pre-ln-fp16", max_points=100)
+    for key, (m, lay) in (("loss", (M.LOSS, "")), ("emb", (M.GRAD_NORM, M.LAYER_EMBEDDING))):
+        ref = store.series("pre-ln-fp16", m, lay, max_points=100)
+        assert got[key]["step"].tolist() == ref["step"].tolist()
+        np.testing.assert_allclose(got[key]["vmax"], ref["vmax"], rtol=1e-12)

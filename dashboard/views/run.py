@@ -76,10 +76,12 @@ def _forget_focus() -> None:
     st.session_state["_stale_zoom"] = st.session_state.get(CHART_KEY)
 
 
-@st.cache_data(ttl=q.DATA_TTL_S, max_entries=32, show_spinner=False)
+@st.cache_resource(ttl=q.DATA_TTL_S, max_entries=32, show_spinner=False)
 def figure(store_dir, run, version, window, fetch, max_points, focus, _series, _events, _spikes):
     """Built once per run version, so a redraw with no new data costs nothing. The `_` arguments are not hashed:
-    they follow from the others."""
+    they follow from the others. Kept as the object itself: st.cache_data would pickle the figure when it is
+    built and unpickle (and so re-validate) it on every rerun, which costs about as much as building it; the
+    figure is only read (plot.show serialises it) and never changed."""
     return run_figure(_series, _events, _spikes, focus_step=focus, uirevision=f"{run}:{window}")
 
 
@@ -119,11 +121,11 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
     reported = st.session_state.get(CHART_KEY)
     zoom = None if reported == st.session_state.get("_stale_zoom") else plot.zoomed_range(reported, uirevision)
     fetch = fetch_window(window, zoom, q.int_or_none(meta.get("last_step")))
-    (series, err), (events, ev_err), (info, sp_err) = q.guarded_parallel(
+    (series, err), (events_spikes, _) = q.guarded_parallel(
         (q.cached_series, store_dir, run, version, fetch[0], fetch[1], max_points),
-        (q.cached_events, store_dir, run, version),
-        (q.cached_spikes, store_dir, run, q.coarse_version(meta, SPIKE_REFRESH_S)),
+        (q.events_and_spikes, store_dir, run, version, q.coarse_version(meta, SPIKE_REFRESH_S)),
     )
+    (events, ev_err), (info, sp_err) = events_spikes
     if err:
         st.error(f"Cannot read the metrics of {run}: {err}", icon="⚠️")
         return

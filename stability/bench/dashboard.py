@@ -3,7 +3,8 @@
 - build_s / rows: writing the synthetic run through the store's writer (`log_columns`) and compacting it;
 - first_paint_query_s: everything the run view computes before it can draw, from a cold cache: the run list,
   then side by side every series it draws (downsampled by the store to <= `--points` per series, fewer per
-  layer), the events and the spike labels (first_paint_series_s and first_paint_spikes_s time those two);
+  layer, all in one `RunStore.series_many` read), and the events followed by the spike labels
+  (first_paint_series_s and first_paint_spikes_s time the series and the labels);
   first_paint_figure_s: building the figure; first_paint_total_s: all of it plus the figure's JSON;
   first_paint_cpu_s: the CPU time all of that took in this process (every thread, DuckDB's included): what the
   wall time comes down to on a machine nothing else is using;
@@ -72,7 +73,7 @@ def first_paint(store_dir: str, run: str, points: int) -> dict:
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     q.list_runs(store, store_dir)
-    # As the run view does: series and events beside spike labelling (see queries.guarded_parallel).
+    # As the run view does: the series beside the events and their spike labels (queries.guarded_parallel).
     timed: dict = {}
 
     def timing(name, fn, *a, **kw):
@@ -81,13 +82,17 @@ def first_paint(store_dir: str, run: str, points: int) -> dict:
         timed[name] = time.perf_counter() - t
         return out
 
-    (series, e1), (events, e2), (info, e3) = q.guarded_parallel(
+    def events_then_spikes():
+        events = q.run_events(store, run)  # read once, for the table and the labels (queries.events_and_spikes)
+        return events, timing("spikes", q.spikes, store, run, events)
+
+    (series, e1), (events_info, e2) = q.guarded_parallel(
         (timing, "series", q.run_series, store, run, None, None, points),
-        (timing, "events", q.run_events, store, run),
-        (timing, "spikes", lambda: q.spikes(store, run, q.run_events(store, run))),
+        (events_then_spikes,),
     )
-    if e1 or e2 or e3:
-        raise RuntimeError(e1 or e2 or e3)
+    if e1 or e2:
+        raise RuntimeError(e1 or e2)
+    events, info = events_info
     t_query = time.perf_counter()
     fig = run_figure(series, events, info.steps, uirevision=run)
     t_fig = time.perf_counter()
