@@ -5,11 +5,17 @@ import random
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from stability.detector import (AlertGate, DetectorConfig, GateConfig, LabelConfig, OnlineDetector,
-                                label_spikes, spike_score)
+from stability.detector import (
+    AlertGate,
+    DetectorConfig,
+    GateConfig,
+    LabelConfig,
+    OnlineDetector,
+    label_spikes,
+    spike_score,
+)
 from stability.detector.baselines import GradNormThreshold, LossZAlarm, SpikeScoreAlarm
 from stability.detector.robust import RollingMeanStd, RollingWindow
 from stability.detector.synthetic import planted_run
@@ -382,3 +388,29 @@ def test_labeller_smoothing_finds_a_sustained_rise_under_batch_noise():
     assert 296 <= inc.onset <= 305 and 335 <= inc.end <= 345
     with pytest.raises(ValueError):
         LabelConfig(smooth=4)
+
+
+def test_labeller_slow_climb_is_a_divergence():
+    # The loss climbs 50 % over 200 steps and stays: no single step beats the rolling baseline, the run diverged.
+    rng = np.random.default_rng(22)
+    loss = 2.0 + 0.02 * rng.standard_normal(600)
+    loss[300:500] += np.linspace(0, 1.0, 200)
+    loss[500:] += 1.0
+    lab = label_spikes(np.arange(600), loss)
+    assert len(lab.incidents) == 1 and lab.incidents[0].diverged
+    # It starts where the smoothed loss last left 5 % of its lowest level: 2.0 * 0.05 = 0.1 -> ~20 steps in.
+    assert 300 <= lab.incidents[0].onset <= 330 and lab.incidents[0].end == 599
+    # A climb that comes back down is not a divergence.
+    loss[500:] = 2.0 + 0.02 * rng.standard_normal(100)
+    assert not label_spikes(np.arange(600), loss).diverged
+
+
+def test_smoothing_ignores_one_noisy_batch_but_not_a_surge():
+    run = planted_run(n=1200, seed=13)
+    i = 600
+    run.records[i] = dict(run.records[i], **{"grad_norm/embedding": run.records[i]["grad_norm/embedding"] * 50})
+    assert [a.step for a in run_all(OnlineDetector(), run)] == [int(run.steps[i])]
+    assert run_all(OnlineDetector(DetectorConfig(smooth=3)), run) == []
+    surge = planted_run(n=1200, seed=13, surge_at=800, lag=15)
+    alerts = run_all(OnlineDetector(DetectorConfig(smooth=3)), surge)
+    assert alerts and 800 <= alerts[0].step < 815

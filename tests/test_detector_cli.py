@@ -121,21 +121,29 @@ def test_eval_json_on_a_planted_suite(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_generate_a_tiny_suite_end_to_end(tmp_path):
-    """Real training: one base run and two phases of a tiny reference model, stored compactly and reloadable."""
+    """Real training: one base run and one phase of a tiny reference model, stored compactly and reloadable."""
     from stability.detector.suite import MANIFEST, SUITE_FILE, generate
 
     model = SuiteModel(d_model=32, n_layer=1, n_head=2, batch_size=4, seq_len=32, base_steps=30,
                        base_lr={"pre": 1e-3}, keep_base=10)
-    runs = [SuiteRun("pre", 1e-2, 5, seed=0, steps=12), SuiteRun("pre", 1e-2, 5, seed=1, steps=12)]
-    manifest = generate(tmp_path, runs, model=model, workers=2, log=lambda *a: None)
+    runs = [SuiteRun("pre", 1e-2, 5, seed=1, steps=12, ramp=1.1, ramp_from=6)]
+    manifest = generate(tmp_path, runs, model=model, workers=1, log=lambda *a: None)
     assert (tmp_path / SUITE_FILE).exists() and (tmp_path / MANIFEST).exists()
-    assert [d["status"] for d in manifest["results"]] == ["finished", "finished"]
+    assert [d["status"] for d in manifest["results"]] == ["finished"]
     loaded = {r.name: r for r in load_suite(tmp_path)}
     assert set(loaded) == {r.name for r in runs}
-    r = loaded[runs[1].name]
+    r = loaded[runs[0].name]
     assert r.meta["split"] == "heldout" and r.meta["config"]["lr"] == 1e-2
     # The last 10 base steps (20..29), then the phase numbered on from the base (30..41).
     assert r.steps.tolist() == list(range(20, 42))
-    assert {"loss", "grad_norm/embedding", "grad_norm/total", "attn_score_max/layers.0"} <= r.keys()
-    assert not any(k.startswith("grad_norm/layers") for k in r.keys())  # only what the detector reads
+    keys = r.keys()
+    assert {"loss", "grad_norm/embedding", "grad_norm/total", "attn_score_max/layers.0"} <= keys
+    assert not any(k.startswith("grad_norm/layers") for k in keys)  # only what the detector reads
     assert not (tmp_path / ".scratch").exists()
+    # The learning rate follows the phase's schedule, then grows 10 % a step from phase step 6 (the ramp hook).
+    from stability.detector.suite import train_config
+    from stability.train import lr_at
+
+    cfg = train_config(runs[0], model)
+    expected = [lr_at(t, cfg) * 1.1 ** max(0, t - 6) for t in range(12)]
+    assert r.column("lr")[1][10:] == pytest.approx(expected)

@@ -34,18 +34,19 @@ def add_arguments(parser):
                         help="also analyse W&B exports in DIR (e.g. ../shared/realworld/microscaling-instabilities)")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE")
     from stability.commands.spikes import add_label_arguments
-    from stability.detector.evaluate import SUITE_LABELS
+    from stability.detector.comparison import SUITE_LABELS
 
     add_label_arguments(parser, SUITE_LABELS)
     g = parser.add_argument_group("generating the suite")
     g.add_argument("--generate", action="store_true", help="train the suite runs into --suite first")
     g.add_argument("--workers", type=int, default=2, help="training processes in parallel (default 2)")
     g.add_argument("--only", metavar="SUBSTR", help="with --generate: only configurations whose name has SUBSTR")
+    g.add_argument("--missing", action="store_true", help="with --generate: only runs the suite does not hold yet")
 
 
 def run(args) -> int:
     from stability.cli import UsageError
-    from stability.detector.evaluate import compare
+    from stability.detector.comparison import compare
     from stability.detector.suite import SUITE, generate, load_suite
 
     suite = Path(args.suite) if args.suite else default_suite()
@@ -56,8 +57,11 @@ def run(args) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     if args.generate:
         runs = [r for r in SUITE if not args.only or args.only in r.name]
+        if args.missing:
+            have = {r.name for r in load_suite(suite)} if (suite / "suite.parquet").exists() else set()
+            runs = [r for r in runs if r.name not in have]
         if not runs:
-            raise UsageError(f"--only {args.only}: no suite configuration matches")
+            raise UsageError("--generate: no suite configuration left to train (see --only / --missing)")
         log(f"generating {len(runs)} runs into {suite} with {args.workers} worker(s)")
         generate(suite, runs, workers=args.workers, log=log)
     if not (suite / "suite.parquet").exists() and not args.generate:
@@ -90,14 +94,32 @@ def run(args) -> int:
 
 def format_table(result: dict) -> str:
     """The held-out comparison as a Markdown table."""
-    lines = [f"Held-out split, H = {result['horizon']} steps, thresholds picked on the tuning split at <= "
-             f"{result['fa_budget_per_10k']:g} false alarms per 10k calm steps",
+    lines = [(f"Held-out split, H = {result['horizon']} steps, thresholds picked on the tuning split at <= "
+              f"{result['fa_budget_per_10k']:g} false alarms per 10k calm steps"),
              "", "| method | threshold | recall | precision | false alarms / 10k calm | median lead (steps) |",
              "|---|---|---|---|---|---|"]
     for name, m in result["methods"].items():
         h = m["heldout"]
         lines.append(f"| {name} | {m['threshold']:g} | {_f(h['recall'])} ({h['hits']}/{h['incidents']}) | "
                      f"{_f(h['precision'])} | {_f(h['false_alarms_per_10k'])} | {_f(h['median_lead'])} |")
+    lines += ["", ("Trade-off on the held-out split (best threshold per budget chosen on the held-out curve itself: "
+                   "an upper bound, not a tuned result)"), "",
+              "| method | FA budget / 10k | threshold | recall | precision | false alarms / 10k | median lead |",
+              "|---|---|---|---|---|---|---|"]
+    for name, pts in result.get("operating_points_heldout", {}).items():
+        for p in pts:
+            lines.append(f"| {name} | {p['fa_budget_per_10k']:g} | {_f(p.get('threshold'))} | {_f(p.get('recall'))} | "
+                         f"{_f(p.get('precision'))} | {_f(p.get('false_alarms_per_10k'))} | "
+                         f"{_f(p.get('median_lead'))} |")
+    sw = result.get("swapped_splits")
+    if sw:
+        lines += ["", "Splits exchanged (tuned on seed 1, reported on seed 0)", "",
+                  "| method | threshold | recall | precision | false alarms / 10k calm | median lead |",
+                  "|---|---|---|---|---|---|"]
+        for name, m in sw.items():
+            h = m["heldout"]
+            lines.append(f"| {name} | {m['threshold']:g} | {_f(h['recall'])} ({h['hits']}/{h['incidents']}) | "
+                         f"{_f(h['precision'])} | {_f(h['false_alarms_per_10k'])} | {_f(h['median_lead'])} |")
     return "\n".join(lines)
 
 

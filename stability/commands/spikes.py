@@ -74,7 +74,7 @@ def run(args) -> int:
         "run": args.run,
         "spikes": labels.spikes_json(),
         "diverged": labels.diverged,
-        "logged_steps": int(len(steps)),
+        "logged_steps": len(steps),
         "spike_score": {"loss": spike_score(loss), "grad_norm": spike_score(gnorm) if len(gnorm) else None},
         "labeller": vars(cfg),
     }

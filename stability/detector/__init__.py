@@ -6,13 +6,39 @@
 """
 
 from stability.detector.alert import CRITICAL, WARNING, Alert, AlertGate, GateConfig
-from stability.detector.baselines import BASELINES, GradNormThreshold, LossZAlarm, SpikeScoreAlarm
-from stability.detector.labeller import Incident, LabelConfig, Labels, label_spikes, spike_score
+from stability.detector.baselines import (
+    BASELINES,
+    GradNormThreshold,
+    LossZAlarm,
+    SpikeScoreAlarm,
+)
+from stability.detector.labeller import (
+    Incident,
+    LabelConfig,
+    Labels,
+    label_spikes,
+    spike_score,
+)
 from stability.detector.online import SIGNALS, DetectorConfig, OnlineDetector
 from stability.detector.series import RunSeries
 
 __all__ = [
-    "Alert", "AlertGate", "GateConfig", "WARNING", "CRITICAL", "OnlineDetector", "DetectorConfig", "SIGNALS",
-    "label_spikes", "spike_score", "LabelConfig", "Labels", "Incident", "RunSeries", "BASELINES", "LossZAlarm",
-    "GradNormThreshold", "SpikeScoreAlarm",
+    "BASELINES",
+    "CRITICAL",
+    "SIGNALS",
+    "WARNING",
+    "Alert",
+    "AlertGate",
+    "DetectorConfig",
+    "GateConfig",
+    "GradNormThreshold",
+    "Incident",
+    "LabelConfig",
+    "Labels",
+    "LossZAlarm",
+    "OnlineDetector",
+    "RunSeries",
+    "SpikeScoreAlarm",
+    "label_spikes",
+    "spike_score",
 ]

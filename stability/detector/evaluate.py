@@ -16,16 +16,26 @@ swept by replaying the shared `AlertGate` over the stored scores, which is what 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from stability.detector.alert import AlertGate, GateConfig
-from stability.detector.baselines import (GradNormThreshold, GradNormThresholdConfig, LossZAlarm, LossZConfig,
-                                          SpikeScoreAlarm, SpikeScoreConfig)
+from stability.detector.baselines import (
+    GradNormThreshold,
+    GradNormThresholdConfig,
+    LossZAlarm,
+    LossZConfig,
+    SpikeScoreAlarm,
+    SpikeScoreConfig,
+)
 from stability.detector.labeller import LabelConfig, Labels, label_spikes
-from stability.detector.online import K_LOSS, NONFINITE_SCORE, DetectorConfig, OnlineDetector
+from stability.detector.online import (
+    K_LOSS,
+    NONFINITE_SCORE,
+    DetectorConfig,
+    OnlineDetector,
+)
 from stability.detector.series import RunSeries
 
 DETECTOR = "detector"
@@ -124,7 +134,7 @@ class RunScore:
     calm_steps: float = 0.0
     hit_signals: list[str] = field(default_factory=list)
 
-    def add(self, other: "RunScore") -> "RunScore":
+    def add(self, other: RunScore) -> RunScore:
         return RunScore(
             self.incidents + other.incidents, self.hits + other.hits, self.leads + other.leads,
             self.alerts + other.alerts, self.true_alerts + other.true_alerts, self.late_alerts + other.late_alerts,
@@ -241,96 +251,3 @@ def pick_threshold(points: list[dict], fa_budget: float) -> dict | None:
         return None
     return max(ok, key=lambda p: (p["recall"] or 0.0, p["median_lead"] or 0.0, p["precision"] or 0.0,
                                   p["threshold"]))
-
-
-# -- the full comparison: tune on one split, report on the other ---------------------------------------------------
-TUNE, HELDOUT = "tune", "heldout"
-
-# Labels of the suite: the small reference model's per-step loss is mostly batch noise (robust sigma ~0.15 nats),
-# so the suite is labelled on a centred 5-step mean at 5 robust sigmas (see LabelConfig.smooth).
-SUITE_LABELS = LabelConfig(smooth=5, z=5.0)
-
-# Detector variants tried on the tuning split (fields of DetectorConfig); the first is the shipped default.
-DETECTOR_VARIANTS: tuple[dict, ...] = (
-    {},
-    {"disabled": ("loss_z",)},
-    {"window": 50},
-    {"rate_k": 3},
-)
-
-
-def split_of(series: RunSeries) -> str:
-    """The suite assigns each run to `tune` or `heldout` when it is generated; otherwise seed parity decides."""
-    split = series.meta.get("split") or (series.meta.get("config") or {}).get("split")
-    if split in (TUNE, HELDOUT):
-        return split
-    seed = (series.meta.get("config") or {}).get("seed", 0)
-    return TUNE if int(seed) % 2 == 0 else HELDOUT
-
-
-def compare(runs: list[RunSeries], *, horizon: int = 50, fa_budget: float = 2.0,
-            label_cfg: LabelConfig | None = None, gate: GateConfig | None = None,
-            variants: tuple[dict, ...] = DETECTOR_VARIANTS) -> dict:
-    """Every method side by side: threshold picked on the tuning split at the false-alarm budget, figures on
-    the held-out split at that threshold, and each method's held-out trade-off curve."""
-    label_cfg = label_cfg or SUITE_LABELS
-    gate = gate or GateConfig()
-    cases = prepare(runs, label_cfg)
-    parts = {TUNE: [c for c in cases if split_of(c.series) == TUNE],
-             HELDOUT: [c for c in cases if split_of(c.series) == HELDOUT]}
-    base_gate = replace(gate, threshold=1.0)
-    for name in METHOD_NAMES[1:]:
-        add_traces(cases, name, base_gate)
-    keys = []
-    for i, v in enumerate(variants):
-        key = f"{DETECTOR}#{i}"
-        add_traces(cases, DETECTOR, base_gate, DetectorConfig(**v), key=key)
-        keys.append(key)
-
-    def tuned(key):
-        grid = threshold_grid(parts[TUNE] or cases, key)
-        pts = curve(parts[TUNE], key, gate, horizon, grid) if parts[TUNE] else []
-        pick = pick_threshold(pts, fa_budget)
-        thr = pick["threshold"] if pick else max(grid)
-        held = evaluate(parts[HELDOUT], key, replace(gate, threshold=thr), horizon).summary()
-        tune_s = evaluate(parts[TUNE], key, replace(gate, threshold=thr), horizon).summary()
-        return {"threshold": thr, "within_budget_on_tune": pick is not None, TUNE: tune_s, HELDOUT: held,
-                "curve_heldout": curve(parts[HELDOUT], key, gate, horizon, grid)}
-
-    variant_results = [tuned(k) for k in keys]
-    best = max(range(len(keys)), key=lambda i: _rank(variant_results[i][TUNE]))
-    methods = {DETECTOR: {**variant_results[best], "variant": _jsonable(variants[best])}}
-    for name in METHOD_NAMES[1:]:
-        methods[name] = tuned(name)
-    # The shipped defaults at their own threshold (no tuning at all), for reference.
-    default = {s: evaluate(parts[s], keys[0], gate, horizon).summary() for s in (TUNE, HELDOUT)}
-    hit_signals: dict[str, int] = {}
-    for c in parts[HELDOUT]:
-        al = gate_alerts(c.traces[keys[best]], replace(gate, threshold=methods[DETECTOR]["threshold"]))
-        for s in score_run(al, c.labels, horizon).hit_signals:
-            hit_signals[s] = hit_signals.get(s, 0) + 1
-    return {
-        "horizon": horizon, "fa_budget_per_10k": fa_budget, "labeller": vars(label_cfg), "gate": vars(gate),
-        "splits": {s: sorted(c.series.name for c in parts[s]) for s in parts},
-        "labels": {s: _label_summary(parts[s]) for s in parts},
-        "methods": methods,
-        "detector_default": default,
-        "detector_variants": [{"variant": _jsonable(v), "threshold": r["threshold"], TUNE: r[TUNE]}
-                              for v, r in zip(variants, variant_results)],
-        "detector_hit_signals_heldout": hit_signals,
-    }
-
-
-def _rank(s: dict):
-    return (s["recall"] or 0.0, s["precision"] or 0.0, s["median_lead"] or 0.0)
-
-
-def _jsonable(v: dict) -> dict:
-    return {k: list(x) if isinstance(x, tuple) else x for k, x in v.items()}
-
-
-def _label_summary(cases: list[Case]) -> dict:
-    incs = [i for c in cases for i in c.labels.incidents]
-    return {"runs": len(cases), "runs_with_spikes": sum(1 for c in cases if c.labels.incidents),
-            "incidents": len(incs), "divergences": sum(1 for i in incs if i.diverged),
-            "logged_steps": int(sum(len(c.series) for c in cases))}

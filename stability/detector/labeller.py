@@ -9,7 +9,8 @@ where sigma_t is the robust scale of the same window (inter-quartile range / 1.3
 Gaussian noise and, like the MAD, ignores outliers). Spike steps are not added to the window, so a long spike or a
 divergence cannot drag its own baseline up. Spike steps less than `merge_gap` training steps apart form one
 *incident* (onset = first spike step). An incident with a non-finite loss, or with no calm step after it before
-the run ends, is a *divergence* (no recovery).
+the run ends, is a *divergence* (no recovery); so is a run whose smoothed loss climbs slowly to 20 % above the
+lowest level it reached and stays there (a slow climb drags a rolling baseline along with it).
 
 `spike_score` is OLMo 2's run-level measure: the share of steps more than 7 standard deviations from the rolling
 mean of the previous 1000 values.
@@ -40,6 +41,13 @@ class LabelConfig:
     """...and at least this much above it, in loss units."""
     merge_gap: int = 20
     """Spike steps at most this many training steps apart are one incident."""
+    div_rise: float = 0.2
+    """A run that ends with its smoothed loss this fraction above the lowest smoothed loss it reached has
+    diverged, however slowly it climbed (a slow climb moves the rolling baseline along with it)."""
+    div_start: float = 0.05
+    """Such a divergence starts where the smoothed loss last rose above (1 + div_start) x its lowest level."""
+    div_smooth: int = 9
+    """Centred mean, in logged steps, used for the slow-divergence rule."""
     smooth: int = 1
     """Judge a centred mean over this many logged steps (odd; 1 = the raw loss). For small-batch runs whose
     per-step loss is mostly batch noise. Centred, so an onset can come at most (smooth - 1) / 2 logged steps
@@ -54,6 +62,10 @@ class LabelConfig:
             raise ValueError("z must be > 0 and rel_margin, abs_margin >= 0")
         if self.merge_gap < 0:
             raise ValueError(f"merge_gap must be >= 0, got {self.merge_gap}")
+        if not 0 < self.div_start < self.div_rise:
+            raise ValueError("need 0 < div_start < div_rise")
+        if self.div_smooth < 1 or self.div_smooth % 2 == 0:
+            raise ValueError(f"div_smooth must be an odd number >= 1, got {self.div_smooth}")
         if self.smooth < 1 or self.smooth % 2 == 0:
             raise ValueError(f"smooth must be an odd number >= 1, got {self.smooth}")
 
@@ -140,7 +152,37 @@ def label_spikes(steps, loss, cfg: LabelConfig | None = None) -> Labels:
         hist.push(x)
     labels = Labels(steps, loss, baseline, threshold, is_spike, first_labelled_step=first)
     labels.incidents = _incidents(labels, cfg)
+    _slow_divergence(labels, cfg)
     return labels
+
+
+def _slow_divergence(lab: Labels, cfg: LabelConfig) -> None:
+    """Mark (or add) the divergence of a run that climbed slowly and never came back down."""
+    if lab.first_labelled_step is None or len(lab.loss) < cfg.min_history or lab.diverged:
+        return
+    sm = _centred_mean(lab.loss, cfg.div_smooth)
+    if not np.isfinite(sm).all():
+        return  # non-finite losses are divergences already
+    low = np.minimum.accumulate(sm)
+    if not sm[-1] > low[-1] * (1 + cfg.div_rise):
+        return
+    calm = np.flatnonzero(sm <= low * (1 + cfg.div_start))
+    i = int(calm[-1]) + 1 if len(calm) else 0
+    onset = max(int(lab.steps[i]), lab.first_labelled_step)
+    # An incident already inside the climb is the start of the same divergence.
+    inside = [inc for inc in lab.incidents if inc.end >= onset]
+    if inside:
+        onset = min(onset, inside[0].onset)
+    keep = [inc for inc in lab.incidents if inc.end < onset]
+    j = int(np.searchsorted(lab.steps, onset))
+    tail = lab.loss[j:]
+    peak = j + int(np.argmax(tail))
+    lab.is_spike[j:] |= lab.loss[j:] > lab.threshold[j:]
+    keep.append(Incident(onset=onset, end=int(lab.steps[-1]), peak_step=int(lab.steps[peak]),
+                         peak_loss=float(lab.loss[peak]), onset_loss=float(lab.loss[j]),
+                         baseline=float(lab.baseline[j]) if np.isfinite(lab.baseline[j]) else float(low[j]),
+                         n_steps=len(tail), diverged=True))
+    lab.incidents = keep
 
 
 def _centred_mean(x: np.ndarray, k: int) -> np.ndarray:

@@ -80,6 +80,9 @@ class DetectorConfig:
     """Logged steps over which FP16 events are counted."""
     fp16_events: int = 3
     """Threshold: this many loss-scale drops / overflow steps within `fp16_window`."""
+    smooth: int = 1
+    """Score the median of the last `smooth` logged values of each gradient / attention signal instead of the
+    latest one (1 = no smoothing): trades a step or two of lag for far fewer alarms on single noisy batches."""
     hold: int = 20
     """A signal whose metric is missing at a logged step keeps its last score for up to this many updates."""
     disabled: tuple[str, ...] = ()
@@ -92,7 +95,7 @@ class DetectorConfig:
         self.disabled = tuple(self.disabled)
         if self.window < 4 or not 2 <= self.min_history <= self.window:
             raise ValueError("window must be >= 4 and min_history in [2, window]")
-        if self.rate_k < 1 or self.fp16_window < 1 or self.fp16_events < 1 or self.hold < 0:
+        if self.rate_k < 1 or self.fp16_window < 1 or self.fp16_events < 1 or self.hold < 0 or self.smooth < 1:
             raise ValueError("rate_k, fp16_window and fp16_events must be >= 1")
         if self.scale_floor <= 0 or self.winsor <= 0:
             raise ValueError("scale_floor and winsor must be > 0")
@@ -115,19 +118,21 @@ class DetectorConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DetectorConfig":
+    def from_dict(cls, d: dict) -> DetectorConfig:
         return cls(**d)
 
 
 class _LogTracker:
     """Robust history of one positive signal in log space: z-score, level over median, growth over k steps."""
 
-    def __init__(self, cfg: DetectorConfig, drift: bool = False):
+    def __init__(self, cfg: DetectorConfig, drift: bool = False, smoothed: bool = True):
         self.cfg = cfg
         self.track_drift = drift
+        self.smoothed = smoothed and cfg.smooth > 1
         self.hist = RollingWindow(cfg.window)
         self.recent: deque[float] = deque(maxlen=cfg.rate_k + 1)
         self.smooth = RollingWindow(cfg.drift_window)
+        self.raw = RollingWindow(cfg.smooth)
         self.lowest = math.inf
         self.drift = 0.0
         """Smoothed value minus its lowest level so far (log units; 0 until there is enough history)."""
@@ -139,6 +144,9 @@ class _LogTracker:
         if not math.isfinite(x):
             return None
         cfg = self.cfg
+        if self.smoothed:
+            self.raw.push(x)
+            x = self.raw.median()
         out = None
         push = x
         if len(self.hist) >= cfg.min_history:
@@ -161,7 +169,7 @@ class _LogTracker:
 
     def state_dict(self) -> dict:
         return {"hist": self.hist.state_dict(), "recent": list(self.recent), "smooth": self.smooth.state_dict(),
-                "lowest": self.lowest, "drift": self.drift}
+                "lowest": self.lowest, "drift": self.drift, "raw": self.raw.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.hist.load_state_dict(state["hist"])
@@ -169,6 +177,7 @@ class _LogTracker:
         self.smooth.load_state_dict(state["smooth"])
         self.lowest = float(state["lowest"])
         self.drift = float(state["drift"])
+        self.raw.load_state_dict(state["raw"])
 
 
 class OnlineDetector:
@@ -179,7 +188,9 @@ class OnlineDetector:
     def __init__(self, cfg: DetectorConfig | None = None):
         self.cfg = cfg or DetectorConfig()
         self.gate = AlertGate(self.cfg.gate)
-        self._t = {name: _LogTracker(self.cfg, drift=name == "total") for name in self._TRACKERS}
+        # The loss signal always scores the raw loss (it is the last resort, it must not lag further).
+        self._t = {name: _LogTracker(self.cfg, drift=name == "total", smoothed=name != "loss")
+                   for name in self._TRACKERS}
         self._fp16: deque[int] = deque(maxlen=self.cfg.fp16_window)
         self._last_scale = math.nan
         self._held: dict[str, tuple[float, int]] = {}

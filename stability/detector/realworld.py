@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from stability.detector.alert import GateConfig
-from stability.detector.evaluate import DETECTOR, METHOD_NAMES, gate_alerts, make_method, trace
+from stability.detector.evaluate import (
+    DETECTOR,
+    METHOD_NAMES,
+    gate_alerts,
+    make_method,
+    trace,
+)
 from stability.detector.labeller import LabelConfig, label_spikes, spike_score
 from stability.detector.online import K_LOSS, K_TOTAL, DetectorConfig
 from stability.detector.series import RunSeries, from_long
@@ -30,7 +36,6 @@ def _digest(p: Path) -> str:
 
 def pair_files(root) -> list[tuple[str, Path, Path | None]]:
     """(run name, loss csv, grad-norm csv or None) for each distinct loss export under `root`."""
-    from stability.store.longform import read_header  # noqa: F401  (the importer is the reader we rely on)
     from stability.store.wandb import read_wandb
 
     root = Path(root)
@@ -102,12 +107,12 @@ def analyse(root, detector_cfg: DetectorConfig | None = None, gate: GateConfig |
     for name, loss_csv, grad_csv in pair_files(root):
         series = load_pair(name, loss_csv, grad_csv)
         steps, loss = series.column(K_LOSS)
-        gsteps, gnorm = series.column(K_TOTAL)
+        _, gnorm = series.column(K_TOTAL)
         lab = label_spikes(steps, loss, REALWORLD_LABELS)
         drift = drift_onset(steps, loss)
         row = {
             "run": name, "loss_file": loss_csv.name, "grad_norm_file": grad_csv.name if grad_csv else None,
-            "logged_steps": int(len(steps)), "last_step": int(steps[-1]),
+            "logged_steps": len(steps), "last_step": int(steps[-1]),
             "min_loss": round(float(np.nanmin(loss)), 4), "final_loss": round(float(loss[-1]), 4),
             "grad_norm_first": round(float(gnorm[0]), 3) if len(gnorm) else None,
             "grad_norm_last": round(float(gnorm[-1]), 3) if len(gnorm) else None,

@@ -36,12 +36,12 @@ class RunSeries:
             out.update(r)
         return out
 
-    def truncated(self, last_step: int) -> "RunSeries":
+    def truncated(self, last_step: int) -> RunSeries:
         keep = self.steps <= last_step
         n = int(keep.sum())
         return RunSeries(self.name, self.steps[:n], self.records[:n], dict(self.meta))
 
-    def select(self, keys) -> "RunSeries":
+    def select(self, keys) -> RunSeries:
         """The same run with only `keys` (steps that keep none are dropped): e.g. a loss + grad_norm-only view."""
         keys = set(keys)
         steps, recs = [], []
@@ -91,7 +91,7 @@ def load_run(store, run: str, keys=None) -> RunSeries:
     try:
         info = store.run_info(run)
         meta = {"config": info.get("config") or {}, "status": info.get("status")}
-    except Exception:  # metadata only labels reports; a run without it is still a run
+    except Exception:  # noqa: BLE001 -- metadata only labels reports; a run without it is still a run
         meta = {}
     series = from_long(run, df, meta)
     return series if keys is None else series.select(keys)

@@ -47,12 +47,16 @@ class SuiteRun:
     """Steps of the phase after the base checkpoint."""
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
+    ramp: float = 1.0
+    """A schedule gone wrong: from phase step `ramp_from` on, the learning rate is multiplied by this every step."""
+    ramp_from: int = 50
 
     @property
     def name(self) -> str:
         b2 = f"-b{self.betas[1]:g}" if self.betas != (0.9, 0.95) else ""
         clip = "" if self.grad_clip == 1.0 else f"-clip{self.grad_clip:g}"
-        return f"{self.ln}-{self.precision}-lr{self.lr:g}-w{self.warmup}{b2}{clip}-s{self.seed}"
+        ramp = "" if self.ramp == 1.0 else f"-ramp{self.ramp:g}@{self.ramp_from}"
+        return f"{self.ln}-{self.precision}-lr{self.lr:g}-w{self.warmup}{b2}{clip}{ramp}-s{self.seed}"
 
     @property
     def split(self) -> str:
@@ -83,12 +87,23 @@ GRID = (
     ("post", 1e-2, 0, 0.0), ("post", 3e-2, 100, 1.0), ("post", 3e-3, 50, 1.0),
     ("sandwich", 3e-2, 0, 0.0), ("sandwich", 1e-1, 100, 0.0), ("sandwich", 1e-2, 50, 1.0),
     ("deepnorm", 1e-2, 50, 0.0), ("deepnorm", 3e-2, 100, 1.0), ("deepnorm", 3e-3, 50, 1.0),
+    # Abrupt re-warms: no or a 20-step warm-up to a high peak, clipping off.
+    ("pre", 3e-2, 0, 0.0), ("pre", 1e-1, 20, 0.0), ("post", 1e-2, 20, 0.0),
+    ("sandwich", 3e-2, 20, 0.0), ("deepnorm", 3e-2, 0, 0.0), ("deepnorm", 1e-1, 20, 0.0),
 )
 
 
+# Schedules gone wrong: each variant at its safe base learning rate, then from phase step 50 the learning rate
+# grows 5 % a step (clipping off) until the run breaks: a slow build-up, the case a precursor can lead.
+RAMPS = (("pre", 1e-2), ("post", 3e-3), ("sandwich", 1e-2), ("deepnorm", 3e-3))
+
+
 def suite_runs() -> list[SuiteRun]:
-    return [SuiteRun(ln, lr, warmup, seed=seed, steps=200, grad_clip=clip)
+    runs = [SuiteRun(ln, lr, warmup, seed=seed, steps=200, grad_clip=clip)
             for seed in (0, 1) for ln, lr, warmup, clip in GRID]
+    runs += [SuiteRun(ln, lr, 0, seed=seed, steps=200, grad_clip=0.0, ramp=1.05, ramp_from=50)
+             for seed in (0, 1) for ln, lr in RAMPS]
+    return runs
 
 
 SUITE = suite_runs()
@@ -127,6 +142,18 @@ def _train_base(args) -> dict:
     return {"name": f"base-{ln}", "status": res.status, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+class _LrRamp:
+    """Trainer hook: multiply the learning-rate schedule by `factor` every step from `start` on."""
+
+    def __init__(self, factor: float, start: int):
+        self.factor, self.start = factor, start
+
+    def before_update(self, trainer, step) -> bool:
+        if step >= self.start:
+            trainer.lr_scale *= self.factor
+        return False
+
+
 def _train_one(args) -> dict:
     """Worker: one suite run, continuing from its variant's base checkpoint, into its own scratch store."""
     r, model, scratch, base_dir = args
@@ -136,8 +163,9 @@ def _train_one(args) -> dict:
     from stability.session import SessionOptions, build_trainer
 
     t0 = time.perf_counter()
+    policies = [_LrRamp(r.ramp, r.ramp_from)] if r.ramp != 1.0 else []
     trainer = build_trainer(train_config(r, model), SessionOptions(
-        store=scratch, run=r.name, detect=False, progress=False, monitor_options=_MONITOR))
+        store=scratch, run=r.name, detect=False, progress=False, monitor_options=_MONITOR, policies=policies))
     state = torch.load(Path(base_dir) / f"base-{r.ln}.pt", weights_only=True)
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
