@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
 sample-runs: $(STAMP)
-	$(BIN)/stability sample-runs --out sample_runs
+	$(BIN)/stability sample-runs --out sample_runs --force --jobs 2
 
 bench: $(STAMP)
 	# The peers of the overhead benchmark (TensorBoard, W&B offline).

@@ -1,21 +1,36 @@
 """Per-run study numbers, computed on every logged value of a stored run.
 
-One row per run: the LN-variant study table (`stability report`) and the dashboard's compare table both come
-from here, so the two never disagree.
+One row per run: the LN-variant study table (`stability report`, the README's sample-runs table). Every number
+is read from the store (never from the training process), so the table can be recomputed from committed runs.
+
+Columns (see docs/sample_runs.md):
+  spikes                   loss-spike incidents found by the detector's labeller (`stability.detector.label_spikes`)
+  divergence_step          onset of the first incident that never recovered, or the trainer's `divergence` event
+  max_embedding_grad_norm  largest gradient norm of the input embedding
+  embedding_to_rest_ratio  median over logged steps of |g_embedding| / |g_rest of the model|
+  max_attn_score           largest pre-softmax attention score over layers and steps
+  overflow_count           non-finite gradient elements (fp16: what made the GradScaler skip a step) plus block
+                           outputs whose absolute maximum is beyond FP16's range, summed over steps
+  final_loss               mean training loss of the last `final_window` logged steps
+  val_loss                 held-out loss at the end of the run
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 
 from stability import metrics as M
+from stability.config import LN_VARIANTS, PRECISIONS
 
-COLUMNS = ["run", "ln", "precision", "egs", "status", "steps", "spikes", "divergence_step",
+COLUMNS = ["run", "ln", "precision", "egs", "seed", "status", "steps", "spikes", "divergence_step",
            "max_embedding_grad_norm", "embedding_to_rest_ratio", "max_attn_score", "overflow_count",
            "skipped_steps", "final_loss", "val_loss"]
+
+_EMPTY = pd.DataFrame(columns=["step", "metric", "layer", "value"])
 
 
 def _finite(a) -> np.ndarray:
@@ -27,6 +42,49 @@ def _opt(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
+def run_config(meta: dict) -> dict:
+    """The run's recorded config (run.json `config`), whether the listing gave it as a dict or as JSON text."""
+    config = meta.get("config") or {}
+    if isinstance(config, str):
+        config = json.loads(config or "{}")
+    return config if isinstance(config, dict) else {}
+
+
+def egs_mode(config: dict) -> str:
+    """Embedding Gradient Shrink mode recorded with a run: `policies.egs.mode` (the policy configuration), or a
+    plain `egs` key; a run recorded without either trained without EGS."""
+    egs = (config.get("policies") or {}).get("egs", config.get("egs", "off"))
+    if isinstance(egs, dict):
+        egs = egs.get("mode", "off")
+    return str(egs or "off")
+
+
+def embedding_to_rest(grad: pd.DataFrame) -> pd.Series:
+    """Per logged step: |g_embedding| / sqrt(sum of squares of the other top-level blocks' gradient norms).
+
+    `grad` is the long-form `grad_norm` rows of one run. The blocks (`layers.N`, `final_norm`, `head`) partition
+    the parameters other than the embedding, so the root of their squares is the norm of the rest of the model.
+    """
+    wide = grad.pivot_table(index="step", columns="layer", values="value", aggfunc="last")
+    if M.LAYER_EMBEDDING not in wide:
+        return pd.Series(dtype=float)
+    rest_cols = [c for c in wide.columns if c not in (M.LAYER_EMBEDDING, M.LAYER_TOTAL)]
+    if not rest_cols:
+        return pd.Series(dtype=float)
+    rest = np.sqrt((wide[rest_cols].astype(float) ** 2).sum(axis=1, min_count=len(rest_cols)))
+    return wide[M.LAYER_EMBEDDING].astype(float) / rest
+
+
+def _total_count(rows: pd.DataFrame | None) -> float:
+    """Sum over steps of a per-block count: its run-wide row (layer `total` or "") when logged, else the sum of
+    the blocks' rows. Never both, which would count everything twice."""
+    if rows is None or not len(rows):
+        return 0.0
+    total = rows[rows["layer"].isin([M.NO_LAYER, M.LAYER_TOTAL])]
+    use = total if len(total) else rows
+    return float(np.nansum(use["value"].to_numpy(dtype=float)))
+
+
 def run_summary(store, run: str, meta: dict | None = None, final_window: int = 20) -> dict:
     from stability.detector import label_spikes
 
@@ -34,69 +92,52 @@ def run_summary(store, run: str, meta: dict | None = None, final_window: int = 2
         runs = store.list_runs()
         row = runs[runs["run"] == run]
         meta = row.iloc[0].to_dict() if len(row) else {}
-    config = meta.get("config") or {}
-    if isinstance(config, str):
-        import json
-
-        config = json.loads(config or "{}")
+    config = run_config(meta)
+    model = config.get("model") or {}
     df = store.metrics(run, metrics=[M.LOSS, M.VAL_LOSS, M.GRAD_NORM, M.ATTN_SCORE_MAX, M.NONFINITE_GRADS,
                                      M.ACT_ABSMAX, M.SKIPPED_STEP])
     by = {m: g for m, g in df.groupby("metric")} if len(df) else {}
-    loss = by.get(M.LOSS, pd.DataFrame(columns=["step", "value", "layer"]))
+    loss = by.get(M.LOSS, _EMPTY)
     loss = loss[loss["layer"] == M.NO_LAYER].sort_values("step")
-    labels = label_spikes(loss["step"].to_numpy(), loss["value"].to_numpy(dtype=float)) if len(loss) else None
+    lv = loss["value"].to_numpy(dtype=float)
+    labels = label_spikes(loss["step"].to_numpy(), lv) if len(loss) else None
     spikes = len(labels.incidents) if labels else 0
-    div = [i.onset for i in labels.incidents if i.diverged] if labels else []
+    div = [int(i.onset) for i in labels.incidents if i.diverged] if labels else []
+    events = store.events(run, kinds=[M.EV_DIVERGENCE])
+    div += [int(s) for s in events["step"]] if len(events) else []
 
-    grad = by.get(M.GRAD_NORM)
-    max_emb = ratio = None
-    if grad is not None and len(grad):
-        wide = grad.pivot_table(index="step", columns="layer", values="value", aggfunc="last")
-        if M.LAYER_EMBEDDING in wide:
-            e = _finite(wide[M.LAYER_EMBEDDING])
-            max_emb = float(e.max()) if e.size else None
-            rest_cols = [c for c in wide.columns if c not in (M.LAYER_EMBEDDING, M.LAYER_TOTAL)]
-            if rest_cols:
-                rest = np.sqrt((wide[rest_cols].astype(float) ** 2).sum(axis=1, min_count=1))
-                r = _finite(wide[M.LAYER_EMBEDDING].astype(float) / rest)
-                ratio = float(np.median(r)) if r.size else None
+    grad = by.get(M.GRAD_NORM, _EMPTY)
+    emb = _finite(grad.loc[grad["layer"] == M.LAYER_EMBEDDING, "value"])
+    ratio = _finite(embedding_to_rest(grad)) if len(grad) else np.array([])
 
-    attn = by.get(M.ATTN_SCORE_MAX)
-    a = _finite(attn["value"]) if attn is not None else np.array([])
-    nonfinite = by.get(M.NONFINITE_GRADS)
-    overflow = 0.0
-    if nonfinite is not None and len(nonfinite):
-        # Per-layer counts when present, else the run-wide total: never both (that would double count).
-        per_layer = nonfinite[~nonfinite["layer"].isin([M.NO_LAYER, M.LAYER_TOTAL])]
-        use = per_layer if len(per_layer) else nonfinite
-        overflow += float(np.nansum(use["value"].to_numpy(dtype=float)))
+    attn = _finite(by.get(M.ATTN_SCORE_MAX, _EMPTY)["value"])
+    overflow = _total_count(by.get(M.NONFINITE_GRADS)) + _total_count(by.get(M.ACT_OVERFLOW))
     act = by.get(M.ACT_ABSMAX)
-    if act is not None and len(act):
-        v = act["value"].to_numpy(dtype=float)
+    if M.ACT_OVERFLOW not in by and act is not None and len(act):
+        # Older runs without act_overflow: count block outputs past FP16's range from their absolute maxima.
+        v = act.loc[act["layer"] != M.LAYER_TOTAL, "value"].to_numpy(dtype=float)
         overflow += float(((v > M.FP16_MAX) | ~np.isfinite(v)).sum())
     skipped = by.get(M.SKIPPED_STEP)
-    lv = _finite(loss["value"]) if len(loss) else np.array([])
-    tail = loss["value"].to_numpy(dtype=float)[-final_window:] if len(loss) else np.array([])
+    tail = lv[-final_window:]
     val = by.get(M.VAL_LOSS)
-    model = config.get("model") or {}
     return {
         "run": run,
         "ln": meta.get("ln") or config.get("ln") or model.get("ln"),
         "precision": meta.get("precision") or config.get("precision"),
-        "egs": config.get("egs") or ((config.get("policies") or {}).get("egs") or {}).get("mode") or "off",
+        "egs": egs_mode(config),
+        "seed": config.get("seed"),
         "status": meta.get("status"),
         "steps": int(loss["step"].max()) + 1 if len(loss) else 0,
         "spikes": spikes,
-        "divergence_step": int(div[0]) if div else None,
-        "max_embedding_grad_norm": _opt(max_emb),
-        "embedding_to_rest_ratio": _opt(ratio),
-        "max_attn_score": float(a.max()) if a.size else None,
+        "divergence_step": min(div) if div else None,
+        "max_embedding_grad_norm": float(emb.max()) if emb.size else None,
+        "embedding_to_rest_ratio": float(np.median(ratio)) if ratio.size else None,
+        "max_attn_score": float(attn.max()) if attn.size else None,
         "overflow_count": int(overflow),
         "skipped_steps": int(np.nansum(skipped["value"].to_numpy(dtype=float))) if skipped is not None else 0,
-        "final_loss": float(np.mean(tail)) if tail.size and np.isfinite(tail).all() else (
-            float("nan") if len(tail) else None),
+        # A non-finite loss among the last steps makes the final loss NaN, not a mean of the finite ones.
+        "final_loss": float(np.mean(tail)) if tail.size else None,
         "val_loss": _opt(float(val["value"].iloc[-1])) if val is not None and len(val) else None,
-
     }
 
 
@@ -107,20 +148,83 @@ def study_table(store, runs: list[str] | None = None) -> pd.DataFrame:
     for name in names:
         meta = listing[listing["run"] == name]
         rows.append(run_summary(store, name, meta.iloc[0].to_dict() if len(meta) else {}))
-    df = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
-    return df.sort_values(["ln", "egs", "run"], na_position="last").reset_index(drop=True)
+    # object columns keep None (missing) apart from NaN (a non-finite loss) and ints apart from floats
+    df = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
+    # Variants in the study's order (pre, post, sandwich, deepnorm), then fp32, bf16, fp16, EGS off before on, seed.
+    order = {ln: i for i, ln in enumerate(LN_VARIANTS)}
+    prec = {p: i for i, p in enumerate(PRECISIONS)}
+    key = df.apply(lambda r: (order.get(r["ln"], len(order)), str(r["ln"]), prec.get(r["precision"], len(prec)),
+                              str(r["precision"]),
+                              r["egs"] != "off", str(r["egs"]), r["seed"] if r["seed"] is not None else -1,
+                              r["run"]), axis=1) if len(df) else pd.Series(dtype=object)
+    return df.loc[sorted(df.index, key=lambda i: key[i])].reset_index(drop=True)
+
+
+def fmt(v) -> str:
+    """A table cell: `–` for a missing value, `nan` for a NaN loss, integers as they are, other numbers with
+    3 decimals (scientific notation beyond 10^4 or below 10^-2)."""
+    if v is None or v is pd.NA:
+        return "–"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-2):
+            return f"{v:.3g}"
+        return f"{v:.3f}"
+    return str(v)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    def fmt(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "–" if v is None else "nan"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) >= 1e4 or abs(v) < 1e-2 else f"{v:.3f}".rstrip("0").rstrip(".")
-        return str(v)
-
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(fmt(row[c]) for c in cols) + " |")
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _rise(s: pd.Series, onset: int, window: int) -> float | None:
+    """Value at the step before `onset` over the median of the `window` steps before that."""
+    hist = s[(s.index >= onset - 1 - window) & (s.index < onset - 1)]
+    if not len(hist) or (onset - 1) not in s.index:
+        return None
+    return _opt(float(s[onset - 1] / hist.median()))
+
+
+LEAD_COLUMNS = ["run", "onset", "peak_loss", "emb_grad_x", "rest_grad_x", "first_alert", "alert_signal", "lead"]
+
+
+def spike_leads(store, run: str, before: int = 20, window: int = 50) -> pd.DataFrame:
+    """Per loss-spike incident of `run`: did the embedding gradient move first?
+
+    emb_grad_x / rest_grad_x: the embedding's (and the rest of the model's) gradient norm at the step before the
+    onset, over its median of the `window` steps before that: how far each had risen before the loss did.
+    first_alert / alert_signal / lead: the online detector's first alert in the `before` steps up to the onset
+    (as recorded in the run), and how many steps ahead of the onset it came.
+    """
+    from stability.detector import label_spikes
+
+    loss = store.series(run, M.LOSS, max_points=10**9)
+    lab = label_spikes(loss["step"].to_numpy(), loss["value"].to_numpy(dtype=float)) if len(loss) else None
+    if not lab or not lab.incidents:
+        return pd.DataFrame(columns=LEAD_COLUMNS)
+    grad = store.metrics(run, metrics=[M.GRAD_NORM])
+    emb = grad[grad["layer"] == M.LAYER_EMBEDDING].set_index("step")["value"].astype(float)
+    rest = emb / embedding_to_rest(grad).reindex(emb.index)
+    alerts = store.events(run, kinds=[M.EV_ALERT])
+    rows = []
+    for inc in lab.incidents:
+        o = int(inc.onset)
+
+        near = alerts[(alerts["step"] >= o - before) & (alerts["step"] <= o)] if len(alerts) else alerts
+        first = near.sort_values("step").iloc[0] if len(near) else None
+        rows.append({"run": run, "onset": o, "peak_loss": float(inc.peak_loss), "emb_grad_x": _rise(emb, o, window),
+                     "rest_grad_x": _rise(rest, o, window),
+                     "first_alert": int(first["step"]) if first is not None else None,
+                     "alert_signal": (first["detail"] or {}).get("signal") if first is not None else None,
+                     "lead": o - int(first["step"]) if first is not None else None})
+    return pd.DataFrame(rows, columns=LEAD_COLUMNS, dtype=object)

@@ -15,6 +15,10 @@ def add_arguments(p):
     p.add_argument("--store", metavar="DIR", required=True, help="run store folder (e.g. sample_runs)")
     p.add_argument("--out", metavar="FILE", help="write to FILE (.md or .csv); default: Markdown on stdout")
     p.add_argument("--run", action="append", metavar="NAME", help="only these runs (repeatable)")
+    p.add_argument("--leads", action="store_true",
+                   help="also print, per loss spike, how far the embedding gradient and the detector led it")
+    p.add_argument("--plots", metavar="DIR", help="also write the study's figures to DIR as PNGs "
+                                                  "(ln_study_loss.png, ln_study_emb_grad.png; needs chromium)")
 
 
 def run(args) -> int:
@@ -23,7 +27,27 @@ def run(args) -> int:
 
     if not Path(args.store).is_dir():
         raise UsageError(f"--store {args.store}: no such folder")
-    df = study_table(RunStore(args.store), args.run)
+    store = RunStore(args.store)
+    if args.run:
+        missing = sorted(set(args.run) - set(store.list_runs()["run"]))
+        if missing:
+            raise UsageError(f"--run {missing[0]}: no such run in {args.store}")
+    df = study_table(store, args.run)
+    if args.plots:
+        from stability.study_plots import write_study_plots
+
+        for path in write_study_plots(store, df, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.leads:
+        import pandas as pd
+
+        from stability.summary import LEAD_COLUMNS, spike_leads
+
+        frames = [spike_leads(store, r) for r in df["run"]]
+        frames = [f for f in frames if len(f)]
+        leads = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=LEAD_COLUMNS)
+        # stderr, so that stdout stays the study table alone (what the README pastes and the tests compare)
+        sys.stderr.write("\nloss spikes and what came first:\n" + to_markdown(leads))
     if args.out is None:
         sys.stdout.write(to_markdown(df))
         return 0
