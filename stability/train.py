@@ -300,7 +300,7 @@ class Trainer:
             if self.notifier is not None:
                 self.notifier.close()
             self.sink.close(status=status)
-        tail = [x for x in self.losses[-20:]]
+        tail = self.losses[-20:]
         final = sum(tail) / len(tail) if tail else float("nan")
         return RunResult(self.run_name, status, self.step, final, val, time.perf_counter() - t_start, self.losses)
 

@@ -55,6 +55,33 @@ class _Baseline:
         pass
 
 
+class _LossHistoryAlarm(_Baseline):
+    """An alarm on the loss against its own trailing history `self.hist`: non-finite losses score
+    NONFINITE_SCORE, finite ones `_deviation(x)` once `min_history` values are in, and every finite loss joins
+    the history after it is scored (the score never sees its own value)."""
+
+    hist: RollingWindow | RollingMeanStd
+
+    def _deviation(self, x: float) -> float:
+        raise NotImplementedError
+
+    def _score(self, metrics):
+        x = metrics.get(K_LOSS)
+        if x is None:
+            return None
+        if not math.isfinite(x):
+            return NONFINITE_SCORE
+        s = self._deviation(x) if len(self.hist) >= self.cfg.min_history else None
+        self.hist.push(x)
+        return s
+
+    def _state(self):
+        return {"hist": self.hist.state_dict()}
+
+    def _load(self, state):
+        self.hist.load_state_dict(state["hist"])
+
+
 @dataclass
 class LossZConfig:
     window: int = 100
@@ -71,30 +98,15 @@ class LossZConfig:
             raise ValueError("need window >= 4, 2 <= min_history <= window, z > 0")
 
 
-class LossZAlarm(_Baseline):
+class LossZAlarm(_LossHistoryAlarm):
     name = "loss_z"
 
     def __init__(self, cfg: LossZConfig | None = None):
         super().__init__(cfg or LossZConfig())
         self.hist = RollingWindow(self.cfg.window)
 
-    def _score(self, metrics):
-        x = metrics.get(K_LOSS)
-        if x is None:
-            return None
-        if not math.isfinite(x):
-            return NONFINITE_SCORE
-        s = None
-        if len(self.hist) >= self.cfg.min_history:
-            s = (x - self.hist.median()) / max(self.hist.scale(), self.cfg.scale_floor) / self.cfg.z
-        self.hist.push(x)
-        return s
-
-    def _state(self):
-        return {"hist": self.hist.state_dict()}
-
-    def _load(self, state):
-        self.hist.load_state_dict(state["hist"])
+    def _deviation(self, x):
+        return (x - self.hist.median()) / max(self.hist.scale(), self.cfg.scale_floor) / self.cfg.z
 
 
 @dataclass
@@ -135,32 +147,17 @@ class SpikeScoreConfig:
             raise ValueError("need window >= 2, min_history >= 2, sigmas > 0")
 
 
-class SpikeScoreAlarm(_Baseline):
+class SpikeScoreAlarm(_LossHistoryAlarm):
     name = "olmo_spike_score"
 
     def __init__(self, cfg: SpikeScoreConfig | None = None):
         super().__init__(cfg or SpikeScoreConfig())
         self.hist = RollingMeanStd(self.cfg.window)
 
-    def _score(self, metrics):
-        x = metrics.get(K_LOSS)
-        if x is None:
-            return None
-        if not math.isfinite(x):
-            return NONFINITE_SCORE
-        s = None
-        if len(self.hist) >= self.cfg.min_history:
-            std = self.hist.std()
-            # Upward only: a loss that falls 7 sigma (early training) is not a spike.
-            s = (x - self.hist.mean()) / (self.cfg.sigmas * std) if std > 0 else 0.0
-        self.hist.push(x)
-        return s
-
-    def _state(self):
-        return {"hist": self.hist.state_dict()}
-
-    def _load(self, state):
-        self.hist.load_state_dict(state["hist"])
+    def _deviation(self, x):
+        std = self.hist.std()
+        # Upward only: a loss that falls 7 sigma (early training) is not a spike.
+        return (x - self.hist.mean()) / (self.cfg.sigmas * std) if std > 0 else 0.0
 
 
 BASELINES = {cls.name: cls for cls in (LossZAlarm, GradNormThreshold, SpikeScoreAlarm)}
