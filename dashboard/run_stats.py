@@ -1,6 +1,7 @@
 """What the dashboard derives from a run's logged values: spike onsets and the compare view's summary row.
 
-Both read every logged value (not the downsampled chart series): a summary must not depend on the zoom.
+Both read every logged value (not the downsampled chart series): a summary must not depend on the zoom. The
+summary row is stability.summary's (what `stability report` prints), so the dashboard and the report agree.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from stability import metrics as M
+from stability import summary
 
 
 def loss_full(store, run: str) -> pd.DataFrame:
@@ -56,28 +58,22 @@ def _first_nonfinite(loss: pd.DataFrame) -> int | None:
     return int(loss["step"].to_numpy()[bad][0]) if bad.any() else None
 
 
+SUMMARY_COLUMNS = ["run", "ln", "precision", "status", "steps", "spikes", "divergence_step",
+                   "max_embedding_grad_norm", "overflow_count", "final_loss"]
+"""The compare table's columns computed by stability.summary (the ones `stability report` prints too)."""
+
+
 def run_summary(store, run: str, events: pd.DataFrame, meta: dict | None = None) -> dict:
-    """One row of the compare table, computed on every logged value (not the downsampled series)."""
-    meta = meta or {}
-    ev = events
-    loss = loss_full(store, run)
-    info = spikes(store, run, events=ev, loss=loss)
-    emb = store.metrics(run, metrics=[M.GRAD_NORM], layers=[M.LAYER_EMBEDDING])
-    nf = store.metrics(run, metrics=[M.NONFINITE_GRADS], layers=[M.NO_LAYER, M.LAYER_TOTAL])
-    if len(nf) and (nf["layer"] == M.NO_LAYER).any():  # a run-wide count if logged, else the model total
-        nf = nf[nf["layer"] == M.NO_LAYER]
-    ev_vals = emb["value"].to_numpy(dtype=float) if len(emb) else np.array([])
-    ev_vals = ev_vals[np.isfinite(ev_vals)]
-    nf_vals = np.nan_to_num(nf["value"].to_numpy(dtype=float)) if len(nf) else np.array([])
-    lv = loss["value"].to_numpy(dtype=float)
-    return {
-        "run": run, "ln": meta.get("ln", ""), "precision": meta.get("precision", ""),
-        "status": meta.get("status", ""), "steps": int(loss["step"].max()) if len(loss) else None,
-        "spikes": len(info.steps), "divergence_step": info.divergence_step,
-        "max_embedding_grad_norm": float(ev_vals.max()) if ev_vals.size else None,
-        "overflow_steps": int((nf_vals > 0).sum()), "overflow_count": float(nf_vals.sum()),
-        "final_loss": float(lv[-1]) if lv.size else None,
-    }
+    """One row of the compare table: SUMMARY_COLUMNS of the run's `stability report` row (computed by
+    stability.summary, so the two always agree), plus `overflow_steps` from the same reads.
+    `events`: the run's events (queries.run_events)."""
+    reads = summary.RunReads(store, run)
+    row = summary.run_summary(store, run, meta or {}, columns=SUMMARY_COLUMNS, reads=reads, events=events)
+    row["overflow_steps"] = overflow_steps(reads.run_wide(M.NONFINITE_GRADS))
+    return row
 
 
-
+def overflow_steps(nonfinite: pd.DataFrame) -> int:
+    """Logged steps with any non-finite gradient element (a NaN count is read as none)."""
+    hit = np.nan_to_num(nonfinite["value"].to_numpy(dtype=float)) > 0
+    return int(nonfinite.loc[hit, "step"].nunique())

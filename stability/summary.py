@@ -75,70 +75,127 @@ def embedding_to_rest(grad: pd.DataFrame) -> pd.Series:
     return wide[M.LAYER_EMBEDDING].astype(float) / rest
 
 
-def _total_count(rows: pd.DataFrame | None) -> float:
-    """Sum over steps of a per-block count: its run-wide row (layer `total` or "") when logged, else the sum of
-    the blocks' rows. Never both, which would count everything twice."""
-    if rows is None or not len(rows):
-        return 0.0
-    total = rows[rows["layer"].isin([M.NO_LAYER, M.LAYER_TOTAL])]
-    use = total if len(total) else rows
-    return float(np.nansum(use["value"].to_numpy(dtype=float)))
+SUMMARY_METRICS = (M.LOSS, M.VAL_LOSS, M.GRAD_NORM, M.ATTN_SCORE_MAX, M.NONFINITE_GRADS, M.ACT_ABSMAX,
+                   M.ACT_OVERFLOW, M.SKIPPED_STEP)
+"""Every metric a summary row is computed from."""
+
+_RUN_WIDE = (M.NO_LAYER, M.LAYER_TOTAL)
+_LOSS_COLUMNS = ("steps", "spikes", "divergence_step", "final_loss")
 
 
-def run_summary(store, run: str, meta: dict | None = None, final_window: int = 20) -> dict:
+class RunReads:
+    """The store reads of one run's summary, each made at most once, so that a caller deriving more columns
+    from them (the dashboard's overflow_steps) reads nothing twice.
+
+    prefetch() reads every row of SUMMARY_METRICS in one query (a full row needs nearly all of them). Without
+    it, a metric is read when a column asks for it, and only in the layers it asks for: the dashboard's few
+    columns then skip the per-layer rows (most of a run) that the full row needs.
+    """
+
+    def __init__(self, store, run: str):
+        self.store, self.run = store, run
+        self._rows: dict[tuple, pd.DataFrame] = {}
+
+    def prefetch(self) -> None:
+        df = self.store.metrics(self.run, metrics=list(SUMMARY_METRICS))
+        by = {m: g for m, g in df.groupby("metric")} if len(df) else {}
+        for m in SUMMARY_METRICS:
+            self._rows[(m, None)] = by.get(m, _EMPTY)
+
+    def rows(self, metric: str, layers: tuple | None = None) -> pd.DataFrame:
+        """Every logged row of `metric` (only `layers`, if given), ordered by step."""
+        key = (metric, layers)
+        if key not in self._rows:
+            every = self._rows.get((metric, None))
+            if every is not None:
+                self._rows[key] = every[every["layer"].isin(layers)]
+            else:
+                self._rows[key] = self.store.metrics(self.run, metrics=[metric],
+                                                     layers=None if layers is None else list(layers))
+        return self._rows[key]
+
+    def run_wide(self, metric: str) -> pd.DataFrame:
+        """The rows to read a per-block count by: its run-wide rows (layer `total` or "") when logged, else the
+        blocks' rows. Never both, which would count everything twice."""
+        total = self.rows(metric, _RUN_WIDE)
+        return total if len(total) else self.rows(metric)
+
+
+def _count(rows: pd.DataFrame) -> float:
+    return float(np.nansum(rows["value"].to_numpy(dtype=float)))
+
+
+def _overflow_count(reads: RunReads) -> int:
+    overflow = _count(reads.run_wide(M.NONFINITE_GRADS))
+    act_over = reads.run_wide(M.ACT_OVERFLOW)
+    if len(act_over):
+        return int(overflow + _count(act_over))
+    # Older runs without act_overflow: count block outputs past FP16's range from their absolute maxima.
+    act = reads.rows(M.ACT_ABSMAX)
+    v = act.loc[act["layer"] != M.LAYER_TOTAL, "value"].to_numpy(dtype=float)
+    return int(overflow + float(((v > M.FP16_MAX) | ~np.isfinite(v)).sum()))
+
+
+def _loss_columns(reads: RunReads, events: pd.DataFrame | None, final_window: int) -> dict:
     from stability.detector import label_spikes
 
+    loss = reads.rows(M.LOSS, (M.NO_LAYER,)).sort_values("step")
+    lv = loss["value"].to_numpy(dtype=float)
+    labels = label_spikes(loss["step"].to_numpy(), lv) if len(loss) else None
+    div = [int(i.onset) for i in labels.incidents if i.diverged] if labels else []
+    if events is None:
+        events = reads.store.events(reads.run, kinds=[M.EV_DIVERGENCE])
+    div += [int(s) for s in events.loc[events["kind"] == M.EV_DIVERGENCE, "step"]] if len(events) else []
+    tail = lv[-final_window:]
+    return {
+        "steps": int(loss["step"].max()) + 1 if len(loss) else 0,
+        "spikes": len(labels.incidents) if labels else 0,
+        "divergence_step": min(div) if div else None,
+        # A non-finite loss among the last steps makes the final loss NaN, not a mean of the finite ones.
+        "final_loss": float(np.mean(tail)) if tail.size else None,
+    }
+
+
+def run_summary(store, run: str, meta: dict | None = None, final_window: int = 20, *,
+                columns: list[str] | None = None, reads: RunReads | None = None,
+                events: pd.DataFrame | None = None) -> dict:
+    """One row of the study table: every column of COLUMNS, or only `columns` (reading only what they need).
+    `reads`: the run's RunReads, to share its reads with the caller; `events`: the run's events (any kinds)
+    if the caller has read them already."""
+    cols = COLUMNS if columns is None else list(columns)
+    if reads is None:
+        reads = RunReads(store, run)
+        if columns is None:
+            reads.prefetch()
     if meta is None:
         runs = store.list_runs()
         row = runs[runs["run"] == run]
         meta = row.iloc[0].to_dict() if len(row) else {}
     config = run_config(meta)
     model = config.get("model") or {}
-    df = store.metrics(run, metrics=[M.LOSS, M.VAL_LOSS, M.GRAD_NORM, M.ATTN_SCORE_MAX, M.NONFINITE_GRADS,
-                                     M.ACT_ABSMAX, M.SKIPPED_STEP])
-    by = {m: g for m, g in df.groupby("metric")} if len(df) else {}
-    loss = by.get(M.LOSS, _EMPTY)
-    loss = loss[loss["layer"] == M.NO_LAYER].sort_values("step")
-    lv = loss["value"].to_numpy(dtype=float)
-    labels = label_spikes(loss["step"].to_numpy(), lv) if len(loss) else None
-    spikes = len(labels.incidents) if labels else 0
-    div = [int(i.onset) for i in labels.incidents if i.diverged] if labels else []
-    events = store.events(run, kinds=[M.EV_DIVERGENCE])
-    div += [int(s) for s in events["step"]] if len(events) else []
-
-    grad = by.get(M.GRAD_NORM, _EMPTY)
-    emb = _finite(grad.loc[grad["layer"] == M.LAYER_EMBEDDING, "value"])
-    ratio = _finite(embedding_to_rest(grad)) if len(grad) else np.array([])
-
-    attn = _finite(by.get(M.ATTN_SCORE_MAX, _EMPTY)["value"])
-    overflow = _total_count(by.get(M.NONFINITE_GRADS)) + _total_count(by.get(M.ACT_OVERFLOW))
-    act = by.get(M.ACT_ABSMAX)
-    if M.ACT_OVERFLOW not in by and act is not None and len(act):
-        # Older runs without act_overflow: count block outputs past FP16's range from their absolute maxima.
-        v = act.loc[act["layer"] != M.LAYER_TOTAL, "value"].to_numpy(dtype=float)
-        overflow += float(((v > M.FP16_MAX) | ~np.isfinite(v)).sum())
-    skipped = by.get(M.SKIPPED_STEP)
-    tail = lv[-final_window:]
-    val = by.get(M.VAL_LOSS)
-    return {
-        "run": run,
-        "ln": meta.get("ln") or config.get("ln") or model.get("ln"),
-        "precision": meta.get("precision") or config.get("precision"),
-        "egs": egs_mode(config),
-        "seed": config.get("seed"),
-        "status": meta.get("status"),
-        "steps": int(loss["step"].max()) + 1 if len(loss) else 0,
-        "spikes": spikes,
-        "divergence_step": min(div) if div else None,
-        "max_embedding_grad_norm": float(emb.max()) if emb.size else None,
-        "embedding_to_rest_ratio": float(np.median(ratio)) if ratio.size else None,
-        "max_attn_score": float(attn.max()) if attn.size else None,
-        "overflow_count": int(overflow),
-        "skipped_steps": int(np.nansum(skipped["value"].to_numpy(dtype=float))) if skipped is not None else 0,
-        # A non-finite loss among the last steps makes the final loss NaN, not a mean of the finite ones.
-        "final_loss": float(np.mean(tail)) if tail.size else None,
-        "val_loss": _opt(float(val["value"].iloc[-1])) if val is not None and len(val) else None,
-    }
+    out = {"run": run, "ln": meta.get("ln") or config.get("ln") or model.get("ln"),
+           "precision": meta.get("precision") or config.get("precision"), "egs": egs_mode(config),
+           "seed": config.get("seed"), "status": meta.get("status")}
+    if any(c in cols for c in _LOSS_COLUMNS):
+        out.update(_loss_columns(reads, events, final_window))
+    if "max_embedding_grad_norm" in cols:
+        emb = _finite(reads.rows(M.GRAD_NORM, (M.LAYER_EMBEDDING,))["value"])
+        out["max_embedding_grad_norm"] = float(emb.max()) if emb.size else None
+    if "embedding_to_rest_ratio" in cols:
+        grad = reads.rows(M.GRAD_NORM)
+        ratio = _finite(embedding_to_rest(grad)) if len(grad) else np.array([])
+        out["embedding_to_rest_ratio"] = float(np.median(ratio)) if ratio.size else None
+    if "max_attn_score" in cols:
+        attn = _finite(reads.rows(M.ATTN_SCORE_MAX)["value"])
+        out["max_attn_score"] = float(attn.max()) if attn.size else None
+    if "overflow_count" in cols:
+        out["overflow_count"] = _overflow_count(reads)
+    if "skipped_steps" in cols:
+        out["skipped_steps"] = int(_count(reads.rows(M.SKIPPED_STEP)))
+    if "val_loss" in cols:
+        val = reads.rows(M.VAL_LOSS)
+        out["val_loss"] = _opt(float(val["value"].iloc[-1])) if len(val) else None
+    return {c: out[c] for c in cols}
 
 
 def study_table(store, runs: list[str] | None = None) -> pd.DataFrame:

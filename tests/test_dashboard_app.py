@@ -147,6 +147,13 @@ def test_compare_view_overlays_runs_and_tabulates_them(monkeypatch, store_dir):
     summary = table(at, "compare_table").set_index("run")
     assert summary.loc["pre-ln-fp16", "spikes"] == 2 and summary.loc["sandwich-bf16", "overflow_steps"] == 0
     assert summary.loc["post-ln-fp16", "ln"] == "post"
+    from stability.store import RunStore
+    from stability.summary import study_table
+
+    report = study_table(RunStore(store_dir, read_only=True), list(ds.GOOD)).set_index("run")
+    for col in ("final_loss", "spikes", "max_embedding_grad_norm", "overflow_count", "steps"):
+        assert summary[col].astype(float).to_numpy() == pytest.approx(
+            report.loc[summary.index, col].astype(float).to_numpy(), rel=1e-9), col  # as `stability report`
     assert at.get("download_button"), "the summary can be downloaded"
     # Grouped by LN variant: pick variants, one colour per variant.
     at.toggle(key="cmp_group").set_value(True).run()

@@ -1,6 +1,7 @@
 """The real `stability dashboard` server: it answers on loopback only and stops with its command; in headless
 Chromium every view draws its charts with data, a live run grows on screen without a reload and keeps the
-user's zoom, and the README screenshots are saved."""
+user's zoom, and screenshots are saved (into docs/img with
+STABILITY_SCREENSHOTS=docs/img)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -26,7 +28,9 @@ import dashboard_store as ds
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+# Screenshots go to a scratch folder; STABILITY_SCREENSHOTS=docs/img refreshes the README's (a test run must
+# not rewrite tracked files).
+IMG = Path(os.environ.get("STABILITY_SCREENSHOTS") or Path(tempfile.gettempdir()) / "stability-screenshots")
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 LIVE = "live-run"

@@ -65,13 +65,13 @@ def test_summary_matches_the_values_written(store):
         _, emb = w(M.GRAD_NORM, M.LAYER_EMBEDDING)
         _, loss = w(M.LOSS)
         assert got["max_embedding_grad_norm"] == pytest.approx(emb.max())
-        assert got["final_loss"] == pytest.approx(loss[-1])
-        assert got["steps"] == ds.N_STEPS - 1
+        assert got["final_loss"] == pytest.approx(np.mean(loss[-20:]))  # `stability report`'s final loss
+        assert got["steps"] == ds.N_STEPS
         assert got["spikes"] == len(ds.SPIKES[run])  # the labeller finds each injected spike once
         assert got["divergence_step"] is None
         if "fp16" in run:
             _, nf = w(M.NONFINITE_GRADS, M.LAYER_TOTAL)
-            assert got["overflow_steps"] == int((nf > 0).sum()) and got["overflow_count"] == nf.sum()
+            assert got["overflow_steps"] == int((nf > 0).sum()) and got["overflow_count"] == int(nf.sum())
         else:
             assert got["overflow_steps"] == 0
 

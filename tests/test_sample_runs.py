@@ -134,7 +134,8 @@ def test_summary_numbers_match_hand_computation(tmp_path):
 
 def test_overflow_count_prefers_the_act_overflow_record(tmp_path):
     store = RunStore(tmp_path)
-    rows = [(s, {(M.LOSS, ""): 2.0, (M.ACT_ABSMAX, "layers.0"): 7e4, (M.ACT_ABSMAX, "layers.1"): 7e4,
+    # The absolute maxima alone would count one overflowing layer a step: act_overflow, the record, says two.
+    rows = [(s, {(M.LOSS, ""): 2.0, (M.ACT_ABSMAX, "layers.0"): 7e4, (M.ACT_ABSMAX, "layers.1"): 6e4,
                  (M.ACT_OVERFLOW, "layers.0"): 1.0, (M.ACT_OVERFLOW, "layers.1"): 1.0,
                  (M.ACT_OVERFLOW, M.LAYER_TOTAL): 2.0, (M.NONFINITE_GRADS, "layers.0"): 5.0}) for s in range(4)]
     _write(store, "o", rows, {"ln": "pre", "precision": "fp16", "seed": 0})

@@ -72,7 +72,8 @@ def panel(store_dir: str, chosen: tuple, group: bool) -> None:
     st.subheader("Summary")
     st.dataframe(table, hide_index=True, width="stretch", key="compare_table", column_config={
         "max_embedding_grad_norm": st.column_config.NumberColumn("max emb grad norm", format="%.4g"),
-        "final_loss": st.column_config.NumberColumn("final loss", format="%.4f"),
+        "final_loss": st.column_config.NumberColumn("final loss", format="%.4f",
+                                                    help="mean loss of the last 20 logged steps"),
         "overflow_count": st.column_config.NumberColumn("overflow count", format="%d"),
     })
     st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="stability-compare.csv",

@@ -20,15 +20,16 @@ def add_store_argument(parser, required: bool = False):
 
 
 def check_writable_store(path: str) -> Path:
-    p = Path(path)
+    """The --store folder, created if missing; a UsageError (one line, exit 2) before any training starts if a
+    file cannot really be written in it (RunStore.ensure_writable's probe)."""
+    from stability.store import StoreError
+    from stability.store.store import RunStore
+
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--store {path}: not writable ({e.strerror or e})")
-    return p
+        RunStore(path).ensure_writable()
+    except StoreError as e:
+        raise UsageError(f"--store {path}: not writable ({getattr(e, 'reason', '') or e})") from None
+    return Path(path)
 
 
 def add_arguments(p):

@@ -29,6 +29,15 @@ RUN_COLUMNS = ["run", "status", "started", "ended", "last_step", "last_write", "
                "host", "git", "stale", "rows"]
 
 
+class StoreNotWritable(StoreError):
+    """The store folder cannot be created or written; `path` is the folder, `reason` the system's answer."""
+
+    def __init__(self, message: str, path: Path | None = None, reason: str = ""):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
 class RunStore:
     """A folder of runs. Cheap to create; safe to share between threads of one process."""
 
@@ -40,6 +49,7 @@ class RunStore:
         self._meta_cache: dict[str, tuple[int, int, dict]] = {}
         self._index_loaded = False
         self._misses = 0
+        self._writable = False  # ensure_writable() passed once
 
     @property
     def problems(self) -> list[str]:
@@ -132,14 +142,28 @@ class RunStore:
         return len(table)
 
     def ensure_writable(self) -> None:
+        """Create the store folder if missing and check, by creating and removing a file in it, that it can be
+        written. os.access is not asked: it judges by permission bits and mount flags, with the real user id,
+        and answers yes to root for folders whose file system takes no file (/proc). Raises StoreNotWritable
+        (a StoreError) naming the folder and the reason. Once it passed, later calls only check that the folder
+        is still there."""
         if self.read_only:
             raise StoreError(f"store {self.root} was opened read-only")
+        if self._writable and self.root.is_dir():
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"cannot create store folder {self.root}: {e.strerror or e}") from None
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise StoreError(f"store folder {self.root} is not writable")
+            reason = "a file is in the way" if isinstance(e, FileExistsError) else (e.strerror or str(e))
+            raise StoreNotWritable(f"cannot create store folder {self.root}: {reason}", self.root, reason) from None
+        probe = self.root / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            raise StoreNotWritable(f"store folder {self.root} is not writable: {reason}", self.root, reason) from None
+        self._writable = True
 
     def compact(self, run: str) -> dict:
         """Fold the run's segments into run.duckdb now (done by close(); use for crashed runs)."""
