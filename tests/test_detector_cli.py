@@ -117,6 +117,13 @@ def test_eval_json_on_a_planted_suite(tmp_path, capsys):
     for m in out["methods"].values():
         assert set(m["heldout"]) >= {"recall", "precision", "false_alarms_per_10k", "median_lead"}
         assert m["curve_heldout"]
+    # The planted surge is far from the recorded phase start (step 400): a build-up incident, which the detector
+    # also predicts when scored on build-up incidents alone; the ceiling names a feature per budget.
+    assert out["anatomy"]["heldout"]["counts"] == {"schedule": 0, "single_step": 0, "build_up": 1}
+    assert out["build_up_only"]["detector"]["heldout"]["recall"] == 1.0
+    assert set(out["ceiling_heldout"]["best"]) == {"2", "10", "50"}
+    assert all(p["feature"].split(".")[0] in ("loss", "emb_grad", "total_grad", "emb_ratio", "attn_max")
+               for p in out["ceiling_heldout"]["best"].values())
 
 
 @pytest.mark.slow

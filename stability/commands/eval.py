@@ -120,7 +120,39 @@ def format_table(result: dict) -> str:
             h = m["heldout"]
             lines.append(f"| {name} | {m['threshold']:g} | {_f(h['recall'])} ({h['hits']}/{h['incidents']}) | "
                          f"{_f(h['precision'])} | {_f(h['false_alarms_per_10k'])} | {_f(h['median_lead'])} |")
+    lines += _format_anatomy(result)
     return "\n".join(lines)
+
+
+def _format_anatomy(result: dict) -> list[str]:
+    anat, bu, ceil = result.get("anatomy"), result.get("build_up_only"), result.get("ceiling_heldout")
+    lines = []
+    if anat:
+        lines += ["", (f"Incidents by kind (schedule: onset within {anat['heldout']['schedule_gap']} steps of a "
+                       "learning-rate schedule change; single_step: one hard batch; build_up: the rest)"), "",
+                  "| split | schedule | single_step | build_up |", "|---|---|---|---|"]
+        for split, a in anat.items():
+            c = a["counts"]
+            lines.append(f"| {split} | {c['schedule']} | {c['single_step']} | {c['build_up']} |")
+    if bu:
+        lines += ["", "Build-up incidents only, held-out split (tuned threshold; then the held-out trade-off)", "",
+                  "| method | recall at tuned threshold | FA / 10k | lead | recall / lead at <= 2 | "
+                  "at <= 10 | at <= 50 FA / 10k |", "|---|---|---|---|---|---|---|"]
+        for name, m in bu.items():
+            h = m["heldout"]
+            pts = " | ".join(f"{_f(p.get('recall'))} / {_f(p.get('median_lead'))}"
+                             for p in m["operating_points_heldout"])
+            lines.append(f"| {name} | {_f(h['recall'])} ({h['hits']}/{h['incidents']}) | "
+                         f"{_f(h['false_alarms_per_10k'])} | {_f(h['median_lead'])} | {pts} |")
+    if ceil:
+        lines += ["", ("Ceiling: the best single past-only feature of any logged signal, threshold chosen on the "
+                       "held-out split itself"), "",
+                  "| FA budget / 10k | feature | recall | precision | false alarms / 10k | median lead |",
+                  "|---|---|---|---|---|---|"]
+        for b, p in ceil["best"].items():
+            lines.append(f"| {b} | {p['feature']} | {_f(p.get('recall'))} | {_f(p.get('precision'))} | "
+                         f"{_f(p.get('false_alarms_per_10k'))} | {_f(p.get('median_lead'))} |")
+    return lines
 
 
 def _f(x):

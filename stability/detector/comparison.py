@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from stability.detector.alert import GateConfig
+from stability.detector.ceiling import BUILD_UP, anatomy, ceiling, curve_kinds, score_kinds
 from stability.detector.evaluate import (
     DETECTOR,
     METHOD_NAMES,
@@ -36,6 +37,7 @@ DETECTOR_VARIANTS: tuple[dict, ...] = (
     {"level_factor": 8.0, "rate_factor": 6.0},
     {"disabled": ("loss_z",)},
     {"smooth": 5},
+    {"drop_z": 6.0},
 )
 
 
@@ -98,8 +100,21 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, fa_budget: float = 2.0,
         al = gate_alerts(c.traces[keys[best]], replace(gate, threshold=methods[DETECTOR]["threshold"]))
         for s in score_run(al, c.labels, horizon).hit_signals:
             hit_signals[s] = hit_signals.get(s, 0) + 1
+    # Where the incidents start (schedule change, single hard batch, build-up), each method on the build-up
+    # incidents alone, and how much warning any single logged signal carries (see `ceiling`).
+    build_up = {}
+    for name, m in methods.items():
+        key = keys[best] if name == DETECTOR else name
+        sub_gate = replace(gate, threshold=m["threshold"])
+        pts = curve_kinds(parts[HELDOUT], key, gate, horizon, threshold_grid(cases, key), {BUILD_UP})
+        build_up[name] = {"threshold": m["threshold"],
+                          HELDOUT: score_kinds(parts[HELDOUT], key, sub_gate, horizon, {BUILD_UP}).summary(),
+                          "operating_points_heldout": operating_points(pts)}
     return {
         "horizon": horizon, "fa_budget_per_10k": fa_budget, "labeller": vars(label_cfg), "gate": vars(gate),
+        "anatomy": {s: anatomy(parts[s]) for s in parts},
+        "build_up_only": build_up,
+        "ceiling_heldout": ceiling(parts[HELDOUT], gate, horizon),
         "splits": {s: sorted(c.series.name for c in parts[s]) for s in parts},
         "labels": {s: _label_summary(parts[s]) for s in parts},
         "methods": methods,

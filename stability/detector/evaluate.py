@@ -157,14 +157,17 @@ def _ratio(a: int, b: int):
     return round(a / b, 4) if b else None
 
 
-def score_run(alerts: list[tuple[int, str, float]], labels: Labels, horizon: int) -> RunScore:
+def score_run(alerts: list[tuple[int, str, float]], labels: Labels, horizon: int, ignore=()) -> RunScore:
+    """`ignore`: incidents left out of the count (e.g. a kind a subset score excludes); their [onset - H, end]
+    windows are neither calm nor scored, and alerts inside them count for nothing."""
     steps = labels.steps
     if len(steps) == 0 or labels.first_labelled_step is None:
         return RunScore()
     start = labels.first_labelled_step
     stride = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
-    incs = labels.incidents
-    div = next((inc.onset for inc in incs if inc.diverged), None)
+    ignored = [inc for inc in labels.incidents if inc in ignore]
+    incs = [inc for inc in labels.incidents if inc not in ignore]
+    div = next((inc.onset for inc in labels.incidents if inc.diverged), None)
     out = RunScore(incidents=len(incs))
     for inc in incs:
         before = [(s, sig) for s, sig, _ in alerts if inc.onset - horizon <= s <= inc.onset - 1]
@@ -176,12 +179,14 @@ def score_run(alerts: list[tuple[int, str, float]], labels: Labels, horizon: int
     calm = steps >= start
     for inc in incs:
         calm &= ~((steps >= inc.onset - horizon) & (steps <= inc.end))
+    for inc in ignored:
+        calm &= ~((steps >= inc.onset - horizon) & (steps <= inc.end))
     if div is not None:
         calm &= steps < div
     out.calm_steps = float(calm.sum()) * stride
     calm_steps = set(steps[calm].tolist())
     for s, _, _ in alerts:
-        if s < start:
+        if s < start or any(inc.onset - horizon <= s <= inc.end for inc in ignored):
             continue
         inside = any(inc.onset <= s <= inc.end for inc in incs) or (div is not None and s >= div)
         if inside:

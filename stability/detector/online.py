@@ -6,6 +6,9 @@ embedding layer. The detector therefore watches, per logged step (flat keys, see
   emb_grad_z      robust z-score of log |grad embedding| against its own trailing median / IQR
   emb_grad_level  log |grad embedding| above its trailing median, in units of log(level_factor)
   emb_grad_rate   growth of log |grad embedding| over the last `rate_k` logged steps, in units of log(rate_factor)
+  emb_grad_drop   robust z-score of log |grad embedding| *below* its trailing median: the embedding stops
+                  receiving gradient when a model collapses towards predicting token frequencies alone (opt-in,
+                  `drop_z`: EGS lowers the measured embedding gradient on purpose)
   emb_ratio_z     robust z-score of log(|grad embedding| / |grad rest of model|)
   attn_max_z      robust z-score of log(max over layers of the attention-score max)
   grad_norm_z     robust z-score of log |grad total| (what an imported loss + grad_norm log still has)
@@ -31,7 +34,7 @@ from stability import metrics as M
 from stability.detector.alert import Alert, AlertGate, GateConfig
 from stability.detector.robust import RollingWindow
 
-SIGNALS = ("emb_grad_z", "emb_grad_level", "emb_grad_rate", "emb_ratio_z", "attn_max_z", "grad_norm_z",
+SIGNALS = ("emb_grad_z", "emb_grad_level", "emb_grad_rate", "emb_grad_drop", "emb_ratio_z", "attn_max_z", "grad_norm_z",
            "grad_norm_drift", "loss_z", "fp16_overflow", "nonfinite")
 
 K_LOSS = M.flat_key(M.LOSS)
@@ -64,6 +67,10 @@ class DetectorConfig:
     """Logged steps over which the embedding-gradient growth rate is measured."""
     rate_factor: float = 2.5
     """Threshold of the growth rate: the norm grew this many times over `rate_k` logged steps."""
+    drop_z: float = 0.0
+    """Threshold of the embedding-gradient fall: robust z-score below its trailing median (0 disables it, the
+    default: Embedding Gradient Shrink multiplies the measured embedding gradient by alpha, a fall this signal
+    would read as a collapse; turn it on, e.g. 6, in runs without EGS)."""
     ratio_z: float = 6.0
     """Threshold of the embedding/rest ratio robust z-score."""
     attn_z: float = 8.0
@@ -102,8 +109,8 @@ class DetectorConfig:
         for name in ("emb_z", "ratio_z", "attn_z", "total_z"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        if self.loss_z < 0:
-            raise ValueError("loss_z must be >= 0 (0 disables it)")
+        if self.loss_z < 0 or self.drop_z < 0:
+            raise ValueError("loss_z and drop_z must be >= 0 (0 disables them)")
         if self.level_factor <= 1 or self.rate_factor <= 1 or self.drift_factor <= 1:
             raise ValueError("level_factor, rate_factor and drift_factor must be > 1")
         if self.drift_window < 1:
@@ -229,6 +236,8 @@ class OnlineDetector:
                 s["emb_grad_z"] = z / cfg.emb_z
                 s["emb_grad_level"] = excess / math.log(cfg.level_factor)
                 s["emb_grad_rate"] = rate / math.log(cfg.rate_factor)
+                if cfg.drop_z > 0:
+                    s["emb_grad_drop"] = -z / cfg.drop_z
             rest = self._rest_norm(metrics, emb, total)
             if rest is not None and rest > 0 and emb > 0:
                 r = self._t["ratio"].update(emb / rest)
@@ -343,6 +352,7 @@ def _message(signal: str, score: float, metrics: dict[str, float]) -> str:
         "emb_grad_z": "embedding gradient norm far above its recent history",
         "emb_grad_level": "embedding gradient norm several times its recent median",
         "emb_grad_rate": "embedding gradient norm growing fast",
+        "emb_grad_drop": "embedding gradient norm far below its recent history (collapse)",
         "emb_ratio_z": "embedding gradient out of proportion to the rest of the model",
         "attn_max_z": "attention-score maximum far above its recent history",
         "grad_norm_z": "total gradient norm far above its recent history",

@@ -98,11 +98,19 @@ GRID = (
 RAMPS = (("pre", 1e-2), ("post", 3e-3), ("sandwich", 1e-2), ("deepnorm", 3e-3))
 
 
+# Slow ramps: the same start, the learning rate growing 2 or 3 % a step from the first phase step over 350
+# steps. Where a run breaks depends on the variant and the data, from some 60 to over 300 steps in: incidents
+# that do not sit at a schedule change, with a long build-up before them.
+SLOW_RAMPS = (1.02, 1.03)
+
+
 def suite_runs() -> list[SuiteRun]:
     runs = [SuiteRun(ln, lr, warmup, seed=seed, steps=200, grad_clip=clip)
             for seed in (0, 1) for ln, lr, warmup, clip in GRID]
     runs += [SuiteRun(ln, lr, 0, seed=seed, steps=200, grad_clip=0.0, ramp=1.05, ramp_from=50)
              for seed in (0, 1) for ln, lr in RAMPS]
+    runs += [SuiteRun(ln, lr, 0, seed=seed, steps=350, grad_clip=0.0, ramp=f, ramp_from=0)
+             for seed in (0, 1) for ln, lr in RAMPS for f in SLOW_RAMPS]
     return runs
 
 
@@ -273,8 +281,10 @@ def load_suite(path: str | Path):
     if frame is None:
         return []
     cfgs = {d["name"]: d for d in manifest.get("runs", [])}
+    # Each run's own phase starts where its base run ended: the step its learning-rate schedule changed.
+    phase_start = (manifest.get("model") or {}).get("base_steps")
     runs = []
     for name, df in frame.groupby("run", sort=True):
         cfg = cfgs.get(name, {})
-        runs.append(from_long(name, df, {"config": cfg, "split": cfg.get("split")}))
+        runs.append(from_long(name, df, {"config": cfg, "split": cfg.get("split"), "phase_start": phase_start}))
     return runs
