@@ -278,8 +278,18 @@ def run_figure(
         ls = _get(series, M.LOSS_SCALE)
         if ls is not None:
             y2, key2 = _ax(len(rows) + 1)
-            layout[key2] = dict(overlaying=y, side="right", type="log", title=dict(text="scale"), dtick=1,
-                                exponentformat="power", showgrid=False, anchor="x")
+            # Loss scales are powers of two (a GradScaler halves and doubles them): label the powers of two the
+            # run went through; ticks at powers of ten would leave a 16384-65536 range unlabelled.
+            vals = ls["value"].to_numpy(dtype=float)
+            vals = vals[np.isfinite(vals) & (vals > 0)]
+            exps = range(int(math.floor(math.log2(vals.min()))), int(math.ceil(math.log2(vals.max()))) + 1) \
+                if vals.size else range(0)
+            step = max(1, math.ceil(len(exps) / 6))  # at most ~6 labels
+            ticks = [2.0 ** e for e in exps][::step]
+            layout[key2] = dict(overlaying=y, side="right", type="log", title=dict(text="loss scale"),
+                                tickvals=ticks, ticktext=[f"{t:g}" if t < 1e6 else f"2^{int(math.log2(t))}"
+                                                         for t in ticks],
+                                showgrid=False, anchor="x")
             traces.append(_lines(_finite(ls), "loss scale", PALETTE[4], y2))
         yaxis("fp16").update(title=dict(text="count"), rangemode="tozero")
 

@@ -28,8 +28,8 @@ import dashboard_store as ds
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# Screenshots go to a scratch folder; STABILITY_SCREENSHOTS=docs/img refreshes the README's (a test run must
-# not rewrite tracked files).
+# Screenshots go to a scratch folder, or where STABILITY_SCREENSHOTS says: docs/img for the README's, which
+# test_dashboard_sample_runs.py takes from the sample runs (a test run must not rewrite tracked files).
 IMG = Path(os.environ.get("STABILITY_SCREENSHOTS") or Path(tempfile.gettempdir()) / "stability-screenshots")
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -252,21 +252,21 @@ def test_each_view_draws_its_charts_with_data(browser_env):
     assert plots[0]["traces"] >= len(ds.GOOD)
     # Tables are drawn on a canvas; the error callout below the table is plain text.
     page.locator("[data-testid='stAlert']", has_text="garbage-meta").first.wait_for()
-    shot(page, "runs.png")
+    shot(page, "synthetic-runs.png")
 
     plots = open_view(page, base + "?view=run&run=pre-ln-fp16")
     assert plots[0]["traces"] >= 20 and plots[0]["points"] > ds.N_STEPS
     assert page.evaluate(f"() => {FIRST}._fullData.filter(t => t.type === 'heatmap').length") == 1
     assert page.evaluate(f"() => {FIRST}.querySelectorAll('.hm, .heatmaplayer image').length") >= 1
-    shot(page, "run.png", height=1650)
+    shot(page, "synthetic-run.png", height=1650)
 
     plots = open_view(page, base + "?view=compare&runs=pre-ln-fp16,post-ln-fp16,sandwich-bf16," + LIVE)
     assert plots[0]["traces"] >= 3
-    shot(page, "compare.png", height=1500)
+    shot(page, "synthetic-compare.png", height=1500)
 
     plots = open_view(page, base + "?view=alerts")
     assert plots[0]["points"] >= 3
-    shot(page, "alerts.png")
+    shot(page, "synthetic-alerts.png")
 
     # The corrupt run's own view shows its error, and the app still works around it.
     page.goto(base + "?view=run&run=garbage-meta")

@@ -1,0 +1,105 @@
+"""The committed sample runs in the real dashboard, in headless Chromium: every view draws them, and the README
+screenshots are taken from them (saved into docs/img with STABILITY_SCREENSHOTS=docs/img)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_dashboard_browser import (
+    CHROME_ARGS,
+    CHROMIUM,
+    FIRST,
+    free_port,
+    open_view,
+    shot,
+    stability_command,
+    stop_group,
+)
+
+from dashboard.views.runs import MAX_OVERVIEW_RUNS
+from stability.store import RunStore
+
+SAMPLE_RUNS = Path(__file__).resolve().parents[1] / "sample_runs"
+RUN = "pre-fp16-s0"
+VARIANTS = ("pre-s0", "post-s1", "sandwich-s0", "deepnorm-s0")
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def sample_page(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("chromium not found on PATH (Debian package `chromium`); browser test skipped")
+    playwright = pytest.importorskip("playwright.sync_api")
+    # A copy: the dashboard may leave a listing index in the store it reads, and sample_runs/ is committed.
+    root = tmp_path_factory.mktemp("samples") / "store"
+    shutil.copytree(SAMPLE_RUNS, root)
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("samplelog") / "server.log", "w+")
+    proc = subprocess.Popen(stability_command() + ["dashboard", "--store", str(root), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"dashboard server did not come up:\n{log.read()[-2000:]}")
+            time.sleep(0.3)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS, timeout=60_000)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(45_000)
+            try:
+                yield base, page, RunStore(root, read_only=True)
+            finally:
+                browser.close()
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+def _trace_x(page, name: str) -> list[float]:
+    return page.evaluate(f"""() => {{ const t = {FIRST}._fullData.find(t => t.name === {name!r});
+        return t && t.x ? Array.from(t.x).map(Number) : []; }}""")
+
+
+def test_every_view_draws_the_sample_runs(sample_page):
+    base, page, store = sample_page
+    runs = store.list_runs()["run"].tolist()
+    assert len(runs) == len([p for p in SAMPLE_RUNS.iterdir() if p.is_dir()]) >= 20
+
+    plots = open_view(page, base + "?view=runs")
+    assert plots[0]["traces"] == min(len(runs), MAX_OVERVIEW_RUNS)  # one loss line per run in the overview
+    shot(page, "runs.png")
+
+    plots = open_view(page, base + f"?view=run&run={RUN}")
+    loss = store.metrics(RUN, metrics=["loss"])
+    # 800 logged steps are fewer than the points per series: every logged loss is drawn, at its step.
+    assert _trace_x(page, "loss") == [float(s) for s in sorted(loss["step"].tolist())]
+    assert page.evaluate(f"() => {FIRST}._fullData.filter(t => t.type === 'heatmap').length") == 1
+    # The fp16 run's loss scale stays between 16k and 32k: its axis must still carry labelled ticks.
+    ticks = page.evaluate(f"""() => {{ const el = {FIRST}; const t = el._fullData.find(t => t.name === 'loss scale');
+        const ax = el._fullLayout['yaxis' + t.yaxis.slice(1)]; return (ax._vals || []).map(v => v.text); }}""")
+    assert {"16384", "32768"} <= set(ticks), ticks
+    shot(page, "run.png", height=1650)
+
+    plots = open_view(page, base + "?view=compare&runs=" + ",".join(VARIANTS))
+    names = page.evaluate(f"() => {FIRST}._fullData.map(t => t.name || '')")
+    assert all(any(v in n for n in names) for v in VARIANTS), names
+    shot(page, "compare.png", height=1500)
+
+    plots = open_view(page, base + "?view=alerts")
+    assert plots[0]["points"] >= 1
+    shot(page, "alerts.png")
