@@ -115,7 +115,11 @@ def curve_kinds(cases: list[Case], key: str, gate: GateConfig, horizon: int, thr
 
 def _signal_frames(case: Case) -> dict[str, pd.Series]:
     """Each logged signal of a run as a series over its logged steps (log scale for norms and maxima)."""
-    r = case.series
+    with np.errstate(divide="ignore", invalid="ignore"):  # zeros and non-finite values become NaN below
+        return _log_signals(case.series)
+
+
+def _log_signals(r) -> dict[str, pd.Series]:
     out = {}
     for name, key, log in (("loss", K_LOSS, False), ("emb_grad", K_EMB, True), ("total_grad", K_TOTAL, True)):
         st, v = r.column(key)
