@@ -256,3 +256,35 @@ def test_a_zoom_is_fetched_with_room_to_pan_and_follows_the_end():
 def test_focus_window_centres_a_linked_step():
     assert focus_window(1000, 100_000) == (0, 4000)
     assert focus_window(10, 100) == (0, 60)
+
+
+# --- the plotly.js bundle the charts load -------------------------------------------------------------------
+def test_every_dashboard_trace_type_is_in_the_cartesian_bundle():
+    from dashboard.plot import CARTESIAN_TRACES
+
+    loss = frame(STEPS, 3 - STEPS / 100)
+    ev = events([{"step": 10, "kind": "alert"}, {"step": 20, "kind": "egs_on"}, {"step": 30, "kind": "rollback"},
+                 {"step": 40, "kind": "egs_off"}])
+    figs = [run_figure(full_series(), ev, spikes=[50], focus_step=60, run="r"),
+            F.compare_figure([{"run": "a", "group": "pre", "loss": loss, "emb": loss, "attn_max": loss}], group_by="ln"),
+            F.runs_overview_figure({"a": loss}), F.alerts_timeline_figure(ev)]
+    types = {t.type or "scatter" for fig in figs for t in fig.data}
+    assert {"scatter", "heatmap", "bar"} <= types  # the run view's rows, so this check means something
+    assert types <= CARTESIAN_TRACES, types - CARTESIAN_TRACES
+
+
+def test_the_cartesian_bundle_is_used_only_for_its_own_plotly_js_version(tmp_path, monkeypatch):
+    import plotly
+
+    from dashboard import plot
+
+    installed = plot.bundle_version(plot._plotly_js())
+    assert plot.bundle_version(plot.CARTESIAN) == installed, (
+        f"plotly {plotly.__version__} ships plotly.js {installed}; refresh dashboard/plot_component/"
+        "plotly-cartesian.min.js (docs/dashboard.md says how)")
+    assert plot.plotly_bundle() == plot.CARTESIAN
+    assert plot.CARTESIAN.stat().st_size < plot._plotly_js().stat().st_size / 2
+    other = tmp_path / "plotly.min.js"
+    other.write_bytes(b"/**\n* plotly.js v9.9.9\n*/\n")
+    monkeypatch.setattr(plot, "_plotly_js", lambda: other)
+    assert plot.plotly_bundle() == other  # another plotly.js: the package's full bundle, never a mismatch
