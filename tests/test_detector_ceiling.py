@@ -32,6 +32,7 @@ def test_schedule_changes_from_suite_meta():
     assert schedule_changes({}) == []
     assert schedule_changes({"phase_start": 400, "config": {"ramp": 1.0}}) == [400]
     assert schedule_changes({"phase_start": 400, "config": {"ramp": 1.05, "ramp_from": 50}}) == [400, 450]
+    assert schedule_changes({"phase_start": 400, "config": {"ramp": 1.02, "ramp_from": 0}}) == [400]
 
 
 @pytest.mark.parametrize("onset,n,kind", [(400, 30, SCHEDULE), (410, 5, SCHEDULE), (411, 5, BUILD_UP),

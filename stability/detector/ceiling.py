@@ -57,7 +57,7 @@ def schedule_changes(meta: dict) -> list[int]:
     out = [int(start)]
     if float(cfg.get("ramp", 1.0)) != 1.0:
         out.append(int(start) + int(cfg.get("ramp_from", 0)))
-    return sorted(out)
+    return sorted(set(out))
 
 
 def incident_kind(onset: int, n_steps: int, changes: list[int], gap: int) -> str:
