@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.views.alerts import collect
+from dashboard.views.run import FRAME_KEY
 from stability import metrics as M
 
 import dashboard_store as ds
@@ -103,7 +104,10 @@ def test_open_button_moves_to_the_run_view(monkeypatch, store_dir):
 def test_run_view_from_a_link_opens_a_window_around_the_step(monkeypatch, store_dir):
     at = open_app(monkeypatch, store_dir, view="run", run="pre-ln-fp16", step=420)
     assert at.number_input(key="step_from").value == 370 and at.number_input(key="step_to").value == 470
+    # The first draw sent the chart's frame ahead of the queries and reran with the figure: one chart, the real one.
+    assert at.session_state[FRAME_KEY] is True
     (fig,) = charts(at)
+    assert not any("reading the run" in a.get("text", "") for a in fig["layout"].get("annotations", []))
     x = arr(trace(fig, "loss")["x"])
     assert x == list(range(370, 471))  # fetched at full resolution for the window
     assert arr(trace(fig, "spike")["x"]) == [420]

@@ -15,6 +15,8 @@ from dashboard.views.common import age, badge_md, empty_store
 
 RESOLUTIONS = (500, 1000, 2000, 5000, 10000)
 CHART_KEY = "run_figure"
+FRAME_KEY = "_run_chart_frame"
+"""Set once the run chart's frame has been sent in this session (see `panel`)."""
 SPIKE_REFRESH_S = 5.0
 """While a run is live its spike labels (the labeller over every logged loss) are redone at most this often."""
 
@@ -64,6 +66,14 @@ def render(store_dir: str) -> None:
     live.maybe_live(is_live, panel, store_dir, run, window, int(pts), focus, redrawing=is_live)
 
 
+def _rerun_if(early: bool) -> None:
+    """After an early frame (see `panel`): the queries and the figure are cached now, so draw the page again,
+    this time with the figure or with what went wrong."""
+    if early:
+        st.session_state[FRAME_KEY] = True
+        st.rerun()
+
+
 def _n(k: int, word: str) -> str:
     return f"{k} {word}" + ("" if k == 1 else "s")
 
@@ -83,6 +93,15 @@ def figure(store_dir, run, version, window, fetch, max_points, focus, _series, _
     built and unpickle (and so re-validate) it on every rerun, which costs about as much as building it; the
     figure is only read (plot.show serialises it) and never changed."""
     return run_figure(_series, _events, _spikes, focus_step=focus, uirevision=f"{run}:{window}")
+
+
+def placeholder_figure():
+    """An empty chart the size of a typical run figure, shown while the first figure is read."""
+    import plotly.graph_objects as go
+
+    return go.Figure(layout=dict(height=900, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                                 annotations=[dict(text="reading the run…", showarrow=False, x=0.5, y=0.9,
+                                                   xref="paper", yref="paper")]))
 
 
 def fetch_window(window: tuple, zoom: tuple | None, last_step: int | None) -> tuple:
@@ -121,12 +140,18 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
     reported = st.session_state.get(CHART_KEY)
     zoom = None if reported == st.session_state.get("_stale_zoom") else plot.zoomed_range(reported, uirevision)
     fetch = fetch_window(window, zoom, q.int_or_none(meta.get("last_step")))
+    # The first time this session draws the chart, its frame goes out before the store is read: the browser
+    # loads and compiles Plotly while the queries run, and the figure follows one rerun later (cached by then).
+    early = not st.session_state.get(FRAME_KEY) and not redrawing
+    if early:
+        plot.show(placeholder_figure(), key=CHART_KEY, report_zoom=True)
     (series, err), (events_spikes, _) = q.guarded_parallel(
         (q.cached_series, store_dir, run, version, fetch[0], fetch[1], max_points),
         (q.events_and_spikes, store_dir, run, version, q.coarse_version(meta, SPIKE_REFRESH_S)),
     )
     (events, ev_err), (info, sp_err) = events_spikes
     if err:
+        _rerun_if(early)
         st.error(f"Cannot read the metrics of {run}: {err}", icon="⚠️")
         return
     for damaged in q.problems(store_dir, run):
@@ -142,9 +167,11 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
         spikes = [s for s in spikes if a <= s <= b]
         events = events[(events["step"] >= a) & (events["step"] <= b)]
     if not any(len(df) for df in series.values()):
+        _rerun_if(early)
         st.info("No metrics logged for this run yet." + (" Waiting for the first step…" if meta["live"] else ""))
     else:
         fig = figure(store_dir, run, version, window, fetch, max_points, focus, series, events, spikes)
+        _rerun_if(early)
         plot.show(fig, key=CHART_KEY, report_zoom=True)
     src = {"labeller": "labelled from the loss", "events": "from stored spike events", "none": "no labeller"}
     st.caption(
