@@ -141,3 +141,26 @@ def test_detector_embedding_drop_signal():
                 rec[K_EMB] *= 1e-3
             out += det.update(int(s), rec)
         assert out == [], out
+
+
+def test_attention_max_leaves_nan_out_whatever_the_key_order():
+    # An FP16 overflow can log NaN for one layer's attention maximum. max() over [nan, 5] and [5, nan] differ,
+    # and key order follows string hashes that change between processes: the result must not.
+    from stability.detector.series import RunSeries
+
+    def run(first_nan: bool):
+        recs = []
+        for s in range(60):
+            a = {"attn_score_max/layers.0": float("nan") if s == 50 else 4.0, "attn_score_max/layers.1": 5.0 + s}
+            order = list(a.items()) if first_nan else list(a.items())[::-1]
+            recs.append({K_LOSS: 2.0, **dict(order)})
+        return RunSeries("r", np.arange(60), recs)
+
+    a, b = (features(_case(run(x)))["attn_max.level1"] for x in (True, False))
+    assert np.allclose(a.to_numpy(), b.to_numpy(), equal_nan=True)
+    assert np.isfinite(a.loc[50])  # step 50 still counts, from the layer that is not NaN
+    det = OnlineDetector(DetectorConfig())
+    r = run(True)
+    for s, rec in zip(r.steps, r.records):
+        det.update(int(s), rec)
+    assert len(det._t["attn"].hist) == 60  # every step entered the attention history, step 50 included

@@ -132,12 +132,20 @@ def _log_signals(r) -> dict[str, pd.Series]:
         rest = np.sqrt(np.maximum(both["t"] ** 2 - both["e"] ** 2, 0.0))
         out["emb_ratio"] = pd.Series(np.log(np.where((rest > 0) & (both["e"] > 0), both["e"] / rest, np.nan)),
                                      index=both.index)
-    attn_keys = [k for k in r.keys() if k.startswith(P_ATTN)]
+    attn_keys = sorted(k for k in r.keys() if k.startswith(P_ATTN))
     if attn_keys:
-        rows = {s: max((rec[k] for k in attn_keys if k in rec), default=np.nan) for s, rec in zip(r.steps, r.records)}
+        # The largest value over layers, NaN left out: built-in max() with a NaN among the values would depend on
+        # the order of the keys (a set, ordered by string hashes that change from one process to the next).
+        rows = {s: _finite_max(rec.get(k) for k in attn_keys) for s, rec in zip(r.steps, r.records)}
         a = pd.Series(rows, dtype=float)
         out["attn_max"] = pd.Series(np.log(np.where(a > 0, a, np.nan)), index=a.index)
     return out
+
+
+def _finite_max(values) -> float:
+    """The largest value that is not NaN (an overflow's inf counts), NaN if there is none."""
+    vals = [v for v in values if v is not None and not np.isnan(v)]
+    return max(vals) if vals else np.nan
 
 
 def features(case: Case, cfg: CeilingConfig = CeilingConfig()) -> dict[str, pd.Series]:

@@ -250,7 +250,8 @@ class OnlineDetector:
                 s["grad_norm_z"] = r[0] / cfg.total_z
                 s["grad_norm_drift"] = t.drift / math.log(cfg.drift_factor)
 
-        attn = [v for k, v in metrics.items() if k.startswith(P_ATTN)]
+        # NaN left out (max() with a NaN first would return it and blank the step); an overflow's inf counts.
+        attn = [v for k, v in metrics.items() if k.startswith(P_ATTN) and v == v]
         if attn:
             r = self._t["attn"].update(max(attn))
             if r is not None:
