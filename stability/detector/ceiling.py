@@ -26,7 +26,14 @@ import numpy as np
 import pandas as pd
 
 from stability.detector.alert import GateConfig
-from stability.detector.evaluate import Case, RunScore, Trace, curve, gate_alerts, score_run, threshold_grid
+from stability.detector.evaluate import (
+    Case,
+    RunScore,
+    Trace,
+    curve,
+    evaluate,
+    threshold_grid,
+)
 from stability.detector.online import K_EMB, K_LOSS, K_TOTAL, P_ATTN
 
 SCHEDULE, SINGLE, BUILD_UP = "schedule", "single_step", "build_up"
@@ -84,31 +91,27 @@ def anatomy(cases: list[Case], cfg: CeilingConfig = CeilingConfig()) -> dict:
     return {"schedule_gap": cfg.schedule_gap, "counts": counts, "incidents": rows}
 
 
-def score_kinds(cases: list[Case], key: str, gate: GateConfig, horizon: int, keep: set[str],
-                cfg: CeilingConfig = CeilingConfig()) -> RunScore:
-    """Score a method on the incidents of the `keep` kinds only. The others are taken out of the count: their
-    [onset - H, end] windows are neither calm steps nor incidents, and alerts in them count for nothing."""
-    total = RunScore()
+def left_out(cases: list[Case], keep: set[str], cfg: CeilingConfig = CeilingConfig()) -> list[list]:
+    """Per case, the incidents not of the `keep` kinds: what `evaluate(..., ignore=)` leaves out of the count
+    (their [onset - H, end] windows are neither calm steps nor incidents, and alerts in them count for nothing)."""
+    out = []
     for c in cases:
         changes = schedule_changes(c.series.meta)
-        drop = [i for i in c.labels.incidents
-                if incident_kind(i.onset, i.n_steps, changes, cfg.schedule_gap) not in keep]
-        alerts = gate_alerts(c.traces[key], gate)
-        total = total.add(score_run(alerts, c.labels, horizon, ignore=drop))
-    return total
+        out.append([i for i in c.labels.incidents
+                    if incident_kind(i.onset, i.n_steps, changes, cfg.schedule_gap) not in keep])
+    return out
+
+
+def score_kinds(cases: list[Case], key: str, gate: GateConfig, horizon: int, keep: set[str],
+                cfg: CeilingConfig = CeilingConfig()) -> RunScore:
+    """Score a method on the incidents of the `keep` kinds only (see `left_out`)."""
+    return evaluate(cases, key, gate, horizon, ignore=left_out(cases, keep, cfg))
 
 
 def curve_kinds(cases: list[Case], key: str, gate: GateConfig, horizon: int, thresholds, keep: set[str],
                 cfg: CeilingConfig = CeilingConfig()) -> list[dict]:
-    """`evaluate.curve` on the incidents of the `keep` kinds only (see `score_kinds`)."""
-    from dataclasses import replace
-
-    out = []
-    for t in thresholds:
-        s = score_kinds(cases, key, replace(gate, threshold=float(t)), horizon, keep, cfg).summary()
-        out.append({"threshold": round(float(t), 6), **{k: s[k] for k in (
-            "recall", "precision", "false_alarms_per_10k", "median_lead", "hits", "alerts", "false_alarms")}})
-    return out
+    """`evaluate.curve` on the incidents of the `keep` kinds only (see `left_out`)."""
+    return curve(cases, key, gate, horizon, thresholds, ignore=left_out(cases, keep, cfg))
 
 
 # -- features ----------------------------------------------------------------------------------------------------

@@ -222,10 +222,12 @@ def add_traces(cases: list[Case], name: str, gate: GateConfig, detector_cfg: Det
         c.traces[key or name] = trace(make_method(name, gate, detector_cfg), c.series)
 
 
-def evaluate(cases: list[Case], key: str, gate: GateConfig, horizon: int) -> RunScore:
+def evaluate(cases: list[Case], key: str, gate: GateConfig, horizon: int, ignore=None) -> RunScore:
+    """`ignore`, if given: per case (same order), the incidents `score_run` leaves out of the count."""
     total = RunScore()
-    for c in cases:
-        total = total.add(score_run(gate_alerts(c.traces[key], gate), c.labels, horizon))
+    for i, c in enumerate(cases):
+        left_out = ignore[i] if ignore is not None else ()
+        total = total.add(score_run(gate_alerts(c.traces[key], gate), c.labels, horizon, ignore=left_out))
     return total
 
 
@@ -240,10 +242,10 @@ def threshold_grid(cases: list[Case], key: str, n: int = 40) -> list[float]:
     return [g for g in grid if g > 0]
 
 
-def curve(cases: list[Case], key: str, gate: GateConfig, horizon: int, thresholds) -> list[dict]:
+def curve(cases: list[Case], key: str, gate: GateConfig, horizon: int, thresholds, ignore=None) -> list[dict]:
     out = []
     for t in thresholds:
-        s = evaluate(cases, key, replace(gate, threshold=float(t)), horizon).summary()
+        s = evaluate(cases, key, replace(gate, threshold=float(t)), horizon, ignore).summary()
         out.append({"threshold": round(float(t), 6), **{k: s[k] for k in (
             "recall", "precision", "false_alarms_per_10k", "median_lead", "hits", "alerts", "false_alarms")}})
     return out
