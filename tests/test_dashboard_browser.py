@@ -17,13 +17,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dashboard_store as ds
 import numpy as np
 import pytest
 
 from dashboard.synthetic import columns
 from stability.store import RunStore, WriterConfig
-
-import dashboard_store as ds
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +153,30 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def start_dashboard(root: Path, port: int, log) -> subprocess.Popen:
+    """The real `stability dashboard` command on `root`, in its own process group, output to `log`."""
+    return subprocess.Popen(stability_command() + ["dashboard", "--store", str(root), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_healthy(proc: subprocess.Popen, port: int, log, timeout: float = 60) -> str:
+    """The server's base URL once its health check answers; the test fails with the server's log if it exits
+    or does not answer within `timeout` seconds."""
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(base + "_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return base
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            pytest.fail(f"dashboard server did not come up:\n{log.read()[-2000:]}")
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The real `stability dashboard` command on a store with a live run being written. On teardown it is
@@ -163,23 +186,9 @@ def server(tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("dashlog") / "server.log", "w+")
     with LiveWriter(store) as live:
-        proc = subprocess.Popen(
-            stability_command() + ["dashboard", "--store", str(root), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = start_dashboard(root, port, log)
         try:
-            base = f"http://127.0.0.1:{port}/"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(base + "_stcore/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"dashboard server did not come up:\n{log.read()[-2000:]}")
-                time.sleep(0.3)
+            base = wait_until_healthy(proc, port, log)
             children = _children(proc.pid)
             yield base, live
             assert children, "the command runs the server as its child"

@@ -4,9 +4,6 @@ screenshots are taken from them (saved into docs/img with STABILITY_SCREENSHOTS=
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,8 +14,9 @@ from test_dashboard_browser import (
     free_port,
     open_view,
     shot,
-    stability_command,
+    start_dashboard,
     stop_group,
+    wait_until_healthy,
 )
 
 from dashboard.views.runs import MAX_OVERVIEW_RUNS
@@ -41,22 +39,9 @@ def sample_page(tmp_path_factory):
     shutil.copytree(SAMPLE_RUNS, root)
     port = free_port()
     log = open(tmp_path_factory.mktemp("samplelog") / "server.log", "w+")
-    proc = subprocess.Popen(stability_command() + ["dashboard", "--store", str(root), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_dashboard(root, port, log)
     try:
-        base = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"dashboard server did not come up:\n{log.read()[-2000:]}")
-            time.sleep(0.3)
+        base = wait_until_healthy(proc, port, log)
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS, timeout=60_000)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
