@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
-from plotly.subplots import make_subplots
 
 from stability import metrics as M
 
@@ -25,7 +24,6 @@ PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
     "#17becf",
 )
-DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 # Event kinds drawn on the loss row, and how.
 ACTION_STYLE = {
@@ -230,57 +228,6 @@ def runs_overview_figure(losses: Mapping[str, pd.DataFrame], *, uirevision: str 
         fig.add_trace(_line(_finite(df), run, PALETTE[i % len(PALETTE)], width=1.2))
     fig.update_layout(height=320, uirevision=uirevision, template=TEMPLATE, margin=dict(l=60, r=20, t=30, b=40),
                       xaxis_title="step", yaxis_title="loss", legend=dict(font=dict(size=10)))
-    return fig
-
-
-def compare_figure(
-    runs: Sequence[Mapping], *, group_by: str | None = None, uirevision: str = "compare",
-) -> go.Figure:
-    """Overlay loss, embedding grad norm and attention max of several runs; rows share the step axis.
-
-    Each item of `runs`: {"run": name, "group": LN variant or "", "loss": df, "emb": df, "attn_max": df}.
-    With `group_by`, runs of one group share a colour and differ by dash, so LN variants read as families.
-    """
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=["Loss", "Embedding gradient norm", "Attention score max (all layers)"])
-    groups = sorted({str(r.get("group") or "") for r in runs})
-    seen_in_group: dict[str, int] = {}
-    lim = float(symlog(M.FP16_MAX))
-    attn_hi = lim
-    for i, r in enumerate(runs):
-        g = str(r.get("group") or "")
-        if group_by:
-            color = PALETTE[groups.index(g) % len(PALETTE)]
-            dash = DASHES[seen_in_group.get(g, 0) % len(DASHES)]
-            seen_in_group[g] = seen_in_group.get(g, 0) + 1
-            name = f"{r['run']} [{g or '?'}]"
-        else:
-            color, dash, name = PALETTE[i % len(PALETTE)], "solid", r["run"]
-        for row, key in ((1, "loss"), (2, "emb"), (3, "attn_max")):
-            df = r.get(key)
-            if df is None or df.empty:
-                continue
-            f = _finite(df)
-            if key == "attn_max":
-                y = symlog(f["value"])
-                if len(y):
-                    attn_hi = max(attn_hi, float(np.max(y)))
-                fig.add_trace(_line(f, name, color, dash, legendgroup=name, showlegend=False, y=y,
-                                    hover=f["value"]), row=row, col=1)
-            else:
-                fig.add_trace(_line(f, name, color, dash, legendgroup=name, showlegend=row == 1), row=row, col=1)
-    fig.add_hline(y=lim, line=dict(color="#d62728", dash="dot", width=1.2), row=3, col=1,
-                  annotation_text="FP16 max 65504", annotation_position="top left",
-                  annotation_font=dict(size=10, color="#d62728"))
-    vals, text = _symlog_ticks(0, 10 ** (attn_hi * 1.08))
-    keep = [(v, t) for v, t in zip(vals, text) if v >= 0]
-    fig.update_yaxes(title_text="loss", row=1, col=1)
-    fig.update_yaxes(type="log", title_text="grad norm", dtick=1, exponentformat="power", row=2, col=1)
-    fig.update_yaxes(range=[0, attn_hi * 1.08], tickvals=[v for v, _ in keep], ticktext=[t for _, t in keep],
-                     title_text="score", row=3, col=1)
-    fig.update_xaxes(title_text="step", row=3, col=1)
-    fig.update_layout(height=820, uirevision=uirevision, template=TEMPLATE, margin=dict(l=60, r=20, t=60, b=40),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.03, x=0, font=dict(size=10)))
     return fig
 
 

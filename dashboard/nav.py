@@ -1,18 +1,90 @@
-"""Which view is shown, and the URL that says so: ?view=run&run=NAME&step=N, ?view=compare&runs=A,B.
+"""Which view is shown, and the URL that says so: ?view=run&run=NAME&step=N, ?view=compare&runs=A,B, plus
+every chart control that is not at its default (smoothing, x axis, log scales, grouping: `CONTROLS`).
 
-The URL is read once when a session starts (so a link opens the right view at the right step) and written back
-on every run (so the address bar can be copied). Buttons move between views through on_click callbacks, the only
-place Streamlit lets one change a widget's state.
+The URL is read once when a session starts (so a link opens the same view) and written back on every run (so
+the address bar can be copied). Buttons move between views through on_click callbacks, the only place
+Streamlit lets one change a widget's state. A link with `run` and no `view` (what alert payloads carry) opens
+the run view.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import streamlit as st
 
+from dashboard.grouping import BANDS, BY
+from dashboard.smoothing import METHODS
+from dashboard.xaxis import KINDS
+
 VIEWS = ("Runs", "Run", "Compare", "Alerts")
 VIEW_KEY, RUN_KEY, STEP_KEY, COMPARE_KEY = "view", "run_pick", "focus_step", "cmp_runs"
+
+
+def _choice(options) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v not in options:
+            raise ValueError(v)
+        return v
+    return parse
+
+
+def _number(lo: float, hi: float, kind=float) -> Callable[[str], float]:
+    def parse(v: str):
+        x = kind(float(v))
+        if not lo <= x <= hi:
+            raise ValueError(v)
+        return x
+    return parse
+
+
+def _flag(v: str) -> bool:
+    if v not in ("0", "1"):
+        raise ValueError(v)
+    return v == "1"
+
+
+def _fmt(v) -> str:
+    return ("1" if v else "0") if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+@dataclass(frozen=True)
+class Control:
+    """One chart control: its URL parameter, its widget's session key, its default and how to read it."""
+
+    param: str
+    key: str
+    default: object
+    parse: Callable[[str], object]
+    views: tuple[str, ...] = ("run", "compare")
+
+
+SMOOTH_KEY, SMOOTH_W_KEY, SMOOTH_N_KEY, X_KEY = "smooth_method", "smooth_w", "smooth_n", "x_axis"
+LOG_LOSS_KEY, LOG_GRAD_KEY = "log_loss", "log_grad"
+GROUP_KEY, GROUP_CFG_KEY, GROUP_PAT_KEY, BAND_KEY = "cmp_group_by", "cmp_gkey", "cmp_gpat", "cmp_band"
+W_MAX, N_MAX = 0.99, 501
+CONTROLS = (
+    Control("smooth", SMOOTH_KEY, "ema", _choice(METHODS)),
+    Control("sw", SMOOTH_W_KEY, 0.6, _number(0.0, W_MAX)),  # TensorBoard's default weight
+    Control("sn", SMOOTH_N_KEY, 25, _number(1, N_MAX, int)),
+    Control("x", X_KEY, "step", _choice(KINDS)),
+    Control("logloss", LOG_LOSS_KEY, False, _flag),
+    Control("loggrad", LOG_GRAD_KEY, True, _flag),
+    Control("group", GROUP_KEY, "none", _choice(BY), ("compare",)),
+    Control("gkey", GROUP_CFG_KEY, "ln", str, ("compare",)),
+    Control("gpat", GROUP_PAT_KEY, r"-s\d+$", str, ("compare",)),
+    Control("band", BAND_KEY, "minmax", _choice(BANDS), ("compare",)),
+)
+
+
+def defaults(view: str) -> None:
+    """Give every control of `view` its default unless the session (or the URL) set it: the widgets are then
+    created from session state alone, as Streamlit wants when state is set from code."""
+    for c in CONTROLS:
+        if view in c.views:
+            st.session_state.setdefault(c.key, c.default)
 
 
 def init_from_url() -> None:
@@ -20,7 +92,7 @@ def init_from_url() -> None:
         return
     st.session_state["_nav_init"] = True
     qp = st.query_params
-    view = str(qp.get("view", "runs")).capitalize()
+    view = str(qp.get("view", "run" if qp.get("run") else "runs")).capitalize()
     st.session_state[VIEW_KEY] = view if view in VIEWS else "Runs"
     if qp.get("run"):
         st.session_state[RUN_KEY] = str(qp.get("run"))
@@ -32,6 +104,12 @@ def init_from_url() -> None:
             st.session_state[STEP_KEY] = int(float(step))
         except ValueError:
             st.session_state[STEP_KEY] = None
+    for c in CONTROLS:
+        if qp.get(c.param) is not None:
+            try:
+                st.session_state[c.key] = c.parse(str(qp.get(c.param)))
+            except ValueError:
+                pass  # a hand-edited link still opens, with that control at its default
 
 
 def write_url() -> None:
@@ -42,7 +120,11 @@ def write_url() -> None:
             want["step"] = str(st.session_state[STEP_KEY])
     if want["view"] == "compare" and st.session_state.get(COMPARE_KEY):
         want["runs"] = ",".join(st.session_state[COMPARE_KEY])
-    if {k: st.query_params.get(k) for k in ("view", "run", "step", "runs") if k in st.query_params} != want:
+    for c in CONTROLS:
+        v = st.session_state.get(c.key, c.default)
+        if want["view"] in c.views and v != c.default:
+            want[c.param] = _fmt(v)
+    if {k: st.query_params.get(k) for k in st.query_params} != want:
         st.query_params.from_dict(want)
 
 

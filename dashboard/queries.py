@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboard import xaxis
 from dashboard.figures import bin_layers
 from dashboard.run_stats import SpikeInfo, loss_full, run_summary, spikes  # noqa: F401  (read through here)
 from stability import metrics as M
@@ -103,13 +104,7 @@ def list_runs(store, store_dir: str | Path, now: float | None = None) -> pd.Data
                 errors[name] = f"{type(e).__name__}: {e}"
         meta = pd.DataFrame(recs)
     for rec in meta.to_dict("records") if len(meta) else []:
-        cfg = rec.get("config")
-        if isinstance(cfg, str):
-            try:
-                cfg = json.loads(cfg)
-            except ValueError:
-                cfg = {}
-        cfg = cfg if isinstance(cfg, dict) else {}
+        cfg = config_dict(rec.get("config"))
         last_write = _unix(rec.get("last_write"))
         status = str(rec.get("status") or "")
         rows[str(rec["run"])] = {
@@ -128,6 +123,16 @@ def list_runs(store, store_dir: str | Path, now: float | None = None) -> pd.Data
     df["error"] = df["error"].fillna("").astype(str)  # "" = readable
     return df.sort_values(["live", "last_write", "run"], ascending=[False, False, True], na_position="last",
                           ignore_index=True)
+
+
+def config_dict(cfg) -> dict:
+    """A run's config as a dict, whether the store gave a dict or its JSON text (anything else: {})."""
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except ValueError:
+            return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def is_live(status: str, last_write: float, now: float) -> bool:
@@ -226,6 +231,32 @@ def compare_series(store, run: str, max_points: int = 1500) -> dict[str, pd.Data
     return out
 
 
+AXIS_POINTS = 4000
+"""Knots of a tokens or wall-time axis: the step_time / tokens_per_s series at this resolution."""
+
+
+def run_configs(store) -> dict[str, dict]:
+    """{run: its config, nested keys joined with dots} for every readable run (compare view grouping)."""
+    try:
+        recs = store.runs()
+    except Exception:
+        return {}
+    out = {}
+    for rec in recs:
+        out[str(rec["run"])] = xaxis.flat_config(config_dict(rec.get("config")))
+    return out
+
+
+def run_axis(store, run: str, kind: str, config: dict | None = None) -> xaxis.XAxis:
+    """The x axis `kind` of one run, from its config and its logged step_time / tokens_per_s (one read)."""
+    if kind == "step":
+        return xaxis.XAxis()
+    if config is None:
+        config = run_configs(store).get(run, {})
+    got = store.series_many(run, [(M.STEP_TIME, M.NO_LAYER), (M.TOKENS_PER_S, M.NO_LAYER)], max_points=AXIS_POINTS)
+    return xaxis.build(kind, config, got.get((M.STEP_TIME, M.NO_LAYER)), got.get((M.TOKENS_PER_S, M.NO_LAYER)))
+
+
 # --- cached wrappers (Streamlit) -------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def cached_store(store_dir: str):
@@ -284,6 +315,16 @@ def events_and_spikes(store_dir: str, run: str, version: tuple, spike_version: t
 def cached_series(store_dir: str, run: str, version: tuple, step_min: int | None, step_max: int | None,
                   max_points: int) -> dict:
     return run_series(cached_store(store_dir), run, step_min, step_max, max_points)
+
+
+@st.cache_data(ttl=LIST_TTL_S, max_entries=8, show_spinner=False)
+def cached_configs(store_dir: str) -> dict[str, dict]:
+    return run_configs(cached_store(store_dir))
+
+
+@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
+def cached_axis(store_dir: str, run: str, version: tuple, kind: str) -> xaxis.XAxis:
+    return run_axis(cached_store(store_dir), run, kind, cached_configs(store_dir).get(run, {}))
 
 
 @st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)

@@ -19,6 +19,11 @@ from dashboard.figures import (
     _symlog_ticks, _y_at, active_intervals, bin_layers, event_steps, intervals, layer_sort_key, rest_of_model,
     symlog,
 )
+from dashboard.smoothing import Smoothing
+from dashboard.traces import band as _band
+from dashboard.traces import lines as _lines
+from dashboard.traces import map_x, smoothed_lines
+from dashboard.xaxis import XAxis
 from stability import metrics as M
 
 ROW_TITLES = {
@@ -75,19 +80,6 @@ def _ax(i: int) -> tuple[str, str]:
     return ("y", "yaxis") if i == 1 else (f"y{i}", f"yaxis{i}")
 
 
-def _xy(df: pd.DataFrame, y=None) -> tuple[np.ndarray, np.ndarray]:
-    return df["step"].to_numpy(), (df["value"].to_numpy(dtype=float) if y is None else np.asarray(y, float))
-
-
-def _lines(df, name, color, yref, *, dash="solid", width=1.5, group=None, legend=True, y=None, hover=None):
-    x, yy = _xy(df, y)
-    t = dict(type="scatter", x=x, y=yy, mode="lines", name=name, yaxis=yref, xaxis="x",
-             line=dict(color=color, dash=dash, width=width), legendgroup=group or name, showlegend=legend)
-    if hover is not None:
-        t.update(customdata=np.asarray(hover, float), hovertemplate=f"{name}: %{{customdata:.4g}}<extra></extra>")
-    return t
-
-
 def _aligned(a: pd.DataFrame, col_a: str, b: pd.DataFrame, col_b: str):
     """Steps both frames have, with a[col_a] and b[col_b] on them (the store buckets both alike, so usually
     every step)."""
@@ -97,15 +89,6 @@ def _aligned(a: pd.DataFrame, col_a: str, b: pd.DataFrame, col_b: str):
         return sa, va, vb
     steps, ia, ib = np.intersect1d(sa, sb, return_indices=True)
     return steps, va[ia], vb[ib]
-
-
-def _band(x, lo, hi, color, name, yref, opacity=0.2):
-    """The bucket max (invisible) and the bucket min filled up to it."""
-    rgba = _rgba(color, opacity)
-    common = dict(type="scatter", x=x, mode="lines", line=dict(width=0, color=rgba), hoverinfo="skip",
-                  showlegend=False, legendgroup=name, yaxis=yref, xaxis="x")
-    return [dict(common, y=np.asarray(hi, float), name=f"{name} max"),
-            dict(common, y=np.asarray(lo, float), name=f"{name} min", fill="tonexty", fillcolor=rgba)]
 
 
 def run_figure(
@@ -119,15 +102,22 @@ def run_figure(
     uirevision: str | None = None,
     heat_bins: int = 300,
     height: int | None = None,
+    smoothing: Smoothing = Smoothing(),
+    x_axis: XAxis = XAxis(),
+    log_loss: bool = False,
+    log_grad: bool = True,
 ) -> go.Figure:
-    """Loss with spike/alert/action markers, grad-norm heatmap, embedding vs rest, attention bands, FP16 row."""
+    """Loss with spike/alert/action markers, grad-norm heatmap, embedding vs rest, attention bands, FP16 row.
+
+    `smoothing` applies to the loss and gradient-norm lines, for display only (markers sit on the raw loss);
+    `x_axis` maps every step to the x axis drawn; `log_loss` / `log_grad` put those rows on a log y axis."""
     rows = run_rows(series)
     dom = row_domains(rows)
     yref = {r: _ax(i + 1)[0] for i, r in enumerate(rows)}
     layout: dict = {}
     for i, r in enumerate(rows):
         layout[_ax(i + 1)[1]] = dict(domain=list(dom[r]), anchor="x", automargin=True)
-    layout["xaxis"] = dict(anchor=yref[rows[-1]], title=dict(text="step"), showspikes=True, spikemode="across",
+    layout["xaxis"] = dict(anchor=yref[rows[-1]], title=dict(text=x_axis.title), showspikes=True, spikemode="across",
                            spikethickness=1, spikedash="dot", spikecolor="#999")
     yaxis = lambda r: layout[_ax(rows.index(r) + 1)[1]]  # noqa: E731
     traces: list[dict] = []
@@ -146,7 +136,7 @@ def run_figure(
         if _has_band(loss):
             f = _finite(loss, "vmin")
             traces += _band(f["step"], f["vmin"], f["vmax"], PALETTE[0], "loss", y)
-        traces.append(_lines(loss, "loss", PALETTE[0], y, width=1.6))
+        traces += smoothed_lines(loss, "loss", PALETTE[0], y, smoothing, width=1.6)
     if len(spikes):
         s = np.asarray(sorted(spikes), dtype=float)
         traces.append(dict(type="scatter", x=s, y=_y_at(loss, s), mode="markers", name="spike", yaxis=y,
@@ -195,6 +185,8 @@ def run_figure(
                                 showgrid=False, anchor="x", tickformat=".1f")
         traces.append(_lines(_finite(risk), "spike risk", "rgba(255,127,14,0.55)", y_risk, dash="dot", width=1))
     yaxis("loss")["title"] = dict(text="loss")
+    if log_loss:
+        yaxis("loss").update(type="log", exponentformat="power")
 
     if "heat" in rows:
         y = yref["heat"]
@@ -221,10 +213,12 @@ def run_figure(
         emb = _get(series, M.GRAD_NORM, M.LAYER_EMBEDDING)
         rest = rest_of_model(_get(series, M.GRAD_NORM, M.LAYER_TOTAL), emb)
         if emb is not None:
-            traces.append(_lines(_finite(emb), "embedding grad norm", PALETTE[3], y))
+            traces += smoothed_lines(_finite(emb), "embedding grad norm", PALETTE[3], y, smoothing)
         if not rest.empty:
-            traces.append(_lines(_finite(rest), "rest-of-model grad norm", PALETTE[7], y))
-        yaxis("emb").update(type="log", title=dict(text="grad norm"), dtick=1, exponentformat="power")
+            traces += smoothed_lines(_finite(rest), "rest-of-model grad norm", PALETTE[7], y, smoothing)
+        yaxis("emb").update(title=dict(text="grad norm"))
+        if log_grad:
+            yaxis("emb").update(type="log", dtick=1, exponentformat="power")
 
     if "attn" in rows:
         y = yref["attn"]
@@ -295,6 +289,7 @@ def run_figure(
 
     for t in traces:
         t.setdefault("xaxis", "x")  # one step axis for every row: zoom one, zoom all
+    map_x(traces, shapes, x_axis)
     if x_range is not None:
         layout["xaxis"]["range"] = list(x_range)
     layout.update(

@@ -11,14 +11,26 @@ import numpy as np
 
 from stability import metrics as M
 
-def rows_per_step(n_layers: int, fp16: bool = True) -> int:
+TOKENS_PER_STEP = 8 * 64
+"""batch_size x seq_len of the synthetic runs' config (what `stability train` stores)."""
+
+
+def rows_per_step(n_layers: int, fp16: bool = True, timing: bool = True) -> int:
     """Metric rows one logged step writes: see `columns()`."""
-    return 1 + 1 + (n_layers + 4) + 2 * n_layers + (3 if fp16 else 0) + 1
+    return 1 + 1 + (n_layers + 4) + 2 * n_layers + (3 if fp16 else 0) + 1 + (2 if timing else 0)
+
+
+def step_seconds(steps: np.ndarray) -> np.ndarray:
+    """The synthetic step time: 0.1 s, and 0.3 s from step 100 to 199 (a slow phase, so wall time is not a
+    multiple of the step)."""
+    t = np.asarray(steps, dtype=float)
+    return np.where((t >= 100) & (t < 200), 0.3, 0.1)
 
 
 def columns(steps: np.ndarray, n_layers: int = 4, spikes=(), fp16: bool = True, seed: int = 0,
-            egs: tuple[int, int] | None = None):
-    """Long-form columns (steps, metrics, layers, values) for `RunWriter.log_columns`."""
+            egs: tuple[int, int] | None = None, timing: bool = True):
+    """Long-form columns (steps, metrics, layers, values) for `RunWriter.log_columns`; with `timing`, the
+    step time and throughput a trainer logs (`step_seconds`, TOKENS_PER_STEP tokens a step)."""
     rng = np.random.default_rng(seed)
     steps = np.asarray(steps, dtype=np.int64)
     n = len(steps)
@@ -54,6 +66,9 @@ def columns(steps: np.ndarray, n_layers: int = 4, spikes=(), fp16: bool = True, 
         cols[(M.NONFINITE_GRADS, M.LAYER_TOTAL)] = over * rng.integers(1, 50, n)
         cols[(M.SKIPPED_STEP, M.NO_LAYER)] = over
         cols[(M.LOSS_SCALE, M.NO_LAYER)] = 2.0 ** np.clip(16 - np.cumsum(over), 1, 24)
+    if timing:
+        cols[(M.STEP_TIME, M.NO_LAYER)] = step_seconds(steps)
+        cols[(M.TOKENS_PER_S, M.NO_LAYER)] = TOKENS_PER_STEP / step_seconds(steps)
     active = np.zeros(n)
     if egs is not None:
         active[(t >= egs[0]) & (t < egs[1])] = 1.0
@@ -67,13 +82,19 @@ def columns(steps: np.ndarray, n_layers: int = 4, spikes=(), fp16: bool = True, 
 
 def write_run(store, name: str, n_steps: int = 300, *, n_layers: int = 4, ln: str = "pre",
               precision: str = "fp16", spikes=(150,), events: bool = True, close: bool = True,
-              status: str = M.ST_FINISHED, seed: int = 0, chunk: int = 20_000, spike_events: bool = False):
-    """Write a whole run (in chunks of `chunk` steps) and return its writer (closed unless close=False)."""
-    w = store.create_run(name, config={"ln": ln, "precision": precision, "synthetic": True})
+              status: str = M.ST_FINISHED, seed: int = 0, chunk: int = 20_000, spike_events: bool = False,
+              timing: bool = True):
+    """Write a whole run (in chunks of `chunk` steps) and return its writer (closed unless close=False).
+    Without `timing`, the run has neither step times nor a batch size: no tokens or wall-time axis."""
+    config = {"ln": ln, "precision": precision, "synthetic": True}
+    if timing:
+        config.update(batch_size=8, seq_len=TOKENS_PER_STEP // 8)
+    w = store.create_run(name, config=config)
     egs = (spikes[0] - 20, spikes[0] + 40) if (spikes and events) else None
     for lo in range(0, n_steps, chunk):
         steps = np.arange(lo, min(n_steps, lo + chunk))
-        w.log_columns(*columns(steps, n_layers, spikes, fp16=precision == "fp16", seed=seed + lo, egs=egs))
+        w.log_columns(*columns(steps, n_layers, spikes, fp16=precision == "fp16", seed=seed + lo, egs=egs,
+                               timing=timing))
     if events:
         for s in spikes:
             if s - 12 >= 0:

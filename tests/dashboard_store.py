@@ -1,5 +1,6 @@
 """A small real run store for the dashboard tests: three good runs, one with a garbage run.json, one whose
-metrics segment was cut short while it was being written. Built with the store's own writer."""
+metrics segment was cut short while it was being written. Built with the store's own writer. The sandwich run
+logs no step times and has no batch size in its config: it has no tokens or wall-time axis."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def build(root: Path) -> Path:
     store = RunStore(root, writer_config=WriterConfig(flush_interval=0.05))
     write_run(store, "pre-ln-fp16", N_STEPS, ln="pre", spikes=SPIKES["pre-ln-fp16"], seed=1)
     write_run(store, "post-ln-fp16", N_STEPS, ln="post", spikes=SPIKES["post-ln-fp16"], seed=2)
-    write_run(store, "sandwich-bf16", N_STEPS, ln="sandwich", precision="bf16", spikes=(), seed=3)
+    write_run(store, "sandwich-bf16", N_STEPS, ln="sandwich", precision="bf16", spikes=(), seed=3,
+              timing=False)
     garbage = root / "garbage-meta"
     (garbage / "segments").mkdir(parents=True)
     (garbage / "run.json").write_text("{not json", encoding="utf-8")

@@ -147,7 +147,8 @@ def test_compare_view_overlays_runs_and_tabulates_them(monkeypatch, store_dir):
     assert at.query_params["runs"] == ",".join(ds.GOOD)
     (fig,) = charts(at)
     loss_names = {t["name"] for t in fig["data"] if t.get("yaxis") in (None, "y")}
-    assert loss_names == set(ds.GOOD)
+    # Smoothing is on by default (EMA 0.6): each run's raw line, faint, and its smoothed line.
+    assert loss_names == set(ds.GOOD) | {f"{r} (smoothed)" for r in ds.GOOD}
     summary = table(at, "compare_table").set_index("run")
     assert summary.loc["pre-ln-fp16", "spikes"] == 2 and summary.loc["sandwich-bf16", "overflow_steps"] == 0
     assert summary.loc["post-ln-fp16", "ln"] == "post"
@@ -159,14 +160,15 @@ def test_compare_view_overlays_runs_and_tabulates_them(monkeypatch, store_dir):
         assert summary[col].astype(float).to_numpy() == pytest.approx(
             report.loc[summary.index, col].astype(float).to_numpy(), rel=1e-9), col  # as `stability report`
     assert at.get("download_button"), "the summary can be downloaded"
-    # Grouped by LN variant: pick variants, one colour per variant.
-    at.toggle(key="cmp_group").set_value(True).run()
-    at.multiselect(key="cmp_lns").set_value(["pre", "post"]).run()
+    # Grouped by LN variant: one mean line (with its band) per variant; the URL says so.
+    at.multiselect(key="cmp_runs").set_value(["pre-ln-fp16", "truncated", "post-ln-fp16"]).run()
+    at.selectbox(key="cmp_group_by").set_value("ln").run()
     (fig,) = charts(at)
-    names = {t["name"] for t in fig["data"] if t.get("showlegend") is not False}
+    names = {t["name"].removesuffix(" (smoothed)") for t in fig["data"] if t.get("showlegend") is not False}
     # The truncated run is an LN "pre" run too, but its only metrics segment is damaged: nothing to draw.
-    assert names == {"pre-ln-fp16 [pre]", "post-ln-fp16 [post]"}
+    assert names == {"pre (1 run)", "post (1 run)"}
     assert any("truncated" in w.value and "damaged" in w.value for w in at.warning)
+    assert at.query_params["group"] == "ln"
 
 
 def test_alerts_view_lists_newest_first_and_links_to_the_run_at_the_step(monkeypatch, store_dir):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from dashboard import figures as F
+from dashboard.compare_figure import compare_figure
 from dashboard.run_figure import row_domains, run_figure, run_rows
 from dashboard.views.common import filter_runs
 from dashboard.views.compare import SUMMARY_COLUMNS, summary_table
@@ -199,21 +200,34 @@ def test_row_domains_fill_the_figure_in_proportion():
 
 
 # --- compare, runs, alerts -------------------------------------------------------------------------------
-def test_compare_figure_groups_ln_variants_by_colour_and_runs_by_dash():
+def test_compare_figure_overlays_runs_one_colour_each_with_attention_on_symlog():
     loss = frame(STEPS, 3 - STEPS / 100)
-    runs = [{"run": "a", "group": "pre", "loss": loss}, {"run": "b", "group": "pre", "loss": loss},
-            {"run": "c", "group": "post", "loss": loss, "emb": frame(STEPS, np.ones(len(STEPS))),
+    runs = [{"run": "a", "loss": loss}, {"run": "b", "loss": loss},
+            {"run": "c", "loss": loss, "emb": frame(STEPS, np.ones(len(STEPS))),
              "attn_max": frame(STEPS, np.full(len(STEPS), 99.0))}]
-    fig = F.compare_figure(runs, group_by="ln")
-    loss_traces = [t for t in fig.data if t.yaxis == "y"]
-    colours = {t.name: t.line.color for t in loss_traces}
-    dashes = {t.name: t.line.dash for t in loss_traces}
-    assert colours["a [pre]"] == colours["b [pre]"] != colours["c [post]"]
-    assert dashes["a [pre]"] != dashes["b [pre]"]
+    fig = compare_figure(runs)
+    loss_traces = [t for t in fig.data if t.yaxis == "y" and t.showlegend is not False]
+    assert len({t.line.color for t in loss_traces}) == 3
     attn = next(t for t in fig.data if t.yaxis == "y3")
     np.testing.assert_allclose(attn.y, 2.0)  # symlog(99) = log10(100)
-    ungrouped = F.compare_figure(runs)
-    assert len({t.line.color for t in ungrouped.data if t.yaxis == "y"}) == 3
+
+
+def test_compare_figure_draws_a_group_as_its_mean_with_the_members_band():
+    # Two seeds on steps 0, 10, 20 and a third one that stops at 10: the mean and the band are over the runs
+    # covering each step (by hand: step 20 has only the first two).
+    a = frame([0, 10, 20], [4.0, 3.0, 2.0])
+    b = frame([0, 10, 20], [6.0, 5.0, 4.0])
+    c = frame([0, 10], [2.0, 1.0])
+    fig = compare_figure([{"run": "s0", "loss": a}, {"run": "s1", "loss": b}, {"run": "s2", "loss": c}],
+                         groups={"recipe": ["s0", "s1", "s2"]}, band_kind="minmax")
+    mean = next(t for t in fig.data if t.name == "recipe (3 runs)" and t.yaxis == "y")
+    hi = next(t for t in fig.data if t.name == "recipe (3 runs) max" and t.yaxis == "y")
+    lo = next(t for t in fig.data if t.name == "recipe (3 runs) min" and t.yaxis == "y")
+    np.testing.assert_allclose(mean.x, [0, 10, 20])
+    np.testing.assert_allclose(mean.y, [4.0, 3.0, 3.0])
+    np.testing.assert_allclose(hi.y, [6.0, 5.0, 4.0])
+    np.testing.assert_allclose(lo.y, [2.0, 1.0, 2.0])
+    assert lo.fill == "tonexty"
 
 
 def test_alerts_timeline_has_one_trace_per_kind_with_every_event():
@@ -266,7 +280,7 @@ def test_every_dashboard_trace_type_is_in_the_cartesian_bundle():
     ev = events([{"step": 10, "kind": "alert"}, {"step": 20, "kind": "egs_on"}, {"step": 30, "kind": "rollback"},
                  {"step": 40, "kind": "egs_off"}])
     figs = [run_figure(full_series(), ev, spikes=[50], focus_step=60, run="r"),
-            F.compare_figure([{"run": "a", "group": "pre", "loss": loss, "emb": loss, "attn_max": loss}], group_by="ln"),
+            compare_figure([{"run": "a", "loss": loss, "emb": loss, "attn_max": loss}], groups={"pre": ["a"]}),
             F.runs_overview_figure({"a": loss}), F.alerts_timeline_figure(ev)]
     types = {t.type or "scatter" for fig in figs for t in fig.data}
     assert {"scatter", "heatmap", "bar"} <= types  # the run view's rows, so this check means something

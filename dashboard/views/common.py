@@ -7,6 +7,10 @@ import time
 import pandas as pd
 import streamlit as st
 
+from dashboard import nav
+from dashboard.smoothing import Smoothing
+from dashboard.xaxis import TITLES
+
 
 def empty_store(store_dir: str) -> None:
     st.info(
@@ -55,3 +59,30 @@ def filter_runs(runs: pd.DataFrame, text: str = "", statuses=(), lns=(), precisi
     if live_only:
         sel &= runs["live"]
     return runs[sel]
+
+
+SMOOTH_LABELS = {"off": "off", "ema": "EMA", "mean": "window mean"}
+X_LABELS = {"step": "step", "tokens": "tokens", "wall": "wall time"}
+
+
+def chart_controls(log_names: tuple[str, str], view: str = "run") -> tuple[Smoothing, str, bool, bool]:
+    """The smoothing, x-axis and log-y controls of a chart (their state is in the URL, see nav.CONTROLS):
+    -> (smoothing, x axis kind, first log toggle, second log toggle)."""
+    nav.defaults(view)
+    c1, c2, c3, c4, c5 = st.columns([1.6, 1.6, 1.8, 0.8, 0.9])
+    method = c1.radio("Smoothing", list(SMOOTH_LABELS), key=nav.SMOOTH_KEY, horizontal=True,
+                      format_func=SMOOTH_LABELS.get,
+                      help="Display only: spikes and alerts come from the raw values, drawn faint behind. EMA: "
+                           "W&B's time-weighted, debiased EMA (TensorBoard's on even steps); window mean: "
+                           "the mean of the points around each point.")
+    if method == "mean":
+        value = c2.slider("Window (points)", 1, nav.N_MAX, key=nav.SMOOTH_N_KEY)
+    else:
+        value = c2.slider("EMA weight", 0.0, nav.W_MAX, step=0.01, key=nav.SMOOTH_W_KEY,
+                          disabled=method == "off")
+    kind = c3.radio("X axis", list(X_LABELS), key=nav.X_KEY, horizontal=True, format_func=X_LABELS.get,
+                    help="; ".join(f"{X_LABELS[k]}: {t}" for k, t in TITLES.items()))
+    log_a = c4.toggle(log_names[0], key=nav.LOG_LOSS_KEY)
+    log_b = c5.toggle(log_names[1], key=nav.LOG_GRAD_KEY)
+    smoothing = Smoothing(method, float(value)) if method != "off" else Smoothing()
+    return smoothing, kind, bool(log_a), bool(log_b)

@@ -1,14 +1,16 @@
-"""Compare view: overlay runs (or LN-variant families) and a per-run summary table with a CSV download."""
+"""Compare view: overlay runs, or group them (by LN variant, a config key or a name pattern for seeds) into mean
+lines with a band; a per-run summary table with a CSV download."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import live, nav, plot
+from dashboard import grouping, live, nav, plot
 from dashboard import queries as q
-from dashboard.figures import compare_figure
-from dashboard.views.common import empty_store
+from dashboard.compare_figure import compare_figure
+from dashboard.smoothing import Smoothing
+from dashboard.views.common import chart_controls, empty_store
 
 DEFAULT_RUNS = 6
 REFRESH_S = 5.0
@@ -24,30 +26,59 @@ def render(store_dir: str) -> None:
     if readable.empty:
         empty_store(store_dir)
         return
-    group = st.toggle("Group by LN variant", key="cmp_group",
-                      help="Runs of one LN variant share a colour; pick variants instead of runs.")
-    if group:
-        lns = sorted({str(x) or "?" for x in readable["ln"]})
-        chosen_ln = st.multiselect("LN variants", lns, default=lns, key="cmp_lns")
-        chosen = [r for r, ln in zip(readable["run"], readable["ln"]) if (str(ln) or "?") in chosen_ln]
+    names = readable["run"].tolist()
+    # Runs named in the URL but no longer (or not yet) readable are dropped rather than refused.
+    if nav.COMPARE_KEY in st.session_state:
+        st.session_state[nav.COMPARE_KEY] = [r for r in st.session_state[nav.COMPARE_KEY] if r in names]
     else:
-        names = readable["run"].tolist()
-        # Runs named in the URL but no longer (or not yet) readable are dropped rather than refused.
-        if nav.COMPARE_KEY in st.session_state:
-            st.session_state[nav.COMPARE_KEY] = [r for r in st.session_state[nav.COMPARE_KEY] if r in names]
-        else:
-            st.session_state[nav.COMPARE_KEY] = names[:DEFAULT_RUNS]
-        chosen = st.multiselect("Runs", names, key=nav.COMPARE_KEY)
+        st.session_state[nav.COMPARE_KEY] = names[:DEFAULT_RUNS]
+    chosen = st.multiselect("Runs", names, key=nav.COMPARE_KEY)
+    nav.defaults("compare")
+    configs = q.cached_configs(store_dir)
+    c1, c2, c3 = st.columns([1.4, 2, 1.2])
+    by = c1.selectbox("Group runs by", grouping.BY, key=nav.GROUP_KEY, format_func=GROUP_LABELS.get,
+                      help="Each group is drawn as the mean of its runs (aligned on step) with a band.")
+    if by == "key":
+        keys = sorted({k for r in chosen for k in configs.get(r, {})}) or [""]
+        if st.session_state.get(nav.GROUP_CFG_KEY) not in keys:
+            st.session_state[nav.GROUP_CFG_KEY] = "ln" if "ln" in keys else keys[0]
+        c2.selectbox("Config key", keys, key=nav.GROUP_CFG_KEY)
+    elif by == "pattern":
+        c2.text_input("Name pattern (regex)", key=nav.GROUP_PAT_KEY,
+                      help=r"Removed from each run name to name its group: -s\d+$ groups seeds run-s0, run-s1.")
+    if by != "none":
+        c3.radio("Band", grouping.BANDS, key=nav.BAND_KEY, horizontal=True, format_func=BAND_LABELS.get)
+    view = chart_controls(log_names=("log loss", "log grad norm"), view="compare")
     if not chosen:
         st.info("Pick at least one run.")
         return
+    groups = None
+    if by != "none":
+        try:
+            pattern = grouping.compile_pattern(st.session_state.get(nav.GROUP_PAT_KEY, ""))
+        except ValueError as e:
+            st.error(f"Name pattern: {e}; runs are not grouped.", icon="⚠️")
+        else:
+            lns = dict(zip(readable["run"], readable["ln"]))
+            key = st.session_state.get(nav.GROUP_CFG_KEY, "")
+            groups = grouping.groups(chosen, [grouping.group_name(
+                r, by, ln=str(lns.get(r) or ""), config=configs.get(r), key=key, pattern=pattern) for r in chosen])
+    grouped = None if groups is None else tuple((g, tuple(m)) for g, m in groups.items())
     any_live = bool(readable[readable["run"].isin(chosen)]["live"].any())
-    live.maybe_live(any_live, panel, store_dir, tuple(chosen), group, every=live.LIST_EVERY_S)
+    band = st.session_state.get(nav.BAND_KEY, "minmax")
+    live.maybe_live(any_live, panel, store_dir, tuple(chosen), grouped, band, view, every=live.LIST_EVERY_S)
 
 
-def panel(store_dir: str, chosen: tuple, group: bool) -> None:
+GROUP_LABELS = {"none": "nothing (one line a run)", "ln": "LN variant", "key": "a config key",
+                "pattern": "name pattern (seeds)"}
+BAND_LABELS = {"minmax": "min-max", "std": "± std"}
+
+
+def panel(store_dir: str, chosen: tuple, grouped: tuple | None = None, band: str = "minmax",
+          view: tuple = (Smoothing(), "step", False, True)) -> None:
     runs = q.cached_runs(store_dir)
-    items, summary = [], []
+    smoothing, x_kind, log_loss, log_grad = view
+    items, summary, axes, lacking = [], [], {}, []
     for run in chosen:
         meta = runs[runs["run"] == run]
         if meta.empty:
@@ -62,11 +93,23 @@ def panel(store_dir: str, chosen: tuple, group: bool) -> None:
             continue
         for damaged in q.problems(store_dir, run):
             st.warning(f"**{run}**: damaged data skipped: {damaged}", icon="⚠️")
-        items.append({"run": run, "group": meta.get("ln") or "", **data})
+        if x_kind != "step":
+            axis, _ = q.guarded(q.cached_axis, store_dir, run, version, x_kind)
+            if axis is None or not axis.usable:
+                lacking.append(f"{run} ({axis.missing if axis else 'unreadable'})")
+            else:
+                axes[run] = axis
+        items.append({"run": run, **data})
         summary.append(row)
     if not items:
         return
-    plot.show(compare_figure(items, group_by="ln" if group else None, uirevision=f"compare:{group}"),
+    if lacking:
+        st.warning("Drawn against steps: " + "; ".join(lacking) + ".", icon="⚠️")
+        axes = {}
+    groups = None if grouped is None else {g: list(m) for g, m in grouped}
+    plot.show(compare_figure(items, groups=groups, band_kind=band, smoothing=smoothing, axes=axes,
+                             log_loss=log_loss, log_grad=log_grad,
+                             uirevision=f"compare:{grouped is not None}:{x_kind if axes else 'step'}"),
               key="compare_figure")
     table = summary_table(summary)
     st.subheader("Summary")

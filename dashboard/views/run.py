@@ -11,7 +11,9 @@ import streamlit as st
 from dashboard import live, nav, plot
 from dashboard import queries as q
 from dashboard.run_figure import run_figure
-from dashboard.views.common import age, badge_md, empty_store
+from dashboard.smoothing import Smoothing
+from dashboard.views.common import age, badge_md, chart_controls, empty_store
+from dashboard.xaxis import XAxis
 
 RESOLUTIONS = (500, 1000, 2000, 5000, 10000)
 CHART_KEY = "run_figure"
@@ -52,6 +54,7 @@ def render(store_dir: str) -> None:
     pts = c4.selectbox("Points", RESOLUTIONS, index=2, key="run_points",
                        help="Points per series drawn; the store keeps each bucket's min and max.")
     follow = c5.toggle("Live", value=True, key="run_follow", help="Redraw every second while the run is live.")
+    view = chart_controls(log_names=("log loss", "log grad norm"))
 
     if meta.get("error"):
         st.markdown(f"### {run}")
@@ -63,7 +66,7 @@ def render(store_dir: str) -> None:
                 f":violet-badge[LN: {meta.get('ln') or '?'}] :orange-badge[{meta.get('precision') or '?'}]")
     window = (None if lo is None else int(lo), None if hi is None else int(hi))
     is_live = bool(meta.get("live")) and follow
-    live.maybe_live(is_live, panel, store_dir, run, window, int(pts), focus, redrawing=is_live)
+    live.maybe_live(is_live, panel, store_dir, run, window, int(pts), focus, view, redrawing=is_live)
 
 
 def _rerun_if(early: bool) -> None:
@@ -87,12 +90,23 @@ def _forget_focus() -> None:
 
 
 @st.cache_resource(ttl=q.DATA_TTL_S, max_entries=32, show_spinner=False)
-def figure(store_dir, run, version, window, fetch, max_points, focus, _series, _events, _spikes):
-    """Built once per run version, so a redraw with no new data costs nothing. The `_` arguments are not hashed:
-    they follow from the others. Kept as the object itself: st.cache_data would pickle the figure when it is
-    built and unpickle (and so re-validate) it on every rerun, which costs about as much as building it; the
-    figure is only read (plot.show serialises it) and never changed."""
-    return run_figure(_series, _events, _spikes, focus_step=focus, uirevision=f"{run}:{window}")
+def figure(store_dir, run, version, window, fetch, max_points, focus, view, axis_version, _series, _events,
+           _spikes, _axis):
+    """Built once per run version and view controls, so a redraw with no new data costs nothing. The `_`
+    arguments are not hashed: they follow from the others. Kept as the object itself: st.cache_data would
+    pickle the figure when it is built and unpickle (and so re-validate) it on every rerun, which costs about as
+    much as building it; the figure is only read (plot.show serialises it) and never changed."""
+    smoothing, _, log_loss, log_grad = view
+    fig = run_figure(_series, _events, _spikes, focus_step=focus, uirevision=revision(run, window, _axis),
+                     smoothing=smoothing, x_axis=_axis, log_loss=log_loss, log_grad=log_grad)
+    # A log toggle resets that row's own zoom (a range in linear units means nothing on a log axis).
+    fig.layout.yaxis.uirevision = f"log={log_loss}"
+    return fig
+
+
+def revision(run: str, window: tuple, axis: XAxis) -> str:
+    """The chart's uirevision: the user's zoom is kept while it is unchanged (a new x axis starts unzoomed)."""
+    return f"{run}:{window}:{axis.kind if axis.usable else 'step'}"
 
 
 def placeholder_figure():
@@ -123,7 +137,7 @@ def fetch_window(window: tuple, zoom: tuple | None, last_step: int | None) -> tu
 
 
 def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int | None,
-          redrawing: bool = False) -> None:
+          view: tuple = (Smoothing(), "step", False, True), redrawing: bool = False) -> None:
     """The charts and the event table (the part that redraws while live)."""
     runs = q.cached_runs(store_dir)
     meta = runs[runs["run"] == run]
@@ -134,11 +148,17 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
     if redrawing and not meta["live"]:
         st.rerun()  # the run ended: redraw the whole page once (badges, status) and stop redrawing
     version = q.run_version(meta)
+    axis_version = q.coarse_version(meta, SPIKE_REFRESH_S)
+    axis, axis_err = (XAxis(), None) if view[1] == "step" else q.guarded(
+        q.cached_axis, store_dir, run, axis_version, view[1])
+    axis = axis or XAxis()
     # A zoomed chart asks for its range at full resolution; the figure keeps its uirevision, so the user's
     # zoom stays where it is while the finer data arrives.
-    uirevision = f"{run}:{window}"
     reported = st.session_state.get(CHART_KEY)
-    zoom = None if reported == st.session_state.get("_stale_zoom") else plot.zoomed_range(reported, uirevision)
+    zoom = None if reported == st.session_state.get("_stale_zoom") else plot.zoomed_range(
+        reported, revision(run, window, axis))
+    if zoom is not None:
+        zoom = tuple(float(v) for v in axis.inverse(zoom))
     fetch = fetch_window(window, zoom, q.int_or_none(meta.get("last_step")))
     # The first time this session draws the chart, its frame goes out before the store is read: the browser
     # loads and compiles Plotly while the queries run, and the figure follows one rerun later (cached by then).
@@ -159,6 +179,8 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
     for e in (ev_err, sp_err):
         if e:
             st.warning(f"Events of {run} could not be read: {e}", icon="⚠️")
+    if axis_err or not axis.usable:
+        st.warning(f"Drawn against steps: {axis_err or axis.missing}.", icon="⚠️")
     events = events if events is not None else pd.DataFrame(columns=q.EVENT_COLUMNS)
     spikes = info.steps if info else []
     if window[0] is not None or window[1] is not None:
@@ -170,7 +192,8 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
         _rerun_if(early)
         st.info("No metrics logged for this run yet." + (" Waiting for the first step…" if meta["live"] else ""))
     else:
-        fig = figure(store_dir, run, version, window, fetch, max_points, focus, series, events, spikes)
+        fig = figure(store_dir, run, version, window, fetch, max_points, focus, view, axis_version, series, events,
+                     spikes, axis)
         _rerun_if(early)
         plot.show(fig, key=CHART_KEY, report_zoom=True)
     src = {"labeller": "labelled from the loss", "events": "from stored spike events", "none": "no labeller"}
