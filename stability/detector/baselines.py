@@ -161,3 +161,7 @@ class SpikeScoreAlarm(_LossHistoryAlarm):
 
 
 BASELINES = {cls.name: cls for cls in (LossZAlarm, GradNormThreshold, SpikeScoreAlarm)}
+
+Baseline = _Baseline
+"""Public name of the baselines' base (score -> shared `AlertGate`); the peers' rules in
+`stability.detector.peers` build on it."""
