@@ -5,18 +5,23 @@ from __future__ import annotations
 import sys
 
 from stability.alerting.config import (
-    ENV_CONFIG, ENV_WEBHOOK_TOKEN, ENV_WEBHOOK_URL, WEBHOOK_FORMATS, AlertingConfig, load_config,
+    ENV_CONFIG, ENV_PAGERDUTY_ROUTING_KEY, ENV_WEBHOOK_TOKEN, ENV_WEBHOOK_URL, WEBHOOK_FORMATS, AlertingConfig,
+    load_config,
 )
 
 
-def add_arguments(parser, *, metrics: bool = True) -> None:
-    """Add --webhook, --webhook-format, --alert-config, --dashboard-url [and --metrics-port] to `parser`."""
+def add_arguments(parser, *, metrics: bool = True, format_alias: bool = False) -> None:
+    """Add --webhook, --webhook-format (also --format with `format_alias`), --alert-config, --dashboard-url
+    [and --metrics-port] to `parser`."""
     g = parser.add_argument_group("alerting")
     g.add_argument("--webhook", metavar="URL", default=None,
                    help=f"webhook to page (default: ${ENV_WEBHOOK_URL}, the safer way: a flag is visible in ps); "
                         f"bearer token from ${ENV_WEBHOOK_TOKEN}")
-    g.add_argument("--webhook-format", choices=WEBHOOK_FORMATS, default=None,
-                   help="payload: generic json, slack, or auto (slack for hooks.slack.com)")
+    g.add_argument("--webhook-format", *(["--format"] if format_alias else []), dest="webhook_format",
+                   choices=WEBHOOK_FORMATS, default=None,
+                   help="payload of --webhook: generic json, slack, alertmanager (webhook v4), pagerduty (Events "
+                        f"API v2; routing key from ${ENV_PAGERDUTY_ROUTING_KEY} or the config file), or auto "
+                        "(slack for hooks.slack.com, pagerduty for events.pagerduty.com, else json)")
     g.add_argument("--alert-config", metavar="TOML", default=None,
                    help=f"alerting config file with an [alerting] table (default: ${ENV_CONFIG})")
     g.add_argument("--dashboard-url", metavar="URL", default=None, help="dashboard base URL linked from alerts")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from stability.alerting.formats import FORMATS
+from stability.alerting.pagerduty import EVENTS_URL as PAGERDUTY_EVENTS_URL
 from stability.alerting.redact import redact_url
 
 # Environment variables read by `load_config()`.
@@ -21,9 +23,11 @@ ENV_WEBHOOK_TOKEN = "STABILITY_WEBHOOK_TOKEN"
 ENV_SLACK_WEBHOOK_URL = "STABILITY_SLACK_WEBHOOK_URL"
 ENV_CONFIG = "STABILITY_ALERT_CONFIG"
 ENV_DASHBOARD_URL = "STABILITY_DASHBOARD_URL"
+ENV_PAGERDUTY_ROUTING_KEY = "STABILITY_PAGERDUTY_ROUTING_KEY"
 
-WEBHOOK_FORMATS = ("auto", "json", "slack")
-SECRET_FIELDS = ("webhook_url", "webhook_token", "slack_webhook_url")
+WEBHOOK_FORMATS = ("auto", *FORMATS)
+SECRET_FIELDS = ("webhook_url", "webhook_token", "slack_webhook_url", "pagerduty_routing_key")
+_PAGERDUTY_HOSTS = ("events.pagerduty.com", "events.eu.pagerduty.com")
 
 
 @dataclass
@@ -35,9 +39,15 @@ class AlertingConfig:
     webhook_token: str | None = field(default=None, repr=False)
     """Sent as `Authorization: Bearer <token>` to `webhook_url`. A secret."""
     webhook_format: str = "auto"
-    """`json`, `slack`, or `auto` (Slack payload for hooks.slack.com, JSON otherwise)."""
+    """`json`, `slack`, `alertmanager` (webhook version 4), `pagerduty` (Events API v2), or `auto` (Slack for
+    hooks.slack.com, PagerDuty for events.pagerduty.com, JSON otherwise)."""
     slack_webhook_url: str | None = field(default=None, repr=False)
     """A second target that always gets the Slack payload. A secret."""
+    pagerduty_routing_key: str | None = field(default=None, repr=False)
+    """PagerDuty Events API v2 integration key. A secret: only from the environment or the config file, never a
+    flag. Set, it pages `pagerduty_url` (unless `webhook_url` already takes the PagerDuty format)."""
+    pagerduty_url: str = PAGERDUTY_EVENTS_URL
+    """Where PagerDuty events go (`https://events.eu.pagerduty.com/v2/enqueue` for an EU account)."""
     dashboard_url: str | None = None
     """Base URL of the dashboard; payloads link to `<dashboard_url>/?run=<run>&step=<step>`."""
     metrics_port: int | None = None
@@ -79,7 +89,7 @@ class AlertingConfig:
             url = getattr(self, name)
             if url == "":
                 setattr(self, name, None)
-        for name in ("webhook_url", "slack_webhook_url"):
+        for name in ("webhook_url", "slack_webhook_url", "pagerduty_url"):
             url = getattr(self, name)
             if url is not None:
                 parts = urlsplit(url)
@@ -88,6 +98,15 @@ class AlertingConfig:
                     raise ValueError(f"alerting {name} must be an http(s):// URL (got scheme {parts.scheme!r})")
         if self.webhook_format not in WEBHOOK_FORMATS:
             raise ValueError(f"alerting webhook_format must be one of {WEBHOOK_FORMATS}, got {self.webhook_format!r}")
+        key = self.pagerduty_routing_key
+        if key is not None and (not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key)
+                                or len(key) > 255):
+            # Never quote it: it is the secret.
+            raise ValueError("alerting pagerduty_routing_key must be a PagerDuty integration key (one word, no "
+                             "spaces)")
+        if self.webhook_url and self.resolved_format() == "pagerduty" and not key:
+            raise ValueError(f"alerting webhook_format pagerduty needs a routing key: set "
+                             f"${ENV_PAGERDUTY_ROUTING_KEY} or pagerduty_routing_key in the config file")
         if self.metrics_port is not None and not (isinstance(self.metrics_port, int)
                                                   and 0 <= self.metrics_port <= 65535):
             raise ValueError(f"alerting metrics_port must be in 0..65535, got {self.metrics_port}")
@@ -108,7 +127,18 @@ class AlertingConfig:
 
     @property
     def has_webhook(self) -> bool:
-        return bool(self.webhook_url or self.slack_webhook_url)
+        return bool(self.webhook_url or self.slack_webhook_url or self.pagerduty_routing_key)
+
+    @property
+    def pagerduty_target_url(self) -> str | None:
+        """The separate PagerDuty target, if the routing key is set and `webhook_url` is not itself PagerDuty."""
+        if not self.pagerduty_routing_key or (self.webhook_url and self.resolved_format() == "pagerduty"):
+            return None
+        return self.pagerduty_url
+
+    def secrets(self) -> tuple[str | None, ...]:
+        """Every secret value, for a Redactor."""
+        return tuple(getattr(self, name) for name in SECRET_FIELDS)
 
     def describe(self) -> str:
         """One line for logs: targets shown as scheme://host/… only."""
@@ -117,6 +147,8 @@ class AlertingConfig:
             parts.append(f"webhook={redact_url(self.webhook_url)} ({self.resolved_format()})")
         if self.slack_webhook_url:
             parts.append(f"slack={redact_url(self.slack_webhook_url)}")
+        if self.pagerduty_target_url:
+            parts.append(f"pagerduty={redact_url(self.pagerduty_target_url)}")
         if self.metrics_port is not None:
             parts.append(f"metrics=http://{self.metrics_addr}:{self.metrics_port}/metrics")
         return ", ".join(parts) or "no alert channels"
@@ -126,13 +158,15 @@ class AlertingConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in SECRET_FIELDS:
             if d[name] is not None:
-                d[name] = "(set)" if name == "webhook_token" else redact_url(d[name])
+                d[name] = "(set)" if name in ("webhook_token", "pagerduty_routing_key") else redact_url(d[name])
         return d
 
     def resolved_format(self) -> str:
         if self.webhook_format != "auto":
             return self.webhook_format
         host = (urlsplit(self.webhook_url or "").hostname or "").lower()
+        if host in _PAGERDUTY_HOSTS:
+            return "pagerduty"
         return "slack" if host == "hooks.slack.com" or host.endswith(".slack.com") else "json"
 
 
@@ -148,7 +182,8 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     if path is not None:
         values.update(_read_toml(Path(path)))
     for var, name in ((ENV_WEBHOOK_URL, "webhook_url"), (ENV_WEBHOOK_TOKEN, "webhook_token"),
-                      (ENV_SLACK_WEBHOOK_URL, "slack_webhook_url"), (ENV_DASHBOARD_URL, "dashboard_url")):
+                      (ENV_SLACK_WEBHOOK_URL, "slack_webhook_url"), (ENV_DASHBOARD_URL, "dashboard_url"),
+                      (ENV_PAGERDUTY_ROUTING_KEY, "pagerduty_routing_key")):
         if env.get(var):
             values[name] = env[var]
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -20,15 +20,16 @@ import math
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Callable, Mapping
 
 from stability.alerting.config import AlertingConfig
 from stability.alerting.incidents import Decision, IncidentPolicy, IncidentTracker
 from stability.alerting.loss_spike import LossSpikeWatch
-from stability.alerting.payloads import KIND_TITLES, KINDS, Notification, dashboard_link
+from stability.alerting.payloads import KIND_TITLES, KINDS, AlertState, Notification, dashboard_link
 from stability.alerting.prometheus import PrometheusExporter
 from stability.alerting.redact import Redactor
-from stability.alerting.webhook import DeliveryResult, Target, WebhookSender
+from stability.alerting.webhook import DeliveryResult, Target, WebhookSender, targets_from_config
 from stability.metrics import (
     EV_ALERT, EV_DIVERGENCE, EV_OVERFLOW_BURST, EV_RESOLVED, EV_SPIKE, EV_STALLED, GRAD_NORM, LAYER_EMBEDDING,
     LAYER_TOTAL, LOSS, LOSS_SCALE, SEVERITIES, SKIPPED_STEP, SPIKE_RISK, split_key,
@@ -67,7 +68,7 @@ class Notifier:
     def __init__(self, config: AlertingConfig, *, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self._clock = clock
-        self._redact = Redactor(config.webhook_url, config.webhook_token, config.slack_webhook_url)
+        self._redact = Redactor(*config.secrets())
         self._errors_reported: set[str] = set()
         self._lock = threading.Lock()        # the tracker is shared by the training and watchdog threads
         self.tracker = IncidentTracker(IncidentPolicy(
@@ -77,11 +78,7 @@ class Notifier:
         self.exporter = PrometheusExporter(config.run)
         if config.metrics_port is not None:
             self.exporter.start(config.metrics_port, config.metrics_addr)
-        targets = []
-        if config.webhook_url:
-            targets.append(Target(config.webhook_url, config.resolved_format(), config.webhook_token))
-        if config.slack_webhook_url:
-            targets.append(Target(config.slack_webhook_url, "slack"))
+        targets = targets_from_config(config)
         self.sender = None
         if targets:
             self.sender = WebhookSender(
@@ -93,6 +90,10 @@ class Notifier:
         self._last_step_time: float | None = None
         self._skips: deque[float] = deque(maxlen=config.overflow_window_steps)
         self._spikes = LossSpikeWatch()
+        # The open alerts of the current incident as stateful receivers see them (kind -> AlertState): what a
+        # resolve closes, with the start time and severity its page had. At most one entry per kind.
+        self._open_alerts: dict[str, AlertState] = {}
+        self._alerts_incident = 0
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="stability-stall-watchdog", daemon=True)
         self._watchdog.start()
@@ -222,13 +223,30 @@ class Notifier:
             message = (message + " " if message else "") + (
                 f"Still open after {d.duration_s:.0f} s; {d.suppressed} repeat(s) since the last notification.")
         run = self.config.run
-        queued = self.sender.submit(Notification.now(
-            run=run, step=None if step is None else int(step), kind=d.kind, severity=d.severity, signal=signal,
-            score=None if score is None else float(score), message=message, notification=d.action,
-            incident=d.incident, suppressed=d.suppressed, resolved_kinds=d.resolved_kinds,
-            dashboard=dashboard_link(self.config.dashboard_url, run, step)))
+        step = None if step is None else int(step)
+        score = None if score is None else float(score)
+        now = time.time()
+        with self._lock:     # the training thread and the stall watchdog both dispatch
+            alerts = self._track_alerts(d, step, signal, score, message, now)
+        queued = self.sender.submit(Notification(
+            run=run, step=step, kind=d.kind, severity=d.severity, signal=signal, score=score, message=message,
+            notification=d.action, incident=d.incident, suppressed=d.suppressed, resolved_kinds=d.resolved_kinds,
+            time=now, dashboard=dashboard_link(self.config.dashboard_url, run, step), alerts=alerts))
         if not queued:
             self.exporter.count_delivery("dropped")
+
+    def _track_alerts(self, d: Decision, step, signal, score, message, now: float) -> tuple[AlertState, ...]:
+        """Update the incident's open alerts with a sent decision; return them as this notification shows them."""
+        if d.incident != self._alerts_incident:      # a new incident: nothing of the last one is open
+            self._open_alerts, self._alerts_incident = {}, d.incident
+        open_ = self._open_alerts
+        if d.action == "resolved":
+            closed = [replace(open_.pop(k), ended=now) for k in d.resolved_kinds if k in open_]
+            return (*closed, *open_.values())
+        prev = open_.get(d.kind)
+        open_[d.kind] = AlertState(d.kind, d.severity, now if prev is None else prev.started, step, signal, score,
+                                   message)
+        return tuple(open_.values())
 
     def _resolved_message(self, d: Decision) -> str:
         what = ", ".join(KIND_TITLES.get(k, k) for k in d.resolved_kinds)

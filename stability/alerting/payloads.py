@@ -1,7 +1,12 @@
-"""What a webhook receives: the generic JSON payload (schema below) and the Slack incoming-webhook payload."""
+"""What a webhook receives: the generic JSON payload (schema below) and the Slack incoming-webhook payload.
+
+The Alertmanager and PagerDuty shapes (alertmanager.py, pagerduty.py) are rendered from the same Notification;
+`formats.bodies()` picks the shape a target takes.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -56,6 +61,32 @@ PAYLOAD_SCHEMA = {
 
 
 @dataclass(frozen=True)
+class AlertState:
+    """One alert kind of an incident as a stateful receiver (Alertmanager, PagerDuty) tracks it: opened by its
+    first page, closed by the resolve that names it. Its identity is (run, incident, kind), never the severity:
+    an escalation from warning to critical updates the same alert, and the resolve closes it."""
+    kind: str
+    severity: str
+    started: float
+    """Unix seconds of the kind's first page in this incident."""
+    step: int | None = None
+    signal: str = ""
+    score: float | None = None
+    message: str = ""
+    ended: float | None = None
+    """Unix seconds of the resolve that closed it; None while it is open."""
+
+
+def alert_key(run: str, incident: int, kind: str) -> str:
+    """The stable identity of one alert of one incident: PagerDuty's `dedup_key` (at most 255 characters) and
+    the seed of Alertmanager's `fingerprint`. A trigger and the resolve that closes it share it."""
+    key = f"stability/{run}/incident-{incident}/{kind}"
+    if len(key) > 255:     # run names are at most 200 characters, but keep PagerDuty's limit whatever comes in
+        key = key[:238] + "/" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return key
+
+
+@dataclass(frozen=True)
 class Notification:
     """One message to deliver: built on the training thread (cheap), rendered on the delivery thread."""
     run: str
@@ -72,6 +103,10 @@ class Notification:
     time: float = 0.0
     """Unix seconds when raised."""
     dashboard: str | None = None
+    alerts: tuple[AlertState, ...] = ()
+    """The incident's alerts after this notification: the open ones, plus those this resolve closed (with
+    `ended` set). Empty for a notification built without a notifier (a test alert): the renderers then take
+    `kind`, `severity` and `time` as the one alert."""
 
     @classmethod
     def now(cls, **kw) -> "Notification":
@@ -93,8 +128,12 @@ def _finite_or_none(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def kind_title(kind: str) -> str:
+    return KIND_TITLES.get(kind, "Test alert" if kind == TEST_KIND else kind)
+
+
 def title(n: Notification) -> str:
-    t = KIND_TITLES.get(n.kind, "Test alert" if n.kind == TEST_KIND else n.kind)
+    t = kind_title(n.kind)
     if n.notification == "reminder":
         t += " (still open)"
     return t
@@ -156,5 +195,10 @@ def slack_payload(n: Notification) -> dict:
     }
 
 
-def render(n: Notification, fmt: str) -> dict:
-    return slack_payload(n) if fmt == "slack" else generic_payload(n)
+def alert_states(n: Notification) -> tuple[AlertState, ...]:
+    """`n.alerts`, or the one alert a notification without incident state stands for."""
+    if n.alerts:
+        return n.alerts
+    t = n.time or time.time()
+    return (AlertState(n.kind, n.severity, t, n.step, n.signal, n.score, n.message,
+                       ended=t if n.notification == "resolved" else None),)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
-from stability.alerting.payloads import Notification, render
+from stability.alerting.formats import bodies
+from stability.alerting.payloads import Notification
 from stability.alerting.redact import Redactor, redact_url
 
 log = logging.getLogger("stability.alerting")
@@ -33,8 +34,10 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 class Target:
     url: str = field(repr=False)
     fmt: str = "json"
-    """`json` (generic payload) or `slack`."""
+    """`json` (generic payload), `slack`, `alertmanager` or `pagerduty` (formats.FORMATS)."""
     token: str | None = field(default=None, repr=False)
+    routing_key: str | None = field(default=None, repr=False)
+    """PagerDuty routing key, put in the body of the `pagerduty` format. A secret."""
 
     @property
     def name(self) -> str:
@@ -42,6 +45,23 @@ class Target:
 
     def __repr__(self) -> str:
         return f"Target({self.name}, fmt={self.fmt!r})"
+
+    def bodies(self, n: Notification) -> list[dict]:
+        return bodies(n, self.fmt, self.routing_key)
+
+
+def targets_from_config(config) -> list[Target]:
+    """Where an AlertingConfig pages: `webhook_url` in its format, the Slack hook, the PagerDuty endpoint."""
+    out = []
+    if config.webhook_url:
+        fmt = config.resolved_format()
+        out.append(Target(config.webhook_url, fmt, config.webhook_token,
+                          config.pagerduty_routing_key if fmt == "pagerduty" else None))
+    if config.slack_webhook_url:
+        out.append(Target(config.slack_webhook_url, "slack"))
+    if config.pagerduty_target_url:
+        out.append(Target(config.pagerduty_target_url, "pagerduty", routing_key=config.pagerduty_routing_key))
+    return out
 
 
 @dataclass
@@ -96,7 +116,7 @@ def deliver(target: Target, payload: dict, *, timeout_s: float, deadline_s: floa
             backoff_max_s: float, redact: Redactor | None = None, start: float | None = None,
             stop: threading.Event | None = None) -> DeliveryResult:
     """POST `payload` until a 2xx, a permanent error, or `deadline_s` after `start` (monotonic)."""
-    redact = redact or Redactor(target.url, target.token)
+    redact = redact or Redactor(target.url, target.token, target.routing_key)
     start = time.monotonic() if start is None else start
     deadline = start + deadline_s
     body = json.dumps(payload, allow_nan=False).encode()
@@ -135,7 +155,7 @@ class WebhookSender:
         self.targets = list(targets)
         self._opts = dict(timeout_s=timeout_s, deadline_s=deadline_s, backoff_s=backoff_s,
                           backoff_max_s=backoff_max_s)
-        self._redact = Redactor(*(s for t in self.targets for s in (t.url, t.token)))
+        self._redact = Redactor(*(s for t in self.targets for s in (t.url, t.token, t.routing_key)))
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._on_result = on_result
@@ -207,8 +227,11 @@ class WebhookSender:
                 self._queue.task_done()
 
     def _send(self, target: Target, n: Notification, enqueued: float) -> None:
-        res = deliver(target, render(n, target.fmt), redact=self._redact, start=enqueued, stop=self._stop,
-                      **self._opts)
+        for body in target.bodies(n):   # several only for PagerDuty resolving several kinds at once
+            self._deliver(target, body, enqueued)
+
+    def _deliver(self, target: Target, body: dict, enqueued: float) -> None:
+        res = deliver(target, body, redact=self._redact, start=enqueued, stop=self._stop, **self._opts)
         self.stats["attempts"] += res.attempts
         if res.ok:
             self.stats["delivered"] += 1
