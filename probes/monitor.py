@@ -29,6 +29,7 @@ from probes.activations import ActivationProbe, finish as finish_activations
 from probes.attention_range import AttentionProbe, finish as finish_attention
 from probes.distributed import uses_fsdp1, world
 from probes.fp16_overflow import ScalerProbe
+from probes.hf_attention import HFEagerProbe
 from probes.layers import find_blocks
 from probes.reading import SUM, Reading
 from probes.sdpa import MODES as SDPA_MODES, SDPAProbe
@@ -62,6 +63,13 @@ class MonitorConfig:
     sdpa: str = "auto"
     """How to see `F.scaled_dot_product_attention` calls: auto, patch, mode or off (see `probes/sdpa.py`).
     `auto` looks only when no hook point or `nn.MultiheadAttention` was found."""
+    exact_every: int = 10
+    """`F.scaled_dot_product_attention` calls: recompute the exact `attn_score_max/min` (and the raw range) on every
+    N-th logged step (0 = never). Every logged step records `attn_lse_max` from the flash kernel on a CPU, an upper
+    bound of the max within log(keys), at no extra matmul. Hook points, `nn.MultiheadAttention` and HF eager
+    attention are exact on every logged step."""
+    score_chunk_mb: float = 8.0
+    """Largest block of recomputed fp32 scores, in MiB: the extra memory of a logged step does not grow with T."""
     activations: bool = True
     """Record the absolute maximum of each block's output (`act_absmax`)."""
     sharded: bool | None = None
@@ -85,6 +93,14 @@ class MonitorConfig:
             raise ValueError(f"entropy_rows must be >= 0, got {self.entropy_rows}")
         if self.sdpa not in SDPA_MODES:
             raise ValueError(f"sdpa must be one of {', '.join(SDPA_MODES)}, got {self.sdpa!r}")
+        if not isinstance(self.exact_every, int) or self.exact_every < 0:
+            raise ValueError(f"exact_every must be an int >= 0, got {self.exact_every!r}")
+        if not self.score_chunk_mb > 0:
+            raise ValueError(f"score_chunk_mb must be > 0, got {self.score_chunk_mb!r}")
+
+    @property
+    def chunk_elems(self) -> int:
+        return max(1, int(self.score_chunk_mb * 2**20) // 4)  # fp32 values
 
 
 class NullMonitor:
@@ -122,17 +138,20 @@ class Monitor:
         self.grads = G.GradNorms(self.blocks, sharded, self.device)
         self.scaler_probe = ScalerProbe()
         self.activations = ActivationProbe(self.blocks) if cfg.activations else None
-        self.attention = AttentionProbe(model, self.blocks, cfg.entropy_rows, cfg.per_head) if cfg.attention else None
-        self.sdpa = None
-        if cfg.attention and cfg.sdpa != "off" and (cfg.sdpa != "auto" or not self.attention.sources):
-            self.sdpa = SDPAProbe(model, self.blocks, cfg.sdpa, cfg.entropy_rows, cfg.per_head)
+        self.attention = self.hf_eager = self.sdpa = None
+        if cfg.attention:
+            args = (model, self.blocks, cfg.entropy_rows, cfg.per_head, cfg.chunk_elems)
+            self.attention = AttentionProbe(*args)
+            self.hf_eager = HFEagerProbe(*args)
+            if cfg.sdpa != "off" and (cfg.sdpa != "auto" or not self.attention.sources):
+                self.sdpa = SDPAProbe(model, self.blocks, cfg.sdpa, cfg.entropy_rows, cfg.per_head, cfg.chunk_elems)
         self.missing: list[str] = []
         """What was looked for and not found (also given as warnings)."""
         if not self.blocks:
             self._missing("trainable parameters: no gradient or parameter norms")
         if self.embedding is None:
             self._missing(f"nn.Embedding: no {M.GRAD_NORM}/{M.LAYER_EMBEDDING}")
-        if cfg.attention and not self.attention.sources and self.sdpa is None:
+        if cfg.attention and not self.attention.sources and not self.hf_eager.sources and self.sdpa is None:
             self._missing(f"attention (score_probe, nn.MultiheadAttention): no {M.ATTN_SCORE_MAX}")
         self._sdpa_checked = False
         self._reading: Reading | None = None
@@ -160,7 +179,7 @@ class Monitor:
         self._arm(None)  # the forward is over; a recomputing backward must not record twice
         if reading is None or step != self._step:
             return
-        if self.sdpa is not None and not self._sdpa_checked and self.sdpa.how == "off":
+        if self.sdpa is not None and not self._sdpa_checked and self.sdpa.how == "off" and not self.hf_eager.calls:
             # `auto` looked during this first sampled forward and found no call either.
             self._missing(f"attention (score_probe, nn.MultiheadAttention, scaled_dot_product_attention): "
                           f"no {M.ATTN_SCORE_MAX}")
@@ -221,7 +240,7 @@ class Monitor:
         """Remove every hook this monitor registered."""
         self._arm(None)
         self._reading = None
-        for probe in (self.activations, self.attention, self.sdpa):
+        for probe in (self.activations, self.attention, self.hf_eager, self.sdpa):
             if probe is not None:
                 probe.close()
         self.grads.release()
@@ -235,9 +254,12 @@ class Monitor:
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _arm(self, reading: Reading | None) -> None:
-        for probe in (self.activations, self.attention, self.sdpa):
+        for probe in (self.activations, self.attention, self.hf_eager, self.sdpa):
             if probe is not None:
                 probe.reading = reading
+        if reading is not None and self.sdpa is not None:
+            n = self.config.exact_every
+            self.sdpa.exact = bool(n) and (self._step // self.config.every) % n == 0
 
     def _missing(self, what: str) -> None:
         self.missing.append(what)
@@ -253,10 +275,12 @@ class Monitor:
         if self.config.attention:
             finish_attention(values, self.config.per_head, out)
             if _ATTN_FP16_FRACTION is not None:
+                # The raw range where it was measured: a non-fused fp16 kernel forms masked products too.
                 for (metric, layer), v in list(out.items()):
                     if metric == M.ATTN_SCORE_MAX:
-                        lo = out.get((M.ATTN_SCORE_MIN, layer), v)
-                        out[(_ATTN_FP16_FRACTION, layer)] = max(abs(v), abs(lo)) / M.FP16_MAX
+                        hi = out.get((M.ATTN_RAW_SCORE_MAX, layer), v)
+                        lo = out.get((M.ATTN_RAW_SCORE_MIN, layer), out.get((M.ATTN_SCORE_MIN, layer), v))
+                        out[(_ATTN_FP16_FRACTION, layer)] = max(abs(hi), abs(lo)) / M.FP16_MAX
         acts = finish_activations(values)
         if acts:
             out.update(((M.ACT_ABSMAX, layer), v) for layer, v in acts.items())

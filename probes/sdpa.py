@@ -1,11 +1,22 @@
-"""Attention-score ranges for models that call `F.scaled_dot_product_attention`.
+"""Attention ranges for models that call `F.scaled_dot_product_attention`.
 
-The fused kernel never materialises q.k^T, so on a sampled step the scores are recomputed from the call's q and
-k (an extra (T x S) matmul per attention call, in fp32, plus a softmax for the entropy). Two ways to see the call:
+The fused kernel never materialises q.k^T. Two measurements, with different prices:
+
+- **log-sum-exp, every logged step, free**: on a CPU, where SDPA would pick its flash kernel anyway, the
+  intercepted call runs that kernel itself (`aten._scaled_dot_product_flash_attention_for_cpu`, same output and
+  gradient) and keeps the per-row log-sum-exp it returns. The largest one, `attn_lse_max`, bounds the largest
+  logit from above, by at most log(keys in the row): max_j s_ij <= lse_i <= max_j s_ij + log n_i. Rows with no
+  key are left out. Elsewhere (CUDA, dropout, a kernel other than flash) the call is passed through untouched.
+- **exact range, every `exact_every` logged steps**: the scores are recomputed from the call's q and k in fp32
+  chunks (`attention_scores.py`): `attn_score_max/min` over the pairs that enter the softmax, and the raw range.
+- **entropy, every logged step**: from ~`entropy_rows` recomputed query rows of the first sequence.
+
+Two ways to see the call:
 
 - **patch**: `torch.nn.functional.scaled_dot_product_attention` is replaced by a wrapper during the sampled
   forward only. Free on unsampled steps and for every other op, but it misses code that imported the function
   by name before the monitor was attached (`from torch.nn.functional import scaled_dot_product_attention`).
+  Hugging Face's `sdpa_attention_forward` calls it through the module, so the patch sees it.
 - **mode**: a `TorchFunctionMode` sees every call however it was imported, at the price of a Python call for
   every torch function in the sampled forward (tens of microseconds per layer on a CPU).
 
@@ -21,14 +32,18 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 
-from probes.attention_range import additive_mask, recomputed
+from probes.attention_range import emit
+from probes.attention_scores import DEFAULT_CHUNK_ELEMS, Accumulator, Mask, from_qk
 from probes.layers import Block
 from probes.reading import Reading
 
 MODES = ("auto", "patch", "mode", "off")
 _ORIGINAL = F.scaled_dot_product_attention
+_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH = int(SDPBackend.FLASH_ATTENTION)
 
 
 class _Mode(TorchFunctionMode):
@@ -47,12 +62,17 @@ class _Mode(TorchFunctionMode):
 class SDPAProbe:
     """Intercepts `scaled_dot_product_attention` during sampled forwards of `model`."""
 
-    def __init__(self, model: nn.Module, blocks: list[Block], how: str, rows: int, per_head: bool) -> None:
+    def __init__(self, model: nn.Module, blocks: list[Block], how: str, rows: int, per_head: bool,
+                 chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
         if how not in MODES:
             raise ValueError(f"sdpa must be one of {', '.join(MODES)}, got {how!r}")
         self.how = how
-        self.rows, self.per_head = rows, per_head
+        self.rows, self.per_head, self.chunk_elems = rows, per_head, chunk_elems
         self.reading: Reading | None = None
+        self.exact = True
+        """Recompute the exact ranges during this sampled forward (set by the monitor per step)."""
+        self.lse_calls = 0
+        """Calls whose log-sum-exp was read from the flash kernel."""
         self.patched_calls = 0
         self.unpatched_calls = 0
         self._in_patch = False
@@ -117,29 +137,63 @@ class SDPAProbe:
         else:
             self.how = "off"
 
-    def _patched(self, *args, **kwargs):
+    def _patched(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                 enable_gqa=False):
         self.patched_calls += 1
-        self.record(*args, **kwargs)
         self._in_patch = True
         try:
-            return _ORIGINAL(*args, **kwargs)
+            if self.reading is not None:
+                out = self._flash_with_lse(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+                if out is not None:
+                    return out
+            self.record(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+            return _ORIGINAL(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                             scale=scale, enable_gqa=enable_gqa)
         finally:
             self._in_patch = False
 
+    def _flash_with_lse(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+        """The output of SDPA's own CPU flash kernel with its log-sum-exp recorded, or None where SDPA would
+        not run that kernel (then nothing is changed)."""
+        if query.device.type != "cpu" or query.dim() != 4 or query.is_nested:
+            return None
+        q, k, v, m = query, key, value, attn_mask
+        if torch.is_autocast_enabled("cpu"):
+            # SDPA is on autocast's lower-precision list: it casts every floating input, so do the same.
+            dt = torch.get_autocast_dtype("cpu")
+            q, k, v = (t.to(dt) for t in (q, k, v))
+            m = m.to(dt) if m is not None and m.is_floating_point() else m
+        if torch._fused_sdp_choice(q, k, v, m, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa) != _FLASH:
+            return None
+        if m is not None and m.dtype == torch.bool:
+            # What SDPA does with a boolean mask before calling the kernel (True = take part).
+            m = torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, -math.inf)
+        out, lse = _FLASH_CPU(q, k, v, dropout_p, is_causal, attn_mask=m, scale=scale)  # lse: (B, H, T) fp32
+        self.lse_calls += 1
+        self.record(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, lse=lse)
+        return out
+
     def record(self, query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-               enable_gqa=False, **_):
+               enable_gqa=False, lse=None, **_):
         if self.reading is None:
             return
         block = self._stack[-1] if self._stack else "attention"
         with torch.no_grad():
             q, k = query.detach(), key.detach()
-            if k.dim() >= 3 and k.shape[-3] != q.shape[-3]:
-                # Grouped-query attention: each key head serves several query heads.
-                k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-            t, s = q.shape[-2], k.shape[-2]
-            mask = additive_mask(attn_mask, bool(is_causal), t, s, q.device, true_means_keep=True)
+            if q.dim() == 3:  # unbatched (H, T, d)
+                q, k = q.unsqueeze(0), k.unsqueeze(0)
+                attn_mask = attn_mask.unsqueeze(0) if attn_mask is not None and attn_mask.dim() == 3 else attn_mask
+            mask = Mask.of(attn_mask, bool(is_causal))
+            acc = Accumulator(self.per_head)
+            if lse is not None:
+                lse = lse.detach()
+                if mask.keep is not None:
+                    # A row with no key gets lse 0 from the kernel, not -inf: leave it out.
+                    lse = lse.masked_fill(~mask.keep.any(-1).expand_as(lse), -math.inf)
+                acc.values["lse_max"] = lse.amax((0, 2)) if self.per_head else lse.amax()
             sc = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-            recomputed(self.reading, block, q, k, sc, mask, self.rows, self.per_head)
+            from_qk(acc, q, k, sc, mask, ranges=self.exact, entropy_rows=self.rows, chunk_elems=self.chunk_elems)
+            emit(self.reading, block, acc)
 
     def close(self) -> None:
         if F.scaled_dot_product_attention is self._wrapper:

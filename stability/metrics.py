@@ -28,6 +28,14 @@ ACT_ABSMAX = "act_absmax"
 ACT_OVERFLOW = "act_overflow"
 # Max |pre-softmax score| / FP16_MAX per layer: how close attention is to the FP16 limit.
 ATTN_FP16_FRACTION = "attn_fp16_fraction"
+# attn_score_max / attn_score_min are over the (query, key) pairs that enter the softmax (the mask keeps them).
+# The raw range is q.k^T*scale over every pair, masked or not: what a non-fused FP16 kernel must represent before
+# the mask is applied (an inf there turns into NaN once an additive mask is added).
+ATTN_RAW_SCORE_MAX = "attn_raw_score_max"
+ATTN_RAW_SCORE_MIN = "attn_raw_score_min"
+# Largest log-sum-exp of a softmax row, returned by flash-attention kernels at no extra cost: an upper bound of
+# attn_score_max, above it by at most log(number of keys in the row).
+ATTN_LSE_MAX = "attn_lse_max"
 TOKENS_PER_S = "tokens_per_s"
 STEP_TIME = "step_time"
 # Per rank: seconds from the forward until this rank's gradients were ready (the straggler's is the largest).
@@ -44,7 +52,7 @@ EGS_ACTIVE = "egs_active"
 ALL_METRICS = (
     LOSS, LR, GRAD_NORM, PARAM_NORM, UPDATE_RATIO, ATTN_SCORE_MAX, ATTN_SCORE_MIN, ATTN_ENTROPY,
     NONFINITE_GRADS, LOSS_SCALE, SKIPPED_STEP, ACT_ABSMAX, ACT_OVERFLOW, ATTN_FP16_FRACTION, TOKENS_PER_S,
-    STEP_TIME, COMPUTE_TIME, VAL_LOSS, SPIKE_RISK, EGS_ACTIVE,
+    STEP_TIME, COMPUTE_TIME, VAL_LOSS, SPIKE_RISK, EGS_ACTIVE, ATTN_RAW_SCORE_MAX, ATTN_RAW_SCORE_MIN, ATTN_LSE_MAX,
 )
 
 # Special layer names.

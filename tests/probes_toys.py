@@ -134,3 +134,35 @@ def direct_scores(q, k, scale=None):
     """q.k^T * scale in float64, the reference the probes are checked against."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return (q.double() @ k.double().transpose(-2, -1)) * scale
+
+
+class PlantedAttention(nn.Module):
+    """q, k, v are parameters set by hand; the forward is one `F.scaled_dot_product_attention` call."""
+
+    def __init__(self, q, k, v, **sdpa_kwargs):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Parameter(t.clone()) for t in (q, k, v))
+        self.kwargs = sdpa_kwargs
+
+    def forward(self):
+        return F.scaled_dot_product_attention(self.q, self.k, self.v, **self.kwargs)
+
+
+class Planted(nn.Module):
+    def __init__(self, q, k, v, **sdpa_kwargs):
+        super().__init__()
+        self.attn = PlantedAttention(q, k, v, **sdpa_kwargs)
+
+    def forward(self):
+        return self.attn()
+
+
+def monitored_step(model, mon, step=0, *inputs):
+    """One step through the monitor protocol without an optimizer step (the weights stay as the forward saw
+    them); the loss is the mean square of the output."""
+    mon.start_step(step)
+    out = model(*inputs)
+    loss = (out.logits if hasattr(out, "logits") else out).float().pow(2).mean()
+    loss.backward()
+    mon.after_backward(step)
+    return mon.after_optimizer_step(step, loss=loss)

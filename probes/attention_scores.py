@@ -1,0 +1,228 @@
+"""Attention-score range and entropy from q and k (or from given scores), over the pairs that enter the softmax.
+
+Definitions, shared by every source (hook points, `nn.MultiheadAttention`, `F.scaled_dot_product_attention`,
+Hugging Face eager attention):
+
+- the logits of query i and key j are q_i.k_j * scale, plus the finite value of an additive mask;
+- a pair *enters the softmax* unless the mask hides it: `is_causal` hides key j > query i (top-left aligned, as
+  torch's `is_causal`); a boolean mask hides False (SDPA's convention; callers flip `nn.MultiheadAttention`'s);
+  an additive float mask hides -inf and its dtype's lowest value (Hugging Face fills with `finfo.min`);
+- `attn_score_max/min` are the max/min logit over the pairs that enter the softmax; `attn_raw_score_max/min` the
+  max/min of q.k^T*scale over all pairs, masked or not; `attn_entropy` the mean over query rows of
+  -sum_j p_ij log p_ij (rows with no key left out).
+
+Memory: scores are formed in fp32 chunks of (batch x query rows) holding at most `chunk_elems` values, so the
+extra memory of a recomputation is a few chunks plus one sequence's k in fp32, whatever the sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CHUNK_ELEMS = 2 << 20
+"""Scores per chunk: 2 Mi fp32 values = 8 MiB."""
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Which (query, key) pairs enter the softmax, and what is added to their logits."""
+
+    keep: torch.Tensor | None = None
+    """bool, broadcastable to (B, H, T, S): True = enters the softmax."""
+    bias: torch.Tensor | None = None
+    """float, broadcastable to (B, H, T, S): added to the logits (an additive mask)."""
+    causal: bool = False
+    """key j enters for query i iff j <= i."""
+
+    @staticmethod
+    def of(mask: torch.Tensor | None = None, causal: bool = False, true_means_keep: bool = True) -> "Mask":
+        """From an SDPA-style mask (bool: True = keep; float: additive) or a causal flag."""
+        if mask is None:
+            return Mask(causal=causal)
+        if mask.dtype == torch.bool:
+            return Mask(keep=_4d(mask if true_means_keep else ~mask), causal=causal)
+        return Mask(keep=_4d(mask > torch.finfo(mask.dtype).min), bias=_4d(mask), causal=causal)
+
+    def __and__(self, other: "Mask") -> "Mask":
+        keep = self.keep if other.keep is None else other.keep if self.keep is None else self.keep & other.keep
+        bias = self.bias if other.bias is None else other.bias if self.bias is None else self.bias + other.bias
+        return Mask(keep, bias, self.causal or other.causal)
+
+    def rows(self, b0: int, b1: int, rows, positions: torch.Tensor, s: int, device) -> tuple[torch.Tensor | None, ...]:
+        """(keep, bias) for batches b0:b1 and query rows `rows` (a slice or an index), broadcastable to the
+        chunk (b, H, c, S); `positions` are those rows' indices (c,), on the host."""
+        keep, bias = (_slice(m, b0, b1, rows) for m in (self.keep, self.bias))
+        if self.causal:
+            tri = positions.to(device)[:, None] >= torch.arange(s, device=device)[None, :]  # (c, S)
+            keep = tri if keep is None else keep & tri
+        return keep, bias
+
+
+def _4d(m: torch.Tensor) -> torch.Tensor:
+    return m.reshape((1,) * (4 - m.dim()) + tuple(m.shape)) if m.dim() < 4 else m
+
+
+def _slice(m: torch.Tensor | None, b0: int, b1: int, rows) -> torch.Tensor | None:
+    if m is None:
+        return None
+    if m.shape[0] > 1:
+        m = m[b0:b1]
+    return m[:, :, rows] if m.shape[2] > 1 else m
+
+
+def chunks(batch: int, rows: torch.Tensor, per_row: int, budget: int):
+    """(b0, b1, rows, positions) pieces covering `batch` x `rows` (a host tensor of row indices), each with at
+    most `budget` elements of `per_row` each (at least one row). Contiguous rows are sliced, so q chunks are
+    views."""
+    n = rows.numel()
+    contiguous = n > 0 and int(rows[-1] - rows[0]) == n - 1
+
+    def part(a, b):
+        return slice(int(rows[a]), int(rows[a]) + b - a) if contiguous else rows[a:b]
+
+    if batch * n * per_row <= budget:
+        yield 0, batch, part(0, n), rows
+        return
+    if n * per_row <= budget:
+        nb = max(1, budget // (n * per_row))
+        for b0 in range(0, batch, nb):
+            yield b0, min(batch, b0 + nb), part(0, n), rows
+        return
+    c = max(1, budget // per_row)
+    for b0 in range(batch):
+        for r0 in range(0, n, c):
+            yield b0, b0 + 1, part(r0, min(n, r0 + c)), rows[r0 : r0 + c]
+
+
+def scores_of(q: torch.Tensor, k32: torch.Tensor, scale: float, rows) -> torch.Tensor:
+    """fp32 q.k^T*scale for the query rows `rows` of q (b, Hq, T, d) against k32 (b, Hk, S, d) fp32: (b, Hq, c, S).
+    Grouped-query attention (Hk < Hq, query head h uses key head h // (Hq/Hk)) without repeating k."""
+    qc = q[:, :, rows].float() * scale  # (b, Hq, c, d): scaling q is c*d multiplies instead of c*S
+    b, hq, c, d = qc.shape
+    hk, s = k32.shape[1], k32.shape[2]
+    out = qc.reshape(b, hk, (hq // hk) * c, d) @ k32.transpose(-2, -1)  # (b, Hk, g*c, S)
+    return out.view(b, hq, c, s)
+
+
+class Accumulator:
+    """Running max/min (per head or whole-layer) and entropy sums of one attention call, kept on the device."""
+
+    def __init__(self, per_head: bool) -> None:
+        self.per_head = per_head
+        self.values: dict[str, torch.Tensor] = {}
+
+    def _put(self, name: str, value: torch.Tensor, pick) -> None:
+        prev = self.values.get(name)
+        self.values[name] = value if prev is None else pick(prev, value)
+
+    def raw(self, s: torch.Tensor) -> None:
+        if self.per_head:
+            self._put("raw_max", s.amax((0, 2, 3)), torch.maximum)
+            self._put("raw_min", s.amin((0, 2, 3)), torch.minimum)
+        else:
+            lo, hi = torch.aminmax(s)
+            self._put("raw_max", hi, torch.maximum)
+            self._put("raw_min", lo, torch.minimum)
+
+    def kept(self, s: torch.Tensor, keep: torch.Tensor | None, bias: torch.Tensor | None, owned: bool,
+             raw: bool) -> None:
+        """Range of s (+ bias) over `keep`, and the raw range of s if `raw`. `owned`: s may be modified."""
+        if bias is not None:
+            if raw:
+                self.raw(s)
+                raw = False
+            s = s.add_(bias) if owned else s + bias
+            owned = True
+        if keep is None:
+            if raw:
+                self.raw(s)
+            self._put("max", self.values["raw_max"] if raw else _amax(s, self.per_head), torch.maximum)
+            self._put("min", self.values["raw_min"] if raw else _amin(s, self.per_head), torch.minimum)
+            return
+        if not self.per_head and keep.shape[1] == 1:
+            # The mask is the same for every head: reduce over heads first, then mask an H-times smaller tensor.
+            hi, lo = s.amax(1, keepdim=True), s.amin(1, keepdim=True)  # (b, 1, c, S)
+            if raw:
+                self._put("raw_max", hi.amax(), torch.maximum)
+                self._put("raw_min", lo.amin(), torch.minimum)
+            self._put("max", hi.masked_fill_(~keep, -math.inf).amax(), torch.maximum)
+            self._put("min", lo.masked_fill_(~keep, math.inf).amin(), torch.minimum)
+            return
+        if raw:
+            self.raw(s)
+        hidden = ~keep
+        self._put("max", _amax(s.masked_fill(hidden, -math.inf), self.per_head), torch.maximum)
+        s = s.masked_fill_(hidden, math.inf) if owned else s.masked_fill(hidden, math.inf)
+        self._put("min", _amin(s, self.per_head), torch.minimum)
+
+    def entropy(self, s: torch.Tensor, keep: torch.Tensor | None, bias: torch.Tensor | None, owned: bool) -> None:
+        """Sum over query rows of the softmax entropy of logits s (b, H, c, S) (+ bias, over `keep`), per head."""
+        if bias is not None:
+            s = s.add_(bias) if owned else s + bias
+            owned = True
+        if keep is not None:
+            s = s.masked_fill_(~keep, -math.inf) if owned else s.masked_fill(~keep, -math.inf)
+        p = s.softmax(-1)
+        # -sum p log p; clamping inside the log makes hidden keys (p = 0) contribute 0 * log(tiny) = 0.
+        h = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (b, H, c)
+        if keep is None:
+            n = torch.full((h.shape[1],), h.shape[0] * h.shape[2], dtype=h.dtype, device=h.device)
+        else:
+            live = keep.any(-1).expand_as(h)  # a row with no key has no distribution (softmax gives NaN)
+            h = h.masked_fill(~live, 0.0)
+            n = live.sum((0, 2)).to(h.dtype)
+        self._put("ent_sum", h.sum((0, 2)), torch.add)
+        self._put("ent_rows", n, torch.add)
+
+
+def _amax(s: torch.Tensor, per_head: bool) -> torch.Tensor:
+    return s.amax((0, 2, 3)) if per_head else s.amax()
+
+
+def _amin(s: torch.Tensor, per_head: bool) -> torch.Tensor:
+    return s.amin((0, 2, 3)) if per_head else s.amin()
+
+
+def sample_rows(t: int, rows: int) -> torch.Tensor:
+    """About `rows` evenly spaced query rows out of t (all of them if rows is 0), on the host."""
+    stride = 1 if rows <= 0 else max(1, math.ceil(t / rows))
+    return torch.arange(0, t, stride)
+
+
+def from_qk(
+    acc: Accumulator, q: torch.Tensor, k: torch.Tensor, scale: float, mask: Mask, *, ranges: bool,
+    entropy_rows: int, chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+) -> None:
+    """Recompute from q (B, Hq, T, d) and k (B, Hk, S, d), in chunks: the exact ranges (all rows of all
+    sequences) if `ranges`, and the entropy of ~`entropy_rows` evenly spaced rows of the first sequence
+    (0 = every row of every sequence)."""
+    with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
+        q, k = q.detach(), k.detach()
+        B, H, T, _ = q.shape
+        S = k.shape[-2]
+        per_row = H * S
+        if ranges:
+            for b0, b1, rows, pos in chunks(B, torch.arange(T), per_row, chunk_elems):
+                s = scores_of(q[b0:b1], k[b0:b1].float(), scale, rows)
+                keep, bias = mask.rows(b0, b1, rows, pos, S, s.device)
+                acc.kept(s, keep, bias, owned=True, raw=True)
+        if entropy_rows > 0:
+            q, k, B = q[:1], k[:1], 1
+        for b0, b1, rows, pos in chunks(B, sample_rows(T, entropy_rows), per_row, chunk_elems):
+            s = scores_of(q[b0:b1], k[b0:b1].float(), scale, rows)
+            keep, bias = mask.rows(b0, b1, rows, pos, S, s.device)
+            acc.entropy(s, keep, bias, owned=True)
+
+
+def from_scores(acc: Accumulator, scores: torch.Tensor, mask: Mask, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
+    """Ranges of scores (B, H, T, S) that exist already (a hook point): raw and kept, in chunks of rows so that
+    the masked copies stay small. `scores` is not modified."""
+    with torch.no_grad():
+        s = scores.detach()
+        B, H, T, S = s.shape
+        for b0, b1, rows, pos in chunks(B, torch.arange(T), H * S, chunk_elems):
+            keep, bias = mask.rows(b0, b1, rows, pos, S, s.device)
+            acc.kept(s[b0:b1, :, rows], keep, bias, owned=False, raw=True)
