@@ -22,11 +22,13 @@ Score: (x - mean) / (7 std), its absolute value when two-sided.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
+
+import numpy as np
 
 from stability.detector.online import K_LOSS, K_TOTAL, NONFINITE_SCORE
 from stability.detector.peers.base import Peer, PeerConfig
-from stability.detector.robust import RollingMeanStd
 
 _SERIES = (("loss", K_LOSS), ("grad_norm", K_TOTAL))
 
@@ -57,28 +59,34 @@ class Olmo2SpikeScore(Peer):
 
     def __init__(self, cfg: Olmo2SpikeScoreConfig | None = None):
         super().__init__(cfg or Olmo2SpikeScoreConfig())
-        self.hist = {part: RollingMeanStd(self.cfg.window) for part, _ in _SERIES}
+        self.hist = {part: deque(maxlen=self.cfg.window) for part, _ in _SERIES}
+        """Finite previous values per series. Mean and std are recomputed from them at each test (two passes, not
+        running sums) so that a restored state continues bit for bit."""
 
     def _score(self, metrics):
-        # RollingMeanStd.push ignores non-finite values.
-        return self._test_series(metrics, _SERIES, self.hist, self._test, RollingMeanStd.push)
+        return self._test_series(metrics, _SERIES, self.hist, self._test, _push_finite)
 
-    def _test(self, x: float, hist: RollingMeanStd) -> float | None:
+    def _test(self, x: float, hist: deque) -> float | None:
         if not math.isfinite(x):
             return NONFINITE_SCORE
         if len(hist) < self.cfg.min_history:
             return None
-        d = x - hist.mean()
+        w = np.fromiter(hist, float, len(hist))
+        mean, std = float(w.mean()), float(w.std(ddof=1))
+        d = x - mean
         if self.cfg.two_sided:
             d = abs(d)
-        std = hist.std()
         if std > 0:
             return d / (self.cfg.sigmas * std)
         return NONFINITE_SCORE if d > 0 else 0.0  # a flat history: any departure is infinitely many sigmas
 
     def _state(self):
-        return {"hist": {k: v.state_dict() for k, v in self.hist.items()}}
+        return {"hist": {k: list(v) for k, v in self.hist.items()}}
 
     def _load(self, state):
-        for k, v in self.hist.items():
-            v.load_state_dict(state["hist"][k])
+        self.hist = {k: deque(map(float, state["hist"][k]), maxlen=self.cfg.window) for k in self.hist}
+
+
+def _push_finite(hist: deque, x: float) -> None:
+    if math.isfinite(x):
+        hist.append(x)
