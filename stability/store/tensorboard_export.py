@@ -1,0 +1,129 @@
+"""A stored run as TensorBoard event files, written with the tensorboard package's own writer and protos.
+
+Layout: `DIR/<run>/events.out.tfevents.*` (one folder per run, so `tensorboard --logdir DIR` lists runs by name
+and several exports share one DIR). One `Event` per logged step carries every metric of that step:
+- scalars as `simple_value` (what TensorBoard, torch's SummaryWriter and every TB reader take), which is a
+  float32: values are rounded to float32, NaN and +-inf kept, magnitudes past float32's range become +-inf;
+- tags: `metric` for run-wide scalars, `metric/layer` per layer (`grad_norm/layers.3`, the store's flat key,
+  which `stability import` maps back to the same (metric, layer)); per-rank rows under `rank<r>/<tag>`;
+- events (alerts, spikes, policy actions such as rollback or egs_on) as text under `events/<kind>`, one entry per
+  (kind, step): "severity: detail" per event, Markdown;
+- wall time: the run's start plus the cumulative `step_time` where the run logged it, else the start.
+Checkpoints are not exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stability import metrics as M
+from stability.store.layout import StoreError
+
+EVENTS_TAG = "events"
+
+
+@dataclass
+class TensorBoardExport:
+    folder: Path
+    """The folder holding the event file (DIR/<run>)."""
+    scalars: int
+    tags: int
+    steps: int
+    events: int
+
+
+def tag_of(metric: str, layer: str, rank: int = M.GLOBAL_RANK) -> str:
+    tag = M.flat_key(metric, layer)
+    return tag if rank == M.GLOBAL_RANK else f"rank{rank}/{tag}"
+
+
+def prepare_folder(root: Path, run: str, force: bool) -> Path:
+    """DIR/<run>, created; refuses (StoreError, one line) a folder that already holds files unless `force`, which
+    removes only earlier event files there. Probes that it can write."""
+    folder = Path(root) / run
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder} exists and is not a folder")
+        existing = sorted(folder.iterdir()) if folder.is_dir() else []
+        if existing and not force:
+            raise StoreError(f"{folder} is not empty ({len(existing)} entries, e.g. {existing[0].name}): pass "
+                             f"--force to replace its event files")
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".stability-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if force:
+            for p in existing:
+                if "tfevents" in p.name and p.is_file():
+                    p.unlink()
+    except OSError as e:
+        raise StoreError(f"cannot write TensorBoard files in {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def _wall_times(steps: np.ndarray, started: float, df) -> np.ndarray:
+    st = df[(df["metric"] == M.STEP_TIME) & (df["layer"] == "") & (df["rank"] == M.GLOBAL_RANK)]
+    if st.empty:
+        return np.full(len(steps), started)
+    st = st.sort_values("step")
+    elapsed = np.cumsum(np.nan_to_num(st["value"].to_numpy(float), nan=0.0, posinf=0.0, neginf=0.0).clip(0))
+    idx = np.searchsorted(st["step"].to_numpy(), steps, side="right") - 1   # last step_time at or before
+    return started + np.where(idx >= 0, elapsed[np.maximum(idx, 0)], 0.0)
+
+
+def _events_text(ev) -> dict[tuple[int, str], str]:
+    out: dict[tuple[int, str], list[str]] = {}
+    for row in ev.itertuples(index=False):
+        detail = row.detail if isinstance(row.detail, str) else json.dumps(row.detail, sort_keys=True, default=str)
+        out.setdefault((int(row.step), row.kind), []).append(f"**{row.severity}**: `{detail}`")
+    return {k: "\n\n".join(v) for k, v in out.items()}
+
+
+def export_tensorboard(store, run: str, root, *, force: bool = False) -> TensorBoardExport:
+    """Write `run` of `store` as DIR/<run>/events.out.tfevents.*; StoreError (one line) on bad input."""
+    try:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.text.summary_v2 import text_pb
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        raise StoreError("exporting to TensorBoard needs the tensorboard package: "
+                         "pip install 'stability[tensorboard]'") from None
+    if not store.has_run(run):
+        raise StoreError(f"no run {run!r} in {store.root}")
+    info = store.run_info(run)
+    df = store.metrics(run, rank=None)
+    ev = store.events(run)
+    folder = prepare_folder(Path(root), run, force)
+
+    df = df.sort_values(["step", "rank", "metric", "layer"], kind="stable")
+    tags = [tag_of(m, l, int(r)) for m, l, r in zip(df["metric"], df["layer"], df["rank"])]
+    values = df["value"].to_numpy(np.float64)
+    step_col = df["step"].to_numpy(np.int64)
+    steps, first = np.unique(step_col, return_index=True)
+    bounds = list(first[1:]) + [len(step_col)]
+    started = float(info.get("started") or 0.0)
+    walls = _wall_times(steps, started, df)
+    texts = _events_text(ev) if len(ev) else {}
+    wall_at = dict(zip(steps.tolist(), walls.tolist()))
+
+    writer = EventFileWriter(str(folder), max_queue_size=1024, flush_secs=3600)
+    try:
+        for i, step in enumerate(steps.tolist()):
+            lo, hi = first[i], bounds[i]
+            summary = summary_pb2.Summary(value=[
+                summary_pb2.Summary.Value(tag=tags[j], simple_value=values[j]) for j in range(lo, hi)])
+            writer.add_event(event_pb2.Event(wall_time=walls[i], step=step, summary=summary))
+        for (step, kind), text in sorted(texts.items()):
+            writer.add_event(event_pb2.Event(wall_time=wall_at.get(step, started), step=step,
+                                             summary=text_pb(f"{EVENTS_TAG}/{kind}", text)))
+        writer.flush()
+    except OSError as e:
+        raise StoreError(f"cannot write TensorBoard files in {folder}: {e.strerror or e}") from None
+    finally:
+        writer.close()
+    return TensorBoardExport(folder, len(values), len(set(tags)), len(steps), len(ev))
