@@ -225,3 +225,44 @@ def test_hostile_input_in_the_address_is_only_data(monkeypatch, store_dir):
     at = open_app(monkeypatch, store_dir, view="runs")
     at.text_input(key="runs_search").set_value("%' OR '1'='1").run()
     assert table(at, "runs_table").empty and not at.exception
+
+
+def test_chart_controls_come_from_the_address_and_go_back_into_it(monkeypatch, store_dir):
+    params = dict(view="run", run="pre-ln-fp16", smooth="mean", sn="5", x="wall", logloss="1", loggrad="0")
+    at = open_app(monkeypatch, store_dir, **params)
+    assert at.radio(key="smooth_method").value == "mean" and at.slider(key="smooth_n").value == 5
+    assert at.radio(key="x_axis").value == "wall"
+    assert at.toggle(key="log_loss").value is True and at.toggle(key="log_grad").value is False
+    (fig,) = charts(at)
+    assert fig["layout"]["xaxis"]["title"]["text"].startswith("wall time")
+    assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["yaxis3"].get("type") != "log"
+    raw, smooth = trace(fig, "loss"), trace(fig, "loss (smoothed)")
+    y = np.array(arr(raw["y"]))
+    # By hand: the centred mean of 5 points at the 11th point.
+    assert arr(smooth["y"])[10] == pytest.approx(y[8:13].mean())
+    # Wall time from the synthetic step times: 0.1 s a step, 0.3 s from step 100 to 199.
+    x = dict(zip(range(ds.N_STEPS), arr(raw["x"])))
+    assert x[100] == pytest.approx(10.0) and x[250] == pytest.approx(10.0 + 30.0 + 5.0)
+    assert dict(at.query_params) == params  # the address written back is the one opened
+    # Back to the defaults: the address drops what is at its default.
+    at.radio(key="smooth_method").set_value("ema").run()
+    at.radio(key="x_axis").set_value("step").run()
+    assert "smooth" not in at.query_params and "x" not in at.query_params
+
+
+def test_a_run_without_step_times_says_it_has_no_wall_time_axis(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="run", run="sandwich-bf16", x="wall")
+    assert any("no wall time" in w.value and "step_time" in w.value for w in at.warning)
+    (fig,) = charts(at)
+    assert fig["layout"]["xaxis"]["title"]["text"] == "step"
+    assert max(arr(trace(fig, "loss")["x"])) == ds.N_STEPS - 1
+
+
+def test_an_alert_link_without_a_view_opens_the_run_at_its_step(monkeypatch, store_dir):
+    from stability.alerting.payloads import dashboard_link
+
+    link = dashboard_link("http://127.0.0.1:8501", "pre-ln-fp16", 420)
+    query = dict(p.split("=", 1) for p in link.split("?", 1)[1].split("&"))
+    at = open_app(monkeypatch, store_dir, **query)
+    assert at.session_state["view"] == "Run" and at.session_state["run_pick"] == "pre-ln-fp16"
+    assert arr(trace(charts(at)[0], "spike")["x"]) == [420]

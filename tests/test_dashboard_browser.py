@@ -315,3 +315,57 @@ def test_a_live_run_grows_on_screen_and_keeps_the_zoom(browser_env):
     assert 0 < first_step <= zoomed[0]
     assert page.evaluate(f"() => {JS_CHART_WINDOW}.__sameChart") == 7, "the chart was rebuilt, not updated"
     assert page.evaluate("() => window.__sameDocument") == 42, "the page was reloaded"
+
+
+# What the run chart draws, read from Plotly in the page: per trace its name, meta, x and y (decoded arrays).
+JS_RUN_TRACES = f"""() => {{ const el = {FIRST}; if (!el || !el._fullData) return null;
+    const pick = n => {{ const i = el._fullData.findIndex(t => t.name === n); if (i < 0) return null;
+        const t = el._fullData[i];
+        return {{meta: (el.data[i] || {{}}).meta || null, x: Array.from(t.x || [], Number),
+                 y: Array.from(t.y || [], Number)}}; }};
+    return {{loss: pick('loss'), smooth: pick('loss (smoothed)'), spike: pick('spike'),
+             xtitle: el._fullLayout.xaxis.title.text, ytype: el._fullLayout.yaxis.type}}; }}"""
+
+
+def run_chart(page, until, what: str, timeout: float = 30) -> dict:
+    return wait_until(lambda: (lambda v: v if v and v["loss"] and until(v) else None)(in_page(page, JS_RUN_TRACES)),
+                      timeout, what)
+
+
+@pytest.mark.browser
+def test_smoothing_x_axis_and_log_y_controls_redraw_the_chart_and_a_copied_link_reopens_it(browser_env):
+    base, page, _ = browser_env
+    run = "pre-ln-fp16"
+    page.goto(base + f"?view=run&run={run}")
+    first = run_chart(page, lambda v: v["smooth"] is not None, "the run chart with its default smoothing")
+    steps, raw = np.array(first["loss"]["x"]), np.array(first["loss"]["y"])
+    assert first["smooth"]["meta"] == "EMA 0.6" and first["xtitle"] == "step" and first["ytype"] == "linear"
+    assert sorted(first["spike"]["x"]) == list(ds.SPIKES[run])
+    # Smoothing: window mean of 25 points. The smoothed line is the centred mean of the raw one (by numpy here);
+    # the raw line and the spike labels are what they were (labels never come from smoothed values).
+    page.locator("[data-testid='stRadio']", has_text="Smoothing").get_by_text("window mean").click()
+    v = run_chart(page, lambda v: v["smooth"] and v["smooth"]["meta"] == "mean of 25", "window-mean smoothing")
+    i = 300
+    assert v["smooth"]["y"][i] == pytest.approx(raw[i - 12:i + 13].mean(), rel=1e-9)
+    assert np.array_equal(v["loss"]["y"], raw) and sorted(v["spike"]["x"]) == list(ds.SPIKES[run])
+    # X axis: tokens seen, batch_size 8 x seq_len 64 a step, counted through each step.
+    page.locator("[data-testid='stRadio']", has_text="X axis").get_by_text("tokens").click()
+    v = run_chart(page, lambda v: v["xtitle"] == "tokens seen", "the tokens axis")
+    np.testing.assert_allclose(v["loss"]["x"], (steps + 1) * 512)
+    np.testing.assert_allclose(sorted(v["spike"]["x"]), (np.array(ds.SPIKES[run]) + 1) * 512)
+    # Log y on the loss row.
+    page.get_by_text("log loss").click()
+    v = run_chart(page, lambda v: v["ytype"] == "log", "the log loss axis")
+    # The address now holds every control: a new page opened from it draws the same chart.
+    # (Read from the page: Playwright's page.url is only refreshed while it waits on the page itself.)
+    link = wait_until(lambda: (lambda u: u if u and "logloss=1" in u else None)(
+        in_page(page, "() => window.location.href")), 10, "the address to follow the controls")
+    assert all(p in link for p in ("smooth=mean", "x=tokens", "logloss=1", f"run={run}"))
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # a new session
+    try:
+        other.goto(link)
+        w = run_chart(other, lambda w: w["ytype"] == "log" and w["smooth"] is not None, "the linked view")
+        assert (w["xtitle"], w["ytype"], w["smooth"]["meta"]) == (v["xtitle"], v["ytype"], v["smooth"]["meta"])
+        assert w["loss"] == v["loss"] and w["smooth"] == v["smooth"]
+    finally:
+        other.close()
