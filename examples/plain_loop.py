@@ -1,9 +1,12 @@
-"""A plain PyTorch training loop with the stability monitor attached: the five added lines are marked `# +`.
+"""A plain PyTorch training loop with the whole stability pipeline attached: the added lines are marked `# +`.
 
-    python examples/plain_loop.py               # fp32
-    python examples/plain_loop.py --fp16        # autocast fp16 + GradScaler (skipped steps, loss scale)
+    python examples/plain_loop.py --store runs --run plain           # fp32
+    python examples/plain_loop.py --store runs --run plain16 --fp16  # autocast fp16 + GradScaler
+    stability runs --store runs; stability spikes plain --store runs; stability dashboard --store runs
 
-Any nn.Module works; this one is a small causal transformer built from torch.nn parts.
+Probes, the run in the store, the spike detector, the policies and the alerts come from `stability.watch`;
+the loop calls `guard.step(loss)` once per step. Any nn.Module works; this one is a small causal transformer
+built from torch.nn parts.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import probes  # +
+import stability  # +
 
 
 class TinyLM(nn.Module):
@@ -36,6 +39,9 @@ class TinyLM(nn.Module):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--store", default="runs", help="run store folder")
+    ap.add_argument("--run", default=None, help="run name (default: from the model and the time)")
+    ap.add_argument("--policy", default=None, help="policy file (.toml), e.g. stability/policies/examples/*")
     ap.add_argument("--fp16", action="store_true", help="autocast to fp16 with a GradScaler")
     ap.add_argument("--init-scale", type=float, default=2.0**16, help="GradScaler's initial loss scale")
     args = ap.parse_args(argv)
@@ -47,30 +53,22 @@ def main(argv=None):
     scaler = torch.amp.GradScaler(device, init_scale=args.init_scale, enabled=args.fp16)
     data = torch.randint(0, 64, (args.steps, 8, 32), device=device)
 
-    with probes.Monitor(model, probes.MonitorConfig(every=1)) as mon:  # + attach; leaving the block detaches
+    with stability.watch(model, opt, store=args.store, run=args.run, policies=args.policy,  # +
+                         scaler=scaler) as guard:  # +
         for step in range(args.steps):
-            mon.start_step(step)  # +
             x = data[step]
             with torch.autocast(device, dtype=torch.float16, enabled=args.fp16):
                 logits = model(x)
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, 64), x[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.unscale_(opt)  # so that the monitor (and clipping) see true gradients
-            mon.after_backward(step, scaler=scaler)  # +
+            scaler.unscale_(opt)  # so that clipping sees true gradients (the guard read them before it)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             scaler.step(opt)
             scaler.update()
-            rec = mon.after_optimizer_step(step, loss=loss, tokens=x.numel(), optimizer=opt, scaler=scaler)  # +
-            if rec is not None:
-                line = (f"step {step:3d}  loss {rec[('loss', '')]:.3f}  "
-                        f"grad_norm {rec[('grad_norm', 'total')]:.3f}  "
-                        f"embedding {rec[('grad_norm', 'embedding')]:.3f}  "
-                        f"attn_max {rec[('attn_score_max', 'encoder.layers.1')]:.2f}  "
-                        f"nonfinite {rec[('nonfinite_grads', 'total')]:.0f}")
-                if args.fp16:
-                    line += f"  scale {rec[('loss_scale', '')]:.3g}  skipped {rec[('skipped_step', '')]:.0f}"
-                print(line, flush=True)
+            guard.step(loss)  # +
+            print(f"step {step:3d}  loss {loss.item():.3f}", flush=True)
+    print(f"run {guard.run_name}: {guard.host.step} steps recorded in {args.store}")  # +
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Wire a training run: trainer + monitor + store writer + detector + policies + notifier.
+"""A reference-model run: the trainer on the `stability.watch` pipeline (monitor, store writer, detector,
+policies, notifier), from `SessionOptions`.
 
 Used by `stability train`, the demo, the sample-run and evaluation-suite generators, and the benchmarks, so that
-every caller trains the reference model the same way.
+every caller trains the reference model the same way, and the same way as a user's loop under `stability.watch`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from stability.config import TrainConfig
 from stability.train import RunResult, Trainer, run_metadata
+from stability.watch import open_sink
 
 
 @dataclass
@@ -37,25 +39,17 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
-    name = opts.run or default_run_name(cfg)
+    """The reference trainer on the pipeline `stability.watch` gives any loop (the same `Guard`, the same
+    store, detector, policies and alerting); one run for all ranks under torch.distributed."""
     meta = dict(run_metadata(cfg), **opts.meta)
-    sink = None
     notifier = opts.notifier
     from stability.distributed import is_initialized
 
     if is_initialized():
-        # One run for all ranks (see stability/rank_sink.py); alerts are sent once, from rank 0.
         import torch.distributed as dist
-        from stability import rank_sink
 
-        name = rank_sink.agree(name)
-        if opts.store is not None:
-            sink = rank_sink.open_run(opts.store, name, dict(meta, world_size=dist.get_world_size()))
-        notifier = notifier if dist.get_rank() == 0 else None
-    elif opts.store is not None:
-        from stability.store import RunStore
-
-        sink = RunStore(opts.store).create_run(name, config=meta)
+        notifier = notifier if dist.get_rank() == 0 else None  # alerts are sent once, from rank 0
+    sink, name = open_sink(opts.store, opts.run or default_run_name(cfg), meta)
     detector = None
     if opts.detect:
         from stability.detector import OnlineDetector

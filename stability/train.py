@@ -1,21 +1,18 @@
-"""The reference trainer: GLM blank infilling on the shipped corpus, with the monitor, store, detector,
-policies and alerting wired in.
+"""The reference trainer: GLM blank infilling on the shipped corpus, on the same pipeline as any other loop.
 
-The loop owns no measurement or decision logic: the monitor measures, the store records, the detector predicts,
-policies act, the notifier pages. Each has a do-nothing stand-in, so "off" is an object, not an `if`.
+The loop owns no measurement or decision logic: it drives a `stability.watch.Guard` (the monitor measures, the
+store records, the detector predicts, policies act, the notifier pages), with explicit calls rather than hooks
+because it knows when its gradients are final: after `unscale_` and, under data parallelism, averaged. Each part
+has a do-nothing stand-in, so "off" is an object, not an `if`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -23,6 +20,7 @@ from stability import metrics as M
 from stability.config import TrainConfig
 from stability.data import BlankInfillingLoader
 from stability.model import GLM
+from stability.watch import Guard, NullSink, host_metadata
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -43,29 +41,7 @@ def autocast_context(precision: str):
     return nullcontext()
 
 
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=2,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except Exception:
-        return None
-
-
-class NullSink:
-    """Stands in for a store writer when a run is not recorded."""
-
-    def log(self, step, values, rank=M.GLOBAL_RANK):
-        pass
-
-    def event(self, step, kind, severity="info", detail=None, **kw):
-        pass
-
-    def checkpoint(self, step, location):
-        pass
-
-    def close(self, status=M.ST_FINISHED):
-        pass
+__all__ = ["Trainer", "RunResult", "NullSink", "lr_at", "run_metadata"]
 
 
 @dataclass
@@ -140,19 +116,63 @@ class Trainer:
         # A disabled scaler is a no-op pass-through, so the loop has one shape for every precision.
         self.scaler = torch.amp.GradScaler("cpu", init_scale=cfg.init_loss_scale, enabled=cfg.precision == "fp16")
         self.loader = BlankInfillingLoader(cfg.batch_size, cfg.seq_len, seed=cfg.seed)
-        self.monitor = monitor
-        self.sink = sink or NullSink()
-        self.detector = detector
-        self.policies = list(policies)
-        self.notifier = notifier
         self.run_name = run_name
         self.progress = progress and self.rank == 0
-        self.divergence_patience = divergence_patience
         self.step = 0
         self.lr_scale = 1.0
         """Multiplier on the schedule; policies back the learning rate off through it."""
         self.stop_reason: str | None = None
-        self.losses: list[float] = []
+        self.guard = Guard(self, monitor=monitor, sink=sink, detector=detector, policies=policies,
+                           notifier=notifier, run_name=run_name, every=cfg.log_every, losses=[],
+                           divergence_patience=divergence_patience)
+        """The pipeline (stability/watch.py); the attributes below are its parts, where policies look for them."""
+
+    # -- the pipeline's parts -----------------------------------------------------------------------------
+    @property
+    def monitor(self):
+        return self.guard.monitor
+
+    @monitor.setter
+    def monitor(self, monitor):
+        from probes import NullMonitor
+
+        self.guard.monitor = monitor if monitor is not None else NullMonitor()
+
+    @property
+    def sink(self):
+        return self.guard.sink
+
+    @sink.setter
+    def sink(self, sink):
+        self.guard.sink = sink if sink is not None else NullSink()
+
+    @property
+    def detector(self):
+        return self.guard.detector
+
+    @detector.setter
+    def detector(self, detector):
+        from stability.watch import NullDetector
+
+        self.guard.detector = detector if detector is not None else NullDetector()
+
+    @property
+    def notifier(self):
+        return self.guard.notifier
+
+    @notifier.setter
+    def notifier(self, notifier):
+        from stability.alerting.notifier import NullNotifier
+
+        self.guard.notifier = notifier if notifier is not None else NullNotifier()
+
+    @property
+    def policies(self):
+        return self.guard.policies
+
+    @property
+    def losses(self) -> list[float]:
+        return self.guard.losses
 
     # -- state, for rollback ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -182,26 +202,20 @@ class Trainer:
     def train_step(self):
         """One optimizer step. Returns (loss tensor, update_skipped_by_policy)."""
         cfg, step = self.cfg, self.step
+        self.guard.start_step()
         lr = lr_at(step, cfg) * self.lr_scale
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         batch = self.loader.next()
         logged = step % cfg.log_every == 0
-        if self.monitor is not None:
-            self.monitor.start_step(step)
         with autocast_context(cfg.precision):
             # Data parallel: this rank's rows of the global batch, through DDP (gradients averaged over ranks).
             loss = self.model.loss(batch) if self.dp is None else self.dp.loss(batch, logged)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        if self.monitor is not None:
-            self.monitor.after_backward(step, scaler=self.scaler)
-        skip = False
-        for p in self.policies:
-            hook = getattr(p, "before_update", None)
-            if hook is not None and hook(self, step):
-                skip = True
+        self.guard.backward_done(self.scaler)
+        skip = self.guard.before_update()
         if not skip:
             if cfg.grad_clip:
                 # Non-finite norms are left to the GradScaler (fp16) or recorded as they are (fp32/bf16).
@@ -214,72 +228,18 @@ class Trainer:
         cfg = self.cfg
         t_start = time.perf_counter()
         bar = Progress(cfg.steps, enabled=self.progress)
-        for p in self.policies:
-            if hasattr(p, "attach"):
-                p.attach(self)
-        nonfinite_run = 0
+        self.guard.attach_policies()
         status = M.ST_FINISHED
         try:
             while self.step < cfg.steps:
-                t0 = time.perf_counter()
-                step = self.step
                 loss, batch, lr, skipped, logged = self.train_step()
-                if self.dp is None:
-                    loss_value = loss.item()  # the one host sync per step: progress, divergence and logging need it
-                else:
-                    loss_value, nonfinite = self.dp.local_values(loss)  # the same one sync, this rank's values
                 tokens = batch.n_tokens if self.dp is None else self.dp.local_rows.n_tokens
-                record = None
-                if self.monitor is not None:
-                    record = self.monitor.after_optimizer_step(
-                        step, loss=loss, lr=lr, tokens=tokens, optimizer=self.optimizer, scaler=self.scaler)
-                if self.dp is not None:
-                    if logged:
-                        self.sink.log(step, self.dp.rank_record(loss_value, nonfinite, time.perf_counter() - t0),
-                                      rank=self.rank)
-                    # From here on, global values only: every rank must take the same decisions.
-                    loss_value = self.dp.global_loss(loss_value, record)
-                self.losses.append(loss_value)
-                if record is None and logged:
-                    dt = time.perf_counter() - t0
-                    record = {(M.LOSS, ""): loss_value, (M.LR, ""): lr, (M.STEP_TIME, ""): dt,
-                              (M.TOKENS_PER_S, ""): batch.n_tokens / max(dt, 1e-9)}
-                if record is not None and skipped:
-                    record[(M.SKIPPED_STEP, "")] = 1.0
-                alerts = []
-                if record is not None:
-                    if self.dp is not None:
-                        own = record
-                        record = self.dp.shared(record)  # without the values each rank's own clock measured
-                    if self.detector is not None:
-                        alerts = self.detector.update(step, {M.flat_key(m, l): v for (m, l), v in record.items()})
-                        # The risk is stored with the step, so the dashboard and /metrics show what the detector saw.
-                        record[(M.SPIKE_RISK, "")] = float(self.detector.risk)
-                        if self.dp is not None:
-                            own[(M.SPIKE_RISK, "")] = record[(M.SPIKE_RISK, "")]
-                    self.sink.log(step, own if self.dp is not None else record)
-                    if self.detector is not None:
-                        for a in alerts:
-                            self.sink.event(step, M.EV_ALERT, severity=a.severity,
-                                            detail={"signal": a.signal, "score": a.score, "message": a.message})
-                    if self.notifier is not None:
-                        self.notifier.observe(step, record)
-                        for a in alerts:
-                            self.notifier.on_alert(a)
-                self.step += 1
-                for p in self.policies:
-                    hook = getattr(p, "after_step", None)
-                    if hook is not None:
-                        hook(self, step, record, alerts)
-                bar.update(min(self.step, cfg.steps) - 1, loss_value)
-                nonfinite_run = 0 if math.isfinite(loss_value) else nonfinite_run + 1
-                if nonfinite_run >= self.divergence_patience:
-                    self.sink.event(step, M.EV_DIVERGENCE, severity="critical",
-                                    detail={"reason": f"loss non-finite for {nonfinite_run} steps"})
-                    status = M.ST_DIVERGED
-                    break
-                if self.stop_reason:
-                    status = M.ST_STOPPED
+                # Record, detect, store, alert, act: the one pipeline every loop uses.
+                self.guard.step(loss, tokens=tokens, lr=lr, skipped=skipped, record_tokens=batch.n_tokens,
+                                dp=self.dp)
+                bar.update(min(self.step, cfg.steps) - 1, self.losses[-1])
+                if self.guard.should_stop:
+                    status = self.guard.status or M.ST_STOPPED
                     break
         except KeyboardInterrupt:
             status = M.ST_STOPPED
@@ -292,14 +252,7 @@ class Trainer:
             val = self.evaluate() if status != M.ST_FAILED and self.rank == 0 else float("nan")
             if math.isfinite(val) or status == M.ST_DIVERGED:
                 self.sink.log(self.step, {(M.VAL_LOSS, ""): val})
-            for p in self.policies:
-                if hasattr(p, "close"):
-                    p.close()
-            if self.monitor is not None:
-                self.monitor.close()
-            if self.notifier is not None:
-                self.notifier.close()
-            self.sink.close(status=status)
+            self.guard.close(status)
         tail = self.losses[-20:]
         final = sum(tail) / len(tail) if tail else float("nan")
         return RunResult(self.run_name, status, self.step, final, val, time.perf_counter() - t_start, self.losses)
@@ -319,5 +272,5 @@ class Trainer:
 
 def run_metadata(cfg: TrainConfig) -> dict:
     meta = cfg.to_dict()
-    meta.update(host=socket.gethostname(), pid=os.getpid(), git_rev=git_revision(), torch=torch.__version__)
+    meta.update(host_metadata())
     return meta

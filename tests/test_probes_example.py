@@ -1,4 +1,5 @@
-"""The documented example runs as shipped, and the overhead benchmark prints the JSON the docs describe."""
+"""The documented examples run as shipped (the monitor alone, and the whole pipeline through stability.watch), and
+the overhead benchmark prints the JSON the docs describe."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def example():
-    """examples/plain_loop.py, imported as it ships (in-process: starting a fresh torch costs more than the run)."""
+def example(name: str = "probes_loop"):
+    """examples/<name>.py, imported as it ships (in-process: starting a fresh torch costs more than the run)."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "examples"))
     try:
-        import plain_loop
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return plain_loop
 
 
 @pytest.mark.slow
@@ -57,4 +59,31 @@ def test_bench_overhead_prints_one_json_object(capsys):
 
 def test_docs_show_the_example_exactly_as_shipped():
     doc = (ROOT / "docs" / "probes.md").read_text()
-    assert (ROOT / "examples" / "plain_loop.py").read_text() in doc
+    assert (ROOT / "examples" / "probes_loop.py").read_text() in doc
+
+
+@pytest.mark.slow
+def test_plain_loop_example_records_a_run_the_commands_read(tmp_path, capsys):
+    from stability.cli import main
+
+    store = str(tmp_path / "runs")
+    example("plain_loop").main(["--steps", "4", "--store", store, "--run", "plain"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"run plain: 4 steps recorded in {store}"
+    assert main(["runs", "--store", store]) == 0
+    assert "plain" in capsys.readouterr().out
+    for cmd in (["spikes", "plain"], ["detect", "plain"], ["events", "plain"]):
+        assert main([*cmd, "--store", store]) == 0, cmd
+    from stability.store import RunStore
+
+    df = RunStore(store).metrics("plain")
+    layers = set(df[df.metric == "grad_norm"].layer)
+    assert {"embedding", "encoder.layers.0", "encoder.layers.1", "total"} <= layers
+    assert set(df[df.metric == "attn_score_max"].layer) >= {"encoder.layers.0", "encoder.layers.1"}
+    assert sorted(set(df.step)) == [0, 1, 2, 3]
+
+
+def test_plain_loop_example_adds_at_most_five_lines():
+    text = (ROOT / "examples" / "plain_loop.py").read_text()
+    added = [line for line in text.splitlines() if line.rstrip().endswith("# +")]
+    assert 1 <= len(added) <= 5

@@ -57,6 +57,8 @@ def grad_norm(params) -> torch.Tensor:
 
 class SkipStep:
     name = "skip_step"
+    needs_grad_norm = True
+    """In a user's loop the norm must be read before the loop clips: `stability.watch` keeps it for us."""
 
     def __init__(self, cfg: SkipStepConfig | None = None, *, dry_run: bool = False):
         self.cfg = cfg or SkipStepConfig(enabled=True)
@@ -89,7 +91,10 @@ class SkipStep:
         return reason
 
     def before_update(self, trainer, step: int) -> bool:
-        norm = grad_norm(trainer.model.parameters()).item()  # the one sync this policy costs per step
+        # A loop under stability.watch hands the norm it read at the end of the backward (the update is decided
+        # after the loop's clipping, which would hide any outlier); the reference trainer decides before clipping.
+        norm_of = getattr(trainer, "grad_norm", None)
+        norm = (norm_of() if norm_of is not None else grad_norm(trainer.model.parameters())).item()  # one sync
         reason = self.decide(norm, trainer.scaler.is_enabled())
         if reason is None:
             return False
