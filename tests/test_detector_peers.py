@@ -426,3 +426,56 @@ def test_the_evaluation_traces_a_rule_like_any_method(name):
     expected = [(live.update(i, r), live.scores.get(name, 0.0))[1] for i, r in enumerate(recs)]
     assert tr.scores.tolist() == pytest.approx(expected)
     assert set(tr.signals) <= {"", name}
+
+
+# -- side by side with the peers' own code where it installs here -------------------------------------------------
+def _spiky_norms(n, seed):
+    rng = np.random.default_rng(seed)
+    g = np.exp(0.15 * rng.standard_normal(n))
+    g[rng.choice(np.arange(30, n), 12, replace=False)] *= rng.uniform(1.5, 6.0, 12)
+    return g
+
+
+def test_zclip_matches_the_zclip_package_step_by_step():
+    torch = pytest.importorskip("torch")
+    zclip = pytest.importorskip("zclip")
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    model = torch.nn.Module()
+    model.p = p
+    real = zclip.ZClip(max_grad_norm=None)  # the published defaults, without the fixed cap
+    rule = make_peer("zclip")
+    fired_real, fired_ours = [], []
+    for i, g in enumerate(_spiky_norms(400, 11)):
+        p.grad = torch.tensor([float(g)], dtype=torch.float64)
+        norm = real.step(model)  # clips p.grad in place on a spike
+        fired_real.append(bool(p.grad.item() < norm * (1 - 1e-9)))
+        rule.update(i, {GRAD: norm})
+        fired_ours.append(bool(rule.scores) and rule.score > 1)
+        if real.initialized:
+            assert rule.mean == pytest.approx(real.mean, rel=1e-12)
+            assert rule.var == pytest.approx(real.var, rel=1e-12)
+    assert fired_ours == fired_real and sum(fired_real) >= 5
+
+
+def test_lightning_matches_fabric_spike_detection_step_by_step(tmp_path):
+    pytest.importorskip("torchmetrics")
+    L = pytest.importorskip("lightning")
+    import torch
+    from lightning.fabric.utilities.spike import SpikeDetection, TrainingSpikeException
+
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    real = SpikeDetection(exclude_batches_path=tmp_path)  # window 10, rtol 2.0, warmup 1
+    rule = make_peer("lightning_spike_detection")
+    rng = np.random.default_rng(12)
+    losses = 3.0 + 0.3 * rng.standard_normal(300)
+    losses[[40, 41, 120, 200, 201, 202]] *= [3.5, 4.0, 5.0, 3.2, 0.5, 6.0]
+    fired_real, fired_ours = [], []
+    for i, x in enumerate(losses):
+        try:
+            real.on_train_batch_end(fabric, torch.tensor(float(x)), None, i)
+            fired_real.append(False)
+        except TrainingSpikeException:
+            fired_real.append(True)  # training would stop here; the detector's state is what it was
+        rule.update(i, {LOSS: float(x)})
+        fired_ours.append(rule.score >= 1.0)
+    assert fired_ours == fired_real and sum(fired_real) >= 4
