@@ -479,3 +479,33 @@ def test_lightning_matches_fabric_spike_detection_step_by_step(tmp_path):
         rule.update(i, {LOSS: float(x)})
         fired_ours.append(rule.score >= 1.0)
     assert fired_ours == fired_real and sum(fired_real) >= 4
+
+
+def test_olmo_core_rules_decide_as_the_source_formulas_on_a_spiky_run_with_a_nan():
+    """Every step's verdict against the sources' own expressions: the monitor's pure-Python mean / population
+    variance over a full 128-value list, the optimizer's `torch.std_mean` over the previous (up to) 128 values."""
+    torch = pytest.importorskip("torch")
+    g = list(_spiky_norms(700, 13))
+    g[500] = math.nan
+    losses = [3.0 + 0.05 * math.sin(i) for i in range(700)]
+    monitor, skip = make_peer("olmo_core_monitor"), make_peer("olmo_core_skip_step")
+    hist, losses_seen, grads_seen = [], [], []
+    spikes = skips = 0
+    for i, (x, loss) in enumerate(zip(g, losses)):
+        monitor.update(i, {GRAD: x})
+        skip.update(i, {LOSS: loss, GRAD: x})
+        spikes, skips = spikes + (monitor.score >= 1), skips + (skip.score >= 1)
+        if len(hist) == 128:
+            mean = sum(hist) / len(hist)
+            std = math.sqrt(sum((v - mean) ** 2 for v in hist) / len(hist))
+            spike = std >= 1e-10 and x > mean + 6 * std
+            assert (monitor.score >= 1) == spike, i
+        hist = (hist + [x])[-128:]
+        losses_seen, grads_seen = (losses_seen + [loss])[-129:], (grads_seen + [x])[-129:]
+        if len(losses_seen) >= 64:
+            ls, lm = torch.std_mean(torch.tensor(losses_seen[:-1], dtype=torch.float64))
+            gs, gm = torch.std_mean(torch.tensor(grads_seen[:-1], dtype=torch.float64))
+            proceed = bool(torch.logical_and(torch.tensor(loss) - lm <= 6 * ls, torch.tensor(x) - gm <= 6 * gs))
+            assert (skip.score >= 1) == (not proceed), i
+    assert spikes >= 3 and skips > 128  # spikes, and 128 skips for the NaN in the optimizer's history alone
+    assert monitor.score < 1 and skip.score < 1  # the NaN (step 500) has left both windows by the end
