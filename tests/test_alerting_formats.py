@@ -392,3 +392,20 @@ def test_bad_format_is_one_line_and_exit_2(capsys, monkeypatch):
     assert cli_main(["alert", "test", "--format", "pagerduty", "--webhook", "http://127.0.0.1:9/x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "STABILITY_PAGERDUTY_ROUTING_KEY" in err
+
+
+def test_the_documented_examples_match_the_schemas():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "alerting.md").read_text()
+    section = doc.split("## Alertmanager and PagerDuty", 1)[1].split("\n## ", 1)[0]
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", section, re.S)]
+    am = [b for b in blocks if b.get("version") == "4"]
+    pd = [b for b in blocks if "routing_key" in b]
+    assert len(am) == 1 and len(pd) == 2 and len(blocks) == 4
+    _validator(AM_SCHEMA).validate(am[0])
+    for b in pd:
+        _validator(PD_SCHEMA).validate(b)
+    (resolved_alert,) = [b for b in blocks if b.get("status") == "resolved"]
+    assert resolved_alert["fingerprint"] == am[0]["alerts"][0]["fingerprint"]
+    assert pd[0]["dedup_key"] == pd[1]["dedup_key"]

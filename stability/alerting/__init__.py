@@ -1,4 +1,5 @@
-"""On-call alerting: Prometheus `/metrics`, JSON and Slack webhooks, one page per incident.
+"""On-call alerting: Prometheus `/metrics`; JSON, Slack, Alertmanager and PagerDuty webhooks; one page per
+incident.
 
 See docs/alerting.md. The trainer uses `Notifier.from_config(AlertingConfig(...))`.
 """
