@@ -409,3 +409,28 @@ def test_the_documented_examples_match_the_schemas():
     (resolved_alert,) = [b for b in blocks if b.get("status") == "resolved"]
     assert resolved_alert["fingerprint"] == am[0]["alerts"][0]["fingerprint"]
     assert pd[0]["dedup_key"] == pd[1]["dedup_key"]
+
+
+def test_train_flags_with_only_a_routing_key_page_pagerduty_beside_the_webhook(receiver, tmp_path, capsys,
+                                                                               monkeypatch):
+    import argparse
+
+    from stability.alerting import cli_args
+
+    rx = receiver()
+    f = tmp_path / "alerting.toml"
+    f.write_text(f'[alerting]\npagerduty_url = "{rx.url("/pd")}"\nresolve_after_steps = 2\nbackoff_s = 0.05\n')
+    monkeypatch.setenv("STABILITY_PAGERDUTY_ROUTING_KEY", ROUTING_KEY)
+    p = argparse.ArgumentParser()
+    cli_args.add_arguments(p)
+    args = p.parse_args(["--alert-config", str(f), "--webhook", rx.url("/am"), "--webhook-format", "alertmanager"])
+    n = cli_args.notifier_from_args(args, run="train-run")
+    err = capsys.readouterr().err
+    assert "pagerduty=http://127.0.0.1" in err and "(alertmanager)" in err and ROUTING_KEY not in err
+    n.notify("spike", 5, message="loss jumped")
+    _calm_steps(n, 6, 2)
+    assert rx.wait_for("/pd", 2) and rx.wait_for("/am", 2)
+    n.close()
+    assert rx.invalid == []
+    assert [e["event_action"] for e in rx.bodies["/pd"]] == ["trigger", "resolve"]
+    assert [b["status"] for b in rx.bodies["/am"]] == ["firing", "resolved"]
