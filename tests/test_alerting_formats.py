@@ -434,3 +434,26 @@ def test_train_flags_with_only_a_routing_key_page_pagerduty_beside_the_webhook(r
     assert rx.invalid == []
     assert [e["event_action"] for e in rx.bodies["/pd"]] == ["trigger", "resolve"]
     assert [b["status"] for b in rx.bodies["/am"]] == ["firing", "resolved"]
+
+
+def test_a_stall_resolving_inside_an_open_incident_closes_only_itself(receiver):
+    rx = receiver()
+    cfg = load_config(env={"STABILITY_PAGERDUTY_ROUTING_KEY": ROUTING_KEY}, webhook_url=rx.url("/am"),
+                      webhook_format="alertmanager", pagerduty_url=rx.url("/pd"), stall_after_s=0.3,
+                      resolve_after_steps=50, backoff_s=0.05, deadline_s=5.0, run="stall-run")
+    n = Notifier(cfg)
+    n.observe(1, {("loss", ""): 2.0})
+    n.notify("spike", 1, message="loss jumped")
+    assert rx.wait_for("/am", 2, timeout=10.0)                # the spike page, then the stall page
+    n.observe(2, {("loss", ""): 2.0})                         # steps resume: the stall resolves, the spike stays
+    assert rx.wait_for("/am", 3) and rx.wait_for("/pd", 3)
+    n.close()
+    assert rx.invalid == []
+    spike, stall, back = rx.bodies["/am"][:3]
+    assert [a["labels"]["kind"] for a in stall["alerts"]] == ["spike", "stalled"]
+    assert back["status"] == "firing"                          # the group still has a firing alert
+    status = {a["labels"]["kind"]: a["status"] for a in back["alerts"]}
+    assert status == {"stalled": "resolved", "spike": "firing"}
+    pd = rx.bodies["/pd"][:3]
+    assert [e["event_action"] for e in pd] == ["trigger", "trigger", "resolve"]
+    assert pd[2]["dedup_key"] == pd[1]["dedup_key"] != pd[0]["dedup_key"]
