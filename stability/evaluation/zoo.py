@@ -1,0 +1,229 @@
+"""The instability zoo: recipes, the one command that trains them, and the committed store they load from.
+
+Every mechanism is reproduced from scratch on a CPU by a *recipe* (architecture, data, and the knobs the
+literature blames), at unstable settings and at safe settings (calm controls of the same recipe). Each mechanism
+has two recipes that differ in model and/or data: one belongs to the tuning split, the other to the held-out
+split, and the two splits use different seeds too (tuning: seeds 0-3, held-out: seeds 10-13), so a held-out
+figure is earned on recipes *and* data orders the tuning never saw. Sources and the signal expected to lead are
+in docs/detector.md ("The instability zoo").
+
+`stability eval --generate-zoo DIR` trains every run (about 20 minutes of one core) and stores only the metrics
+the detectors read, long form, in one zstd Parquet file, with `zoo.json` recording the recipes and the command.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# What the detectors read, and lr to read the schedule: the same metrics as the re-warm suite keeps.
+from stability.detector.suite import KEEP_LAYERS, KEEP_METRICS
+
+
+ZOO_VERSION = 1
+ZOO_FILE = "zoo.parquet"
+MANIFEST = "zoo.json"
+COMMAND = "stability eval --generate-zoo"
+TUNE, HELDOUT = "tune", "heldout"
+SEEDS = {TUNE: (0, 1, 2, 3), HELDOUT: (10, 11, 12, 13)}
+CALM_SEEDS = {TUNE: (0, 1, 2), HELDOUT: (10, 11, 12)}
+
+
+
+@dataclass(frozen=True)
+class ZooRun:
+    mechanism: str
+    recipe: str
+    """Recipe name, unique across mechanisms; the unit of the split."""
+    split: str
+    calm: bool = False
+    """A control of the recipe at safe settings."""
+    seed: int = 0
+    arch: str = "nanogpt"
+    """`nanogpt` (pre-LN, SDPA, tied head, causal LM) or `glm` (the reference GLM, blank infilling)."""
+    data: str = "cpython"
+    """`cpython` (the shipped corpus, bytes) or `markov` (a seeded synthetic language, 64 tokens)."""
+    d_model: int = 48
+    n_layer: int = 3
+    n_head: int = 4
+    seq_len: int = 64
+    batch_size: int = 16
+    steps: int = 300
+    lr: float = 3e-3
+    warmup: int = 20
+    ramp: float = 1.0
+    """From `ramp_from` on the learning rate is multiplied by this every step."""
+    ramp_from: int = 0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    z_loss: float = 0.0
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    ln: str = "pre"
+    """GLM only: LayerNorm placement."""
+    qk_layernorm: bool = False
+    """nanoGPT only."""
+    bad_steps: tuple[int, ...] = ()
+    """Steps whose batch is a repeated n-gram (nanoGPT only)."""
+    blowup: float = 3.0
+    """The run stops once its loss stayed above this multiple of its first loss (or non-finite) for 10 steps."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.recipe}-{'calm' if self.calm else 'unstable'}-s{self.seed}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"], d["bad_steps"] = list(self.betas), list(self.bad_steps)
+        return {**d, "name": self.name}
+
+
+# -- the recipes ---------------------------------------------------------------------------------------------
+# Each entry: (mechanism, recipe, split, base settings, unstable settings, calm settings). The unstable settings
+# reach the mechanism through a learning rate that keeps growing (a ramp), so the onset comes wherever the run
+# can no longer take the step size, after a build-up, not at a schedule change.
+_NANO_CPY = dict(arch="nanogpt", data="cpython")
+_NANO_MKV = dict(arch="nanogpt", data="markov")
+_GLM = dict(arch="glm", data="cpython")
+
+RECIPES: tuple[tuple[str, str, str, dict, dict, dict], ...] = (
+    # 1. Post-LN, no clipping, high learning rate: GLM-130B's embedding-gradient surge, then divergence.
+    ("postln_emb_surge", "postln-glm-d48", TUNE, dict(_GLM, ln="post", d_model=48, n_layer=3),
+     dict(grad_clip=0.0, lr=3e-3, ramp=1.02, ramp_from=50), dict(lr=1e-3)),
+    ("postln_emb_surge", "postln-glm-d64", HELDOUT, dict(_GLM, ln="post", d_model=64, n_layer=2, seq_len=48),
+     dict(grad_clip=0.0, lr=3e-3, ramp=1.025, ramp_from=50), dict(lr=1e-3)),
+    # 2. Attention-logit growth without QK-LayerNorm at a high learning rate (Wortsman et al. 2023).
+    ("attn_logit_growth", "attn-nano-cpy", TUNE, dict(_NANO_CPY, d_model=48, n_layer=3),
+     dict(grad_clip=0.0, lr=1e-2, ramp=1.02, ramp_from=50), dict(qk_layernorm=True, lr=3e-3)),
+    ("attn_logit_growth", "attn-nano-mkv", HELDOUT, dict(_NANO_MKV, d_model=64, n_layer=2),
+     dict(grad_clip=0.0, lr=1e-2, ramp=1.02, ramp_from=50), dict(qk_layernorm=True, lr=3e-3)),
+    # 3. Output-logit divergence without z-loss or weight decay (Wortsman et al. 2023).
+    ("output_logit_divergence", "logit-nano-mkv", TUNE,
+     dict(_NANO_MKV, d_model=48, n_layer=2, qk_layernorm=True),
+     dict(weight_decay=0.0, grad_clip=0.0, lr=1e-2, ramp=1.02, ramp_from=50),
+     dict(z_loss=1e-4, lr=3e-3)),
+    ("output_logit_divergence", "logit-nano-cpy", HELDOUT,
+     dict(_NANO_CPY, d_model=32, n_layer=3, qk_layernorm=True),
+     dict(weight_decay=0.0, grad_clip=0.0, lr=1e-2, ramp=1.02, ramp_from=50),
+     dict(z_loss=1e-4, lr=3e-3)),
+    # 4. Adam with beta2 = 0.999 and a tiny epsilon: sign-like updates once gradients shrink (Molybog et al. 2023).
+    ("adam_sign_updates", "adam-nano-cpy", TUNE, dict(_NANO_CPY, d_model=48, n_layer=3),
+     dict(betas=(0.9, 0.999), eps=1e-15, grad_clip=0.0, lr=3e-3, ramp=1.015, ramp_from=50), dict()),
+    ("adam_sign_updates", "adam-glm", HELDOUT, dict(_GLM, d_model=48, n_layer=2),
+     dict(betas=(0.9, 0.999), eps=1e-15, grad_clip=0.0, lr=3e-3, ramp=1.015, ramp_from=50), dict()),
+    # 5. FP16 dynamic loss scaling at tiny shapes: the scale collapses before the explosion (GLM-130B).
+    ("fp16_scale_collapse", "fp16-glm", TUNE,
+     dict(_GLM, d_model=32, n_layer=2, n_head=2, seq_len=32, batch_size=8, steps=250, precision="fp16"),
+     dict(grad_clip=0.0, lr=3e-3, ramp=1.025, ramp_from=30), dict(lr=1e-3)),
+    ("fp16_scale_collapse", "fp16-nano-mkv", HELDOUT,
+     dict(_NANO_MKV, d_model=32, n_layer=2, n_head=2, seq_len=32, batch_size=8, steps=250, precision="fp16"),
+     dict(grad_clip=0.0, lr=1e-2, ramp=1.025, ramp_from=30), dict(lr=3e-3)),
+    # 6. Bad batches: a repeated n-gram at known steps (OLMo 2). Unpredictable from the past by construction.
+    ("bad_batches", "badbatch-nano-cpy", TUNE, dict(_NANO_CPY, d_model=48, n_layer=3),
+     dict(grad_clip=0.0, lr=1e-2, bad_steps=(150, 151, 152, 250, 251, 252)), dict()),
+    ("bad_batches", "badbatch-nano-mkv", HELDOUT, dict(_NANO_MKV, d_model=48, n_layer=2),
+     dict(grad_clip=0.0, lr=1e-2, bad_steps=(150, 151, 152, 250, 251, 252)), dict()),
+)
+MECHANISMS = tuple(dict.fromkeys(m for m, *_ in RECIPES))
+UNPREDICTABLE = ("bad_batches",)
+"""Mechanisms no past-only signal can lead by construction: scored and reported apart."""
+
+
+def zoo_runs() -> list[ZooRun]:
+    runs = []
+    for mech, recipe, split, base, unstable, calm in RECIPES:
+        for seed in SEEDS[split]:
+            runs.append(ZooRun(mech, recipe, split, seed=seed, **base, **unstable))
+        for seed in CALM_SEEDS[split]:
+            runs.append(ZooRun(mech, recipe, split, calm=True, seed=seed, **base, **calm))
+    return runs
+
+
+ZOO = zoo_runs()
+
+
+def _train(r: ZooRun) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from stability.evaluation.zoo_train import timed
+
+    res = timed(r)
+    rows = [(s, m, l, v) for (s, m, l), v in res.pop("values").items() if _kept(m, l)]
+    return {"name": r.name, "rows": rows, **res}
+
+
+def _kept(metric: str, layer: str) -> bool:
+    if metric not in KEEP_METRICS:
+        return False
+    return metric not in KEEP_LAYERS or layer in KEEP_LAYERS[metric]
+
+
+def generate(out: str | Path, runs: list[ZooRun] | None = None, jobs: int = 2, log=print) -> dict:
+    """Train `runs` (default: the whole zoo) into `out`/zoo.parquet, replacing runs of the same name and keeping
+    the others; the file is rewritten after every finished run, so an interrupted generation keeps its work."""
+    import pandas as pd
+
+    runs = list(ZOO if runs is None else runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame, manifest = _read(out)
+    names = {r.name for r in runs}
+    frames = [frame[~frame["run"].isin(names)]] if frame is not None else []
+    results = {d["name"]: d for d in manifest.get("results", []) if d["name"] not in names}
+    by_name = {r.name: r for r in runs}
+    t0 = time.perf_counter()
+    # Slowest first (FP16 is ~30x slower per FLOP on a CPU), so the two workers finish together.
+    order = sorted(runs, key=lambda r: (r.precision != "fp16", r.name))
+    with mp.get_context("spawn").Pool(max(1, jobs), maxtasksperchild=4) as pool:
+        for i, res in enumerate(pool.imap_unordered(_train, order), start=1):
+            r = by_name[res["name"]]
+            df = pd.DataFrame(res["rows"], columns=["step", "metric", "layer", "value"])
+            frames.append(df.assign(run=r.name)[["run", "step", "metric", "layer", "value"]])
+            results[r.name] = {"name": r.name, "status": res["status"], "seconds": res["seconds"]}
+            _write(out, pd.concat(frames, ignore_index=True), runs, results, manifest)
+            log(f"  {r.name}: {res['status']} in {res['seconds']} s ({i}/{len(runs)})")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["seconds_last_generate"] = round(time.perf_counter() - t0, 1)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _read(out: Path):
+    import pandas as pd
+
+    f, m = out / ZOO_FILE, out / MANIFEST
+    return (pd.read_parquet(f) if f.exists() else None), (json.loads(m.read_text()) if m.exists() else {})
+
+
+def _write(out: Path, frame, runs, results: dict, old: dict) -> None:
+    frame = frame.astype({"step": "int32", "value": "float32"})
+    frame = frame.sort_values(["run", "step", "metric", "layer"], kind="stable").reset_index(drop=True)
+    tmp = out / (ZOO_FILE + ".tmp")
+    frame.to_parquet(tmp, compression="zstd", index=False)
+    os.replace(tmp, out / ZOO_FILE)
+    known = {d["name"]: d for d in old.get("runs", [])}
+    known.update({r.name: r.to_dict() for r in runs})
+    manifest = {"zoo_version": ZOO_VERSION, "command": COMMAND, "kept_metrics": list(KEEP_METRICS),
+                "runs": [known[k] for k in sorted(known)], "results": [results[k] for k in sorted(results)]}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def load_zoo(path: str | Path):
+    """Every zoo run as a RunSeries; meta holds its recipe (`config`), `split`, `mechanism` and `calm`."""
+    from stability.detector.series import from_long
+
+    frame, manifest = _read(Path(path))
+    if frame is None:
+        return []
+    cfgs = {d["name"]: d for d in manifest.get("runs", [])}
+    runs = []
+    for name, df in frame.groupby("run", sort=True):
+        cfg = cfgs.get(name, {})
+        runs.append(from_long(name, df.astype({"value": "float64"}), {
+            "config": cfg, "split": cfg.get("split"), "mechanism": cfg.get("mechanism"),
+            "calm": cfg.get("calm"), "recipe": cfg.get("recipe"), "bad_steps": cfg.get("bad_steps", [])}))
+    return runs
