@@ -16,7 +16,9 @@ Sources: allenai/OLMo-core `src/olmo_core/train/callbacks/stability_monitor.py` 
 8be24cfbdf03c9006890f0ff593dee3b2043cabc (2026-02-19, unchanged through fa6c501, 2026-06-22) and
 `src/olmo_core/optim/skip_step_optimizer.py` at 1d5c8237a4400015ce16bfc93070ab204505d594 (2025-03-06, unchanged
 through fa6c501); the train module (`train_module/transformer/train_module.py`) sets the CE batch loss and the
-grad norm returned by clipping on the optimizer every step.
+grad norm returned by clipping on the optimizer every step. Main's history of the optimizer file (5036d90, 2024-09 ..
+1d5c823) always tests one-sided; before 7633461 (2025-01) the warm-up was max(20, 128 // 2), the same 64. A copy
+indexed at 067267c (not on main's history) tests |z| two-sided: we follow main.
 
 Scores are (value - mean) / (k std), so 1.0 is the source's boundary (the sources test strictly, the gate with
 >=: equality has probability zero). A skip for a reason no threshold changes (NaN, a zero spread with any rise)
