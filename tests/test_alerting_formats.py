@@ -457,3 +457,14 @@ def test_a_stall_resolving_inside_an_open_incident_closes_only_itself(receiver):
     pd = rx.bodies["/pd"][:3]
     assert [e["event_action"] for e in pd] == ["trigger", "trigger", "resolve"]
     assert pd[2]["dedup_key"] == pd[1]["dedup_key"] != pd[0]["dedup_key"]
+
+
+def test_the_format_comes_from_the_file_then_the_environment_then_the_flag(tmp_path):
+    f = tmp_path / "alerting.toml"
+    f.write_text('[alerting]\nwebhook_url = "https://hooks.example.com/h"\nwebhook_format = "alertmanager"\n')
+    assert load_config(f, env={}).resolved_format() == "alertmanager"
+    env = {"STABILITY_WEBHOOK_FORMAT": "pagerduty", "STABILITY_PAGERDUTY_ROUTING_KEY": ROUTING_KEY}
+    assert load_config(f, env=env).resolved_format() == "pagerduty"
+    assert load_config(f, env=env, webhook_format="slack").resolved_format() == "slack"
+    with pytest.raises(ValueError, match="webhook_format"):
+        load_config(f, env={"STABILITY_WEBHOOK_FORMAT": "opsgenie"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from stability.alerting.config import (
-    ENV_CONFIG, ENV_PAGERDUTY_ROUTING_KEY, ENV_WEBHOOK_TOKEN, ENV_WEBHOOK_URL, WEBHOOK_FORMATS, AlertingConfig,
-    load_config,
+    ENV_CONFIG, ENV_PAGERDUTY_ROUTING_KEY, ENV_WEBHOOK_FORMAT, ENV_WEBHOOK_TOKEN, ENV_WEBHOOK_URL, WEBHOOK_FORMATS,
+    AlertingConfig, load_config,
 )
 
 
@@ -21,7 +21,8 @@ def add_arguments(parser, *, metrics: bool = True, format_alias: bool = False) -
                    choices=WEBHOOK_FORMATS, default=None,
                    help="payload of --webhook: generic json, slack, alertmanager (webhook v4), pagerduty (Events "
                         f"API v2; routing key from ${ENV_PAGERDUTY_ROUTING_KEY} or the config file), or auto "
-                        "(slack for hooks.slack.com, pagerduty for events.pagerduty.com, else json)")
+                        "(slack for hooks.slack.com, pagerduty for events.pagerduty.com, else json); default "
+                        f"${ENV_WEBHOOK_FORMAT}")
     g.add_argument("--alert-config", metavar="TOML", default=None,
                    help=f"alerting config file with an [alerting] table (default: ${ENV_CONFIG})")
     g.add_argument("--dashboard-url", metavar="URL", default=None, help="dashboard base URL linked from alerts")

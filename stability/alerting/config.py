@@ -24,6 +24,7 @@ ENV_SLACK_WEBHOOK_URL = "STABILITY_SLACK_WEBHOOK_URL"
 ENV_CONFIG = "STABILITY_ALERT_CONFIG"
 ENV_DASHBOARD_URL = "STABILITY_DASHBOARD_URL"
 ENV_PAGERDUTY_ROUTING_KEY = "STABILITY_PAGERDUTY_ROUTING_KEY"
+ENV_WEBHOOK_FORMAT = "STABILITY_WEBHOOK_FORMAT"
 
 WEBHOOK_FORMATS = ("auto", *FORMATS)
 SECRET_FIELDS = ("webhook_url", "webhook_token", "slack_webhook_url", "pagerduty_routing_key")
@@ -183,7 +184,7 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
         values.update(_read_toml(Path(path)))
     for var, name in ((ENV_WEBHOOK_URL, "webhook_url"), (ENV_WEBHOOK_TOKEN, "webhook_token"),
                       (ENV_SLACK_WEBHOOK_URL, "slack_webhook_url"), (ENV_DASHBOARD_URL, "dashboard_url"),
-                      (ENV_PAGERDUTY_ROUTING_KEY, "pagerduty_routing_key")):
+                      (ENV_PAGERDUTY_ROUTING_KEY, "pagerduty_routing_key"), (ENV_WEBHOOK_FORMAT, "webhook_format")):
         if env.get(var):
             values[name] = env[var]
     values.update({k: v for k, v in overrides.items() if v is not None})
