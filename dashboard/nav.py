@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from dashboard.grouping import BANDS, BY
-from dashboard.smoothing import METHODS
+from dashboard.smoothing import DEFAULT, METHODS
 from dashboard.xaxis import KINDS
 
 VIEWS = ("Runs", "Run", "Compare", "Alerts")
@@ -66,8 +66,8 @@ LOG_LOSS_KEY, LOG_GRAD_KEY = "log_loss", "log_grad"
 GROUP_KEY, GROUP_CFG_KEY, GROUP_PAT_KEY, BAND_KEY = "cmp_group_by", "cmp_gkey", "cmp_gpat", "cmp_band"
 W_MAX, N_MAX = 0.99, 501
 CONTROLS = (
-    Control("smooth", SMOOTH_KEY, "ema", _choice(METHODS)),
-    Control("sw", SMOOTH_W_KEY, 0.6, _number(0.0, W_MAX)),  # TensorBoard's default weight
+    Control("smooth", SMOOTH_KEY, DEFAULT.method, _choice(METHODS)),
+    Control("sw", SMOOTH_W_KEY, DEFAULT.value, _number(0.0, W_MAX)),
     Control("sn", SMOOTH_N_KEY, 25, _number(1, N_MAX, int)),
     Control("x", X_KEY, "step", _choice(KINDS)),
     Control("logloss", LOG_LOSS_KEY, False, _flag),

@@ -249,10 +249,10 @@ def run_configs(store) -> dict[str, dict]:
 
 def run_axis(store, run: str, kind: str, config: dict | None = None) -> xaxis.XAxis:
     """The x axis `kind` of one run, from its config and its logged step_time / tokens_per_s (one read)."""
-    if kind == "step":
-        return xaxis.XAxis()
     if config is None:
         config = run_configs(store).get(run, {})
+    if kind == "step" or (kind == "tokens" and xaxis.tokens_per_step(config)):
+        return xaxis.build(kind, config, None, None)  # nothing to read
     got = store.series_many(run, [(M.STEP_TIME, M.NO_LAYER), (M.TOKENS_PER_S, M.NO_LAYER)], max_points=AXIS_POINTS)
     return xaxis.build(kind, config, got.get((M.STEP_TIME, M.NO_LAYER)), got.get((M.TOKENS_PER_S, M.NO_LAYER)))
 

@@ -117,3 +117,7 @@ class Smoothing:
             return cls(method, float(val) if val else 0.0) if method != "off" else cls()
         except ValueError:
             return default
+
+
+DEFAULT = Smoothing("ema", 0.6)
+"""What a chart opens with: TensorBoard's default weight, on W&B's default method."""

@@ -163,3 +163,17 @@ def test_group_mean_and_bands_on_step_by_hand():
     # step 0: values 1, 3, 2 -> population std sqrt(2/3); step 2: 2, 5 -> 1.5; step 4: 3, 7 -> 2.
     np.testing.assert_allclose(sd["hi"] - sd["mean"], [math.sqrt(2 / 3), 1.5, 2.0])
     np.testing.assert_allclose(sd["mean"] - sd["lo"], [math.sqrt(2 / 3), 1.5, 2.0])
+
+
+def test_smoothing_keeps_the_bucket_min_max_band_so_a_spike_stays_visible():
+    # A downsampled loss whose bucket at step 50 holds a spike to 9.0: the smoothed line flattens it, the band
+    # behind it still reaches 9.0.
+    steps = np.arange(0, 100, 10)
+    value = np.full(len(steps), 2.0)
+    vmax = value.copy()
+    vmax[5] = 9.0
+    loss = pd.DataFrame({"step": steps, "value": value, "vmin": value - 0.1, "vmax": vmax})
+    fig = run_figure({(M.LOSS, ""): loss}, smoothing=Smoothing("ema", 0.9))
+    band_top = next(t for t in fig.data if t.name == "loss max")
+    assert max(band_top.y) == 9.0
+    assert max(next(t for t in fig.data if t.name == "loss (smoothed)").y) < 9.0

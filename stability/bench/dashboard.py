@@ -9,9 +9,17 @@
   first_paint_cpu_s: the CPU time all of that took in this process (every thread, DuckDB's included): what the
   wall time comes down to on a machine nothing else is using;
   warm_total_s: the same again with the store's metadata cached (a second viewer, a live redraw);
+- figure_smoothed_s / figure_raw_s: the figure again with the default smoothing (EMA 0.6 on the loss and
+  gradient lines) and without, alternated, medians of 3; switch_x_tokens_s / switch_x_wall_s / switch_smoothing_s: what
+  the server does when that control changes (the series are cached: the run's x axis read, the figure
+  rebuilt, its JSON);
 - browser_first_paint_s (with `--browser`, on by default when Debian's chromium is installed): the real
-  `stability dashboard` server in headless Chromium, from opening `?view=run&run=...` until the chart holds
-  data; browser_cold_start_s is the first page load after the server starts (Python imports, Plotly's JS);
+  `stability dashboard` server in headless Chromium, from opening `?view=run&run=...` (smoothing on, the
+  default) until the chart holds data, median of `--repeat` page loads, alternated with loads of the same page
+  with `smooth=off` (browser_first_paint_raw_s); browser_cold_start_s is the first page load after the server
+  starts (Python imports, Plotly's JS); browser_switch_x_s / browser_switch_smoothing_s: from a click on the
+  X axis (tokens, wall time, step) or Smoothing (window mean, EMA) control until the chart shows the new axis
+  title or smoothing, medians over every switch;
 - live_refresh_10_runs_s: one redraw of the runs view's data with 10 runs being written at once;
   live_compare_10_runs_s: the compare view's lines and summary rows for those 10 runs, recomputed.
 """
@@ -39,6 +47,7 @@ def add_arguments(parser):
     parser.add_argument("--browser", dest="browser", action="store_true", default=None,
                         help="also time a real browser first paint (default: when chromium is installed)")
     parser.add_argument("--no-browser", dest="browser", action="store_false")
+    parser.add_argument("--repeat", type=int, default=3, help="browser page loads and control switches (median)")
 
 
 def build_run(store, name: str, rows: int, layers: int) -> dict:
@@ -49,7 +58,10 @@ def build_run(store, name: str, rows: int, layers: int) -> dict:
     per_step = rows_per_step(layers)
     n_steps = -(-rows // per_step)
     t0 = time.perf_counter()
-    w = store.create_run(name, config={"ln": "pre", "precision": "fp16", "synthetic": True})
+    from dashboard.synthetic import TOKENS_PER_STEP
+
+    w = store.create_run(name, config={"ln": "pre", "precision": "fp16", "synthetic": True, "batch_size": 8,
+                                       "seq_len": TOKENS_PER_STEP // 8})
     chunk = max(1, 2_000_000 // per_step)
     spikes = tuple(int(s) for s in np.linspace(n_steps * 0.2, n_steps * 0.8, 4))
     for lo in range(0, n_steps, chunk):
@@ -68,6 +80,8 @@ def first_paint(store_dir: str, run: str, points: int) -> dict:
     """What the run view does before it can draw: same functions, no Streamlit cache."""
     from dashboard import queries as q
     from dashboard.run_figure import run_figure
+    from dashboard.smoothing import DEFAULT as DEFAULT_SMOOTHING
+    from dashboard.smoothing import Smoothing
 
     store = q.open_store(store_dir)  # a new store: nothing cached
     cpu0 = time.process_time()
@@ -94,15 +108,33 @@ def first_paint(store_dir: str, run: str, points: int) -> dict:
         raise RuntimeError(e1 or e2)
     events, info = events_info
     t_query = time.perf_counter()
-    fig = run_figure(series, events, info.steps, uirevision=run)
+    fig = run_figure(series, events, info.steps, uirevision=run, smoothing=DEFAULT_SMOOTHING)
     t_fig = time.perf_counter()
     spec = fig.to_json()
     t_end = time.perf_counter()
     cpu = time.process_time() - cpu0
-    return {"series": len(series), "points": int(sum(len(df) for df in series.values())),
-            "series_s": timed["series"], "spikes_s": timed["spikes"], "spikes": len(info.steps),
-            "query_s": t_query - t0, "figure_s": t_fig - t_query, "json_s": t_end - t_fig,
-            "json_bytes": len(spec), "total_s": t_end - t0, "cpu_s": cpu}
+    out = {"series": len(series), "points": int(sum(len(df) for df in series.values())),
+           "series_s": timed["series"], "spikes_s": timed["spikes"], "spikes": len(info.steps),
+           "query_s": t_query - t0, "figure_s": t_fig - t_query, "json_s": t_end - t_fig,
+           "json_bytes": len(spec), "total_s": t_end - t0, "cpu_s": cpu, "smoothing": DEFAULT_SMOOTHING.label}
+    # Smoothing's cost: the figure with and without it, alternated (the first build above also paid for
+    # warming up the figure code).
+    both: dict[str, list] = {"figure_smoothed_s": [], "figure_raw_s": []}
+    for _ in range(3):
+        for label, smoothing in (("figure_smoothed_s", DEFAULT_SMOOTHING), ("figure_raw_s", Smoothing())):
+            t = time.perf_counter()
+            run_figure(series, events, info.steps, uirevision=run, smoothing=smoothing)
+            both[label].append(time.perf_counter() - t)
+    out.update({k: sorted(v)[1] for k, v in both.items()})
+    # A control changed: the series come from the cache; the axis is read, the figure rebuilt and serialised.
+    for label, kind, smoothing in (("switch_x_tokens_s", "tokens", DEFAULT_SMOOTHING),
+                                   ("switch_x_wall_s", "wall", DEFAULT_SMOOTHING),
+                                   ("switch_smoothing_s", "step", Smoothing("mean", 25))):
+        t = time.perf_counter()
+        axis = q.run_axis(store, run, kind)
+        run_figure(series, events, info.steps, uirevision=run, smoothing=smoothing, x_axis=axis).to_json()
+        out[label] = time.perf_counter() - t
+    return out
 
 
 def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> tuple[float, float]:
@@ -168,13 +200,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-JS_DRAWN = """() => [...document.querySelectorAll('.js-plotly-plot'),
+JS_PLOTS = """[...document.querySelectorAll('.js-plotly-plot'),
     ...Array.from(document.querySelectorAll('iframe')).flatMap(f => {
         try { return Array.from(f.contentDocument.querySelectorAll('.js-plotly-plot')); } catch (e) { return []; }
-    })].some(el => (el._fullData || []).some(t => t.name === 'loss' && t.x && t.x.length > 0))"""
+    })]"""
+JS_DRAWN = f"""() => {JS_PLOTS}.some(el => (el._fullData || []).some(t => t.name === 'loss' && t.x && t.x.length > 0))"""
+# The run chart's x-axis title and its smoothed loss line's label (`meta`), to see a control's change drawn.
+JS_VIEW = f"""() => {JS_PLOTS}.map(el => {{
+    const i = (el.data || []).findIndex(t => t.name === 'loss (smoothed)');
+    return (el._fullLayout && el._fullLayout.xaxis ? el._fullLayout.xaxis.title.text : '') + '|' +
+        (i < 0 ? 'raw' : el.data[i].meta); }}).join(';')"""
+SWITCHES = (("X axis", "tokens", "tokens seen|"), ("X axis", "wall time", "wall time"), ("X axis", "step", "step|"),
+            ("Smoothing", "window mean", "|mean of"), ("Smoothing", "EMA", "|EMA"))
+"""(control, option clicked, what the chart then says, as JS_VIEW gives it)."""
 
 
-def browser_first_paint(store_dir: str, run: str, chromium: str) -> dict:
+def _median(v):
+    v = sorted(x for x in v if x is not None)
+    return v[len(v) // 2] if v else None
+
+
+def browser_first_paint(store_dir: str, run: str, chromium: str, repeat: int = 3) -> dict:
     from playwright.sync_api import sync_playwright
 
     from stability.commands.dashboard import launch
@@ -183,6 +229,8 @@ def browser_first_paint(store_dir: str, run: str, chromium: str) -> dict:
     proc = launch(Path(store_dir), port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                   start_new_session=True)
     out: dict = {}
+    times: dict[str, list] = {"browser_first_paint_s": [], "browser_first_paint_raw_s": [],
+                              "browser_switch_x_s": [], "browser_switch_smoothing_s": []}
     try:
         base = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 60
@@ -197,12 +245,22 @@ def browser_first_paint(store_dir: str, run: str, chromium: str) -> dict:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=args)
             try:
-                for label in ("browser_cold_start_s", "browser_first_paint_s"):
+                # The cold start, then smoothed and raw first paints alternated (load from others cancels).
+                plan = [("browser_cold_start_s", "")] + [
+                    pair for _ in range(repeat) for pair in (("browser_first_paint_s", ""),
+                                                             ("browser_first_paint_raw_s", "&smooth=off"))]
+                for label, extra in plan:
                     page = browser.new_page(viewport={"width": 1400, "height": 1000})
                     t0 = time.perf_counter()
-                    page.goto(f"{base}?view=run&run={run}")
+                    page.goto(f"{base}?view=run&run={run}{extra}")
                     page.wait_for_function(JS_DRAWN, timeout=120_000, polling=50)
-                    out[label] = time.perf_counter() - t0
+                    took = time.perf_counter() - t0
+                    if label == "browser_cold_start_s":
+                        out[label] = took
+                    else:
+                        times[label].append(took)
+                    if label == "browser_first_paint_s":
+                        _switch_controls(page, times)
                     page.close()
             finally:
                 browser.close()
@@ -212,7 +270,20 @@ def browser_first_paint(store_dir: str, run: str, chromium: str) -> dict:
             proc.wait(timeout=15)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             proc.kill()
+    out.update({k: _median(v) for k, v in times.items()})
+    out.update({k[:-2] + "_all_s": [round(x, 3) for x in v] for k, v in times.items()})
     return out
+
+
+def _switch_controls(page, times: dict) -> None:
+    """Click through SWITCHES on an open run view, timing each until the chart says it changed."""
+    for control, option, shows in SWITCHES:
+        target = page.locator("[data-testid='stRadio']", has_text=control).get_by_text(option, exact=True)
+        t0 = time.perf_counter()
+        target.click()
+        page.wait_for_function(f"() => ({JS_VIEW})().includes({shows!r})", timeout=60_000, polling=20)
+        key = "browser_switch_x_s" if control == "X axis" else "browser_switch_smoothing_s"
+        times[key].append(time.perf_counter() - t0)
 
 
 def _quiet_streamlit() -> None:
@@ -244,12 +315,17 @@ def run(args) -> dict:
             "first_paint_query_s": round(cold["query_s"], 3), "first_paint_figure_s": round(cold["figure_s"], 3),
             "first_paint_json_bytes": cold["json_bytes"], "first_paint_total_s": round(cold["total_s"], 3),
             "first_paint_cpu_s": round(cold["cpu_s"], 3), "warm_total_s": round(warm["total_s"], 3),
-            "spikes_found": cold["spikes"],
+            "spikes_found": cold["spikes"], "smoothing": cold["smoothing"],
+            "figure_smoothed_s": round(cold["figure_smoothed_s"], 3),
+            "figure_raw_s": round(cold["figure_raw_s"], 3),
+            **{k: round(_median([cold[k], warm[k]]), 3) for k in
+               ("switch_x_tokens_s", "switch_x_wall_s", "switch_smoothing_s")},
         }
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         want_browser = args.browser if args.browser is not None else chromium is not None
         if want_browser and chromium:
-            result.update({k: round(v, 3) for k, v in browser_first_paint(str(store_dir), name, chromium).items()})
+            got = browser_first_paint(str(store_dir), name, chromium, args.repeat)
+            result.update({k: round(v, 3) if isinstance(v, float) else v for k, v in got.items()})
         shutil.rmtree(work / "live", ignore_errors=True)
         runs_s, compare_s = live_refresh(str(work / "live"))
         result["live_refresh_10_runs_s"] = round(runs_s, 3)
