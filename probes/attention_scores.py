@@ -56,7 +56,7 @@ class Mask:
         chunk (b, H, c, S); `positions` are those rows' indices (c,), on the host."""
         keep, bias = (_slice(m, b0, b1, rows) for m in (self.keep, self.bias))
         if self.causal:
-            tri = positions.to(device)[:, None] >= torch.arange(s, device=device)[None, :]  # (c, S)
+            tri = (positions.to(device)[:, None] >= torch.arange(s, device=device)[None, :])[None, None]  # (1, 1, c, S)
             keep = tri if keep is None else keep & tri
         return keep, bias
 
@@ -75,13 +75,14 @@ def _slice(m: torch.Tensor | None, b0: int, b1: int, rows) -> torch.Tensor | Non
 
 def chunks(batch: int, rows: torch.Tensor, per_row: int, budget: int):
     """(b0, b1, rows, positions) pieces covering `batch` x `rows` (a host tensor of row indices), each with at
-    most `budget` elements of `per_row` each (at least one row). Contiguous rows are sliced, so q chunks are
-    views."""
+    most `budget` elements of `per_row` each (at least one row). Evenly spaced rows are sliced with a step, so
+    q chunks are views and no index op runs."""
     n = rows.numel()
-    contiguous = n > 0 and int(rows[-1] - rows[0]) == n - 1
+    step = int(rows[1] - rows[0]) if n > 1 else 1
+    even = n > 0 and step > 0 and int(rows[-1] - rows[0]) == (n - 1) * step
 
     def part(a, b):
-        return slice(int(rows[a]), int(rows[a]) + b - a) if contiguous else rows[a:b]
+        return slice(int(rows[a]), int(rows[a]) + (b - a - 1) * step + 1, step) if even else rows[a:b]
 
     if batch * n * per_row <= budget:
         yield 0, batch, part(0, n), rows
@@ -130,6 +131,8 @@ class Accumulator:
     def kept(self, s: torch.Tensor, keep: torch.Tensor | None, bias: torch.Tensor | None, owned: bool,
              raw: bool) -> None:
         """Range of s (+ bias) over `keep`, and the raw range of s if `raw`. `owned`: s may be modified."""
+        if bias is not None and keep is not None:
+            bias = bias.masked_fill(~keep, 0.0)  # hidden pairs are hidden by `keep`; -inf + inf would be NaN
         if bias is not None:
             if raw:
                 self.raw(s)
@@ -142,24 +145,27 @@ class Accumulator:
             self._put("max", self.values["raw_max"] if raw else _amax(s, self.per_head), torch.maximum)
             self._put("min", self.values["raw_min"] if raw else _amin(s, self.per_head), torch.minimum)
             return
+        # Hidden pairs are pushed to -inf (for the max) and +inf (for the min) by adding a 0/-inf tensor the size of
+        # the mask: a broadcast add is several times faster than masked_fill on a CPU.
+        hide = torch.zeros(keep.shape, dtype=s.dtype, device=s.device).masked_fill_(~keep, -math.inf)
         if not self.per_head and keep.shape[1] == 1:
             # The mask is the same for every head: reduce over heads first, then mask an H-times smaller tensor.
             hi, lo = s.amax(1, keepdim=True), s.amin(1, keepdim=True)  # (b, 1, c, S)
             if raw:
                 self._put("raw_max", hi.amax(), torch.maximum)
                 self._put("raw_min", lo.amin(), torch.minimum)
-            self._put("max", hi.masked_fill_(~keep, -math.inf).amax(), torch.maximum)
-            self._put("min", lo.masked_fill_(~keep, math.inf).amin(), torch.minimum)
+            self._put("max", hi.add_(hide).amax(), torch.maximum)
+            self._put("min", lo.sub_(hide).amin(), torch.minimum)
             return
         if raw:
             self.raw(s)
-        hidden = ~keep
-        self._put("max", _amax(s.masked_fill(hidden, -math.inf), self.per_head), torch.maximum)
-        s = s.masked_fill_(hidden, math.inf) if owned else s.masked_fill(hidden, math.inf)
-        self._put("min", _amin(s, self.per_head), torch.minimum)
+        self._put("max", _amax(s + hide, self.per_head), torch.maximum)
+        self._put("min", _amin(s.sub_(hide) if owned else s - hide, self.per_head), torch.minimum)
 
-    def entropy(self, s: torch.Tensor, keep: torch.Tensor | None, bias: torch.Tensor | None, owned: bool) -> None:
-        """Sum over query rows of the softmax entropy of logits s (b, H, c, S) (+ bias, over `keep`), per head."""
+    def entropy(self, s: torch.Tensor, keep: torch.Tensor | None, bias: torch.Tensor | None, owned: bool,
+                empty_rows: bool = True) -> None:
+        """Sum over query rows of the softmax entropy of logits s (b, H, c, S) (+ bias, over `keep`), per head.
+        `empty_rows`: some row may keep no key (not so under a causal mask alone: key 0 is always kept)."""
         if bias is not None:
             s = s.add_(bias) if owned else s + bias
             owned = True
@@ -168,7 +174,7 @@ class Accumulator:
         p = s.softmax(-1)
         # -sum p log p; clamping inside the log makes hidden keys (p = 0) contribute 0 * log(tiny) = 0.
         h = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (b, H, c)
-        if keep is None:
+        if keep is None or not empty_rows:
             n = torch.full((h.shape[1],), h.shape[0] * h.shape[2], dtype=h.dtype, device=h.device)
         else:
             live = keep.any(-1).expand_as(h)  # a row with no key has no distribution (softmax gives NaN)
@@ -214,7 +220,7 @@ def from_qk(
         for b0, b1, rows, pos in chunks(B, sample_rows(T, entropy_rows), per_row, chunk_elems):
             s = scores_of(q[b0:b1], k[b0:b1].float(), scale, rows)
             keep, bias = mask.rows(b0, b1, rows, pos, S, s.device)
-            acc.entropy(s, keep, bias, owned=True)
+            acc.entropy(s, keep, bias, owned=True, empty_rows=mask.keep is not None)
 
 
 def from_scores(acc: Accumulator, scores: torch.Tensor, mask: Mask, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
