@@ -81,14 +81,16 @@ def _folder() -> str:
     return str(served_dir())
 
 
-def show(fig: go.Figure, key: str, report_zoom: bool = False):
-    """Draw `fig` under `key`; a later call with the same key updates the same chart.
+def show(fig: go.Figure | str, key: str, report_zoom: bool = False):
+    """Draw `fig` (a figure, or its JSON text when the caller keeps that cached) under `key`; a later call with
+    the same key updates the same chart.
 
     With `report_zoom`, returns the last step range the user zoomed to, as `zoomed_range(...)` reads it.
     """
     # Registered on every call: each Streamlit runtime (and each AppTest) keeps its own component registry.
     component = components.declare_component("stability_plot", path=_folder())
-    return component(spec=fig.to_json(), config=CONFIG, report_zoom=report_zoom, key=key, default=None)
+    spec = fig if isinstance(fig, str) else fig.to_json()
+    return component(spec=spec, config=CONFIG, report_zoom=report_zoom, key=key, default=None)
 
 
 def zoomed_range(value, uirevision: str) -> tuple[float, float] | None:

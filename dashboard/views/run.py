@@ -92,16 +92,15 @@ def _forget_focus() -> None:
 @st.cache_resource(ttl=q.DATA_TTL_S, max_entries=32, show_spinner=False)
 def figure(store_dir, run, version, window, fetch, max_points, focus, view, axis_version, _series, _events,
            _spikes, _axis):
-    """Built once per run version and view controls, so a redraw with no new data costs nothing. The `_`
-    arguments are not hashed: they follow from the others. Kept as the object itself: st.cache_data would
-    pickle the figure when it is built and unpickle (and so re-validate) it on every rerun, which costs about as
-    much as building it; the figure is only read (plot.show serialises it) and never changed."""
+    """The figure's JSON text, built once per run version and view controls, so a redraw with no new data costs
+    nothing (serialising the figure of a 10M-row run takes 0.05-0.15 s: more than a rerun's other work). The
+    `_` arguments are not hashed: they follow from the others. In st.cache_resource: the text is only read."""
     smoothing, _, log_loss, log_grad = view
     fig = run_figure(_series, _events, _spikes, focus_step=focus, uirevision=revision(run, window, _axis),
                      smoothing=smoothing, x_axis=_axis, log_loss=log_loss, log_grad=log_grad)
     # A log toggle resets that row's own zoom (a range in linear units means nothing on a log axis).
     fig.layout.yaxis.uirevision = f"log={log_loss}"
-    return fig
+    return fig.to_json()
 
 
 def revision(run: str, window: tuple, axis: XAxis) -> str:
