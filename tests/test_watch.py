@@ -259,3 +259,16 @@ def test_egs_scales_the_embedding_gradient_by_alpha_in_a_users_loop():
     (e0, h0), (e1, h1) = grads
     assert torch.equal(h1, h0)  # every other gradient untouched
     assert torch.allclose(e1, 0.25 * e0, rtol=0, atol=1e-12) and not math.isclose(e0.abs().sum(), 0)
+
+
+@pytest.mark.slow
+def test_bench_watch_prints_one_json_object(capsys):
+    import json
+
+    from stability.cli import main
+
+    assert main(["bench", "watch", "--json", "--reps", "1", "--block", "1", "--warmup", "0", "--d-model", "32",
+                 "--n-layer", "1", "--batch-size", "2", "--seq-len", "16", "--no-peers"]) == 0
+    result = json.loads(capsys.readouterr().out)  # one JSON object and nothing else on stdout
+    assert set(result["plain"]["ratio"]) == {"bare", "watch", "watch_pipeline"}
+    assert result["plain"]["ratio"]["watch"] > 0 and result["hf"]["ratio"]["watch"] > 0
