@@ -74,7 +74,10 @@ def test_a_real_study_run_round_trips_through_tensorboards_reader(tmp_path):
     assert any(t.startswith("grad_norm/layers.") for t in res["acc"].Tags()["scalars"])
 
 
-def test_nonfinite_out_of_range_per_rank_values_and_policy_events(tmp_path):
+@pytest.mark.parametrize("window_rows", [None, 3, 40])
+def test_nonfinite_out_of_range_per_rank_values_and_policy_events(tmp_path, monkeypatch, window_rows):
+    if window_rows is not None:        # read in many step windows (one step each, or a few): nothing missed
+        monkeypatch.setattr("stability.store.tensorboard_export.WINDOW_ROWS", window_rows)
     store_dir, run = tmp_path / "store", "edge-run"
     w = RunStore(store_dir).create_run(run, config={"ln": "pre"})
     values = [2.5, float("nan"), float("inf"), -float("inf"), 1e40, 1 / 3, 5e-46, 123456789.123]

@@ -26,6 +26,8 @@ from stability import metrics as M
 from stability.store.layout import StoreError
 
 EVENTS_TAG = "events"
+WINDOW_ROWS = 100_000
+"""About this many rows are read and converted at a time."""
 
 
 @dataclass
@@ -67,14 +69,30 @@ def prepare_folder(root: Path, run: str, force: bool) -> Path:
     return folder
 
 
-def _wall_times(steps: np.ndarray, started: float, df) -> np.ndarray:
-    st = df[(df["metric"] == M.STEP_TIME) & (df["layer"] == "") & (df["rank"] == M.GLOBAL_RANK)]
-    if st.empty:
-        return np.full(len(steps), started)
-    st = st.sort_values("step")
-    elapsed = np.cumsum(np.nan_to_num(st["value"].to_numpy(float), nan=0.0, posinf=0.0, neginf=0.0).clip(0))
-    idx = np.searchsorted(st["step"].to_numpy(), steps, side="right") - 1   # last step_time at or before
-    return started + np.where(idx >= 0, elapsed[np.maximum(idx, 0)], 0.0)
+class _WallClock:
+    """Wall time of a step: the run's start plus the cumulative `step_time` logged up to that step."""
+
+    def __init__(self, store, run: str, started: float):
+        st = store.metrics(run, metrics=[M.STEP_TIME], layers=[M.NO_LAYER])      # ordered by step
+        self.started = started
+        self.steps = st["step"].to_numpy(np.int64)
+        dt = np.nan_to_num(st["value"].to_numpy(np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(0)
+        self.elapsed = np.cumsum(dt)
+
+    def __call__(self, steps: np.ndarray) -> np.ndarray:
+        if len(self.steps) == 0:
+            return np.full(len(steps), self.started)
+        idx = np.searchsorted(self.steps, steps, side="right") - 1      # the last step_time at or before
+        return self.started + np.where(idx >= 0, self.elapsed[np.maximum(idx, 0)], 0.0)
+
+
+def _windows(store, run: str, last_step) -> list[tuple[int | None, int | None]]:
+    """Step ranges of about WINDOW_ROWS rows each; the first and last are open so no row is missed."""
+    if last_step is None:
+        return [(None, None)]
+    width = max(1, WINDOW_ROWS // max(1, len(store.metric_names(run))))
+    starts = list(range(0, int(last_step) + 1, width)) or [0]
+    return [(s if i else None, starts[i + 1] - 1 if i + 1 < len(starts) else None) for i, s in enumerate(starts)]
 
 
 def _events_text(ev) -> dict[tuple[int, str], str]:
@@ -97,36 +115,38 @@ def export_tensorboard(store, run: str, root, *, force: bool = False) -> TensorB
     if not store.has_run(run):
         raise StoreError(f"no run {run!r} in {store.root}")
     info = store.run_info(run)
-    df = store.metrics(run, rank=None)
     ev = store.events(run)
     folder = prepare_folder(Path(root), run, force)
-
-    df = df.sort_values(["step", "rank", "metric", "layer"], kind="stable")
-    # One tag string per series, not per row (a 10 M-row run has a few hundred series).
-    codes, keys = pd.MultiIndex.from_frame(df[["metric", "layer", "rank"]]).factorize()
-    tags = np.array([tag_of(m, l, int(r)) for m, l, r in keys], dtype=object)[codes].tolist()
-    values = df["value"].to_numpy(np.float64)
-    step_col = df["step"].to_numpy(np.int64)
-    steps, first = np.unique(step_col, return_index=True)
-    bounds = list(first[1:]) + [len(step_col)]
-    started = float(info.get("started") or 0.0)
-    walls = _wall_times(steps, started, df)
-    texts = _events_text(ev) if len(ev) else {}
-    wall_at = dict(zip(steps.tolist(), walls.tolist()))
+    wall = _WallClock(store, run, float(info.get("started") or 0.0))
+    n_values, n_steps, tags = 0, 0, set()
 
     writer = EventFileWriter(str(folder), max_queue_size=1024, flush_secs=3600)
     try:
-        for i, step in enumerate(steps.tolist()):
-            lo, hi = first[i], bounds[i]
-            summary = summary_pb2.Summary(value=[
-                summary_pb2.Summary.Value(tag=tags[j], simple_value=values[j]) for j in range(lo, hi)])
-            writer.add_event(event_pb2.Event(wall_time=walls[i], step=step, summary=summary))
-        for (step, kind), text in sorted(texts.items()):
-            writer.add_event(event_pb2.Event(wall_time=wall_at.get(step, started), step=step,
+        # A window of steps at a time, so memory follows WINDOW_ROWS and not the run's length.
+        for step_min, step_max in _windows(store, run, info.get("last_step")):
+            df = store.metrics(run, step_min=step_min, step_max=step_max, rank=None)    # ordered by step
+            if df.empty:
+                continue
+            # One tag string per series, not per row.
+            codes, keys = pd.MultiIndex.from_frame(df[["metric", "layer", "rank"]]).factorize()
+            names = [tag_of(m, l, int(r)) for m, l, r in keys]
+            tags.update(names)
+            row_tags = np.array(names, dtype=object)[codes].tolist()
+            values = df["value"].to_numpy(np.float64).tolist()
+            steps, first = np.unique(df["step"].to_numpy(np.int64), return_index=True)
+            ends = [*first[1:].tolist(), len(values)]
+            for step, w, lo, hi in zip(steps.tolist(), wall(steps).tolist(), first.tolist(), ends):
+                summary = summary_pb2.Summary(value=[
+                    summary_pb2.Summary.Value(tag=row_tags[j], simple_value=values[j]) for j in range(lo, hi)])
+                writer.add_event(event_pb2.Event(wall_time=w, step=step, summary=summary))
+            n_values += len(values)
+            n_steps += len(steps)
+        for (step, kind), text in sorted(_events_text(ev).items()):
+            writer.add_event(event_pb2.Event(wall_time=float(wall(np.array([step]))[0]), step=step,
                                              summary=text_pb(f"{EVENTS_TAG}/{kind}", text)))
         writer.flush()
     except OSError as e:
         raise StoreError(f"cannot write TensorBoard files in {folder}: {e.strerror or e}") from None
     finally:
         writer.close()
-    return TensorBoardExport(folder, len(values), len(set(tags)), len(steps), len(ev))
+    return TensorBoardExport(folder, n_values, len(tags), n_steps, len(ev))
