@@ -270,5 +270,5 @@ def test_bench_watch_prints_one_json_object(capsys):
     assert main(["bench", "watch", "--json", "--reps", "1", "--block", "1", "--warmup", "0", "--d-model", "32",
                  "--n-layer", "1", "--batch-size", "2", "--seq-len", "16", "--no-peers"]) == 0
     result = json.loads(capsys.readouterr().out)  # one JSON object and nothing else on stdout
-    assert set(result["plain"]["ratio"]) == {"bare", "watch", "watch_pipeline"}
+    assert set(result["plain"]["ratio"]) == {"bare", "watch", "watch_pipeline", "watch_hanging_webhook"}
     assert result["plain"]["ratio"]["watch"] > 0 and result["hf"]["ratio"]["watch"] > 0

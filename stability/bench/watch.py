@@ -98,19 +98,24 @@ class _Bare:
 
 
 class _Watch(_Bare):
-    def __init__(self, weights_every: int, probes: bool = True):
-        self.weights_every, self.probes = weights_every, probes
+    def __init__(self, weights_every: int, probes: bool = True, webhook: str | None = None):
+        self.weights_every, self.probes, self.webhook = weights_every, probes, webhook
         self.n = 0
 
     def attach(self, loop, folder):
         import stability
 
         self.n += 1
-        self.guard = stability.watch(loop.model, loop.opt, store=folder, run=f"{'watch' if self.probes else 'pipeline'}-{self.n}",
-                                     probes={"weights_every": self.weights_every} if self.probes else False)
+        kind = "hanging-webhook" if self.webhook else "watch" if self.probes else "pipeline"
+        self.guard = stability.watch(loop.model, loop.opt, store=folder, run=f"{kind}-{self.n}",
+                                     probes={"weights_every": self.weights_every} if self.probes else False,
+                                     webhook=self.webhook)
 
     def after_step(self, step, loss):
         self.guard.step(loss)
+        if self.webhook:
+            # The worst case: an alert to page at every step, to an endpoint that accepts and never answers.
+            self.guard.notifier.notify("alert", step, severity="critical", signal="bench", message="bench")
 
     def detach(self):
         self.guard.close()
@@ -146,9 +151,14 @@ def _ratios(times: dict[str, list[float]]) -> dict[str, float]:
 def _plain(args, folder: str) -> dict:
     from stability.bench.overhead import _TensorBoardPeer, _WandbPeer
 
+    from stability.alerting.bench import _Endpoint
+
     loop = _PlainLoop(args)
-    # watch: every probe at every step; watch_pipeline: the store, detector and hooks without the probes.
-    arms = {"bare": _Bare(), "watch": _Watch(args.weights_every), "watch_pipeline": _Watch(args.weights_every, False)}
+    hanging = _Endpoint(hang=True)
+    # watch: every probe at every step; watch_pipeline: the store, detector and hooks without the probes;
+    # watch_hanging_webhook: watch paging a webhook that never answers, at every step.
+    arms = {"bare": _Bare(), "watch": _Watch(args.weights_every), "watch_pipeline": _Watch(args.weights_every, False),
+            "watch_hanging_webhook": _Watch(args.weights_every, webhook=hanging.url)}
     errors = {}
     if not args.no_peers:
         for name, cls in (("tensorboard", _TensorBoardPeer), ("wandb", _WandbPeer)):
@@ -176,6 +186,7 @@ def _plain(args, folder: str) -> dict:
         for arm in arms.values():
             if hasattr(arm, "close"):
                 arm.close()
+        hanging.close()
     return {"ratio": _ratios(wall), "ratio_cpu": _ratios(cpu),
             "median_step_s": {k: round(statistics.median(v), 6) for k, v in wall.items()},
             "peer_errors": errors, "steps_per_arm": args.reps * args.block,
