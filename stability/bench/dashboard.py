@@ -19,7 +19,10 @@
   with `smooth=off` (browser_first_paint_raw_s); browser_cold_start_s is the first page load after the server
   starts (Python imports, Plotly's JS); browser_switch_x_s / browser_switch_smoothing_s: from a click on the
   X axis (tokens, wall time, step) or Smoothing (window mean, EMA) control until the chart shows the new axis
-  title or smoothing, medians over every switch;
+  title or smoothing and Plotly has finished drawing it, medians over every switch; browser_first_paint_cpu_s,
+  browser_first_paint_raw_cpu_s and browser_switch_cpu_s: the CPU time the server and the browser spent on a
+  first paint (smoothed, raw) and on a switch, the two cores together: what the wall time comes down to, or
+  less, on a machine nothing else is using;
 - live_refresh_10_runs_s: one redraw of the runs view's data with 10 runs being written at once;
   live_compare_10_runs_s: the compare view's lines and summary rows for those 10 runs, recomputed.
 """
@@ -215,6 +218,36 @@ SWITCHES = (("X axis", "tokens", "tokens seen|"), ("X axis", "wall time", "wall 
 """(control, option clicked, what the chart then says, as JS_VIEW gives it)."""
 
 
+JS_RENDERS = """() => Math.max(0, ...Array.from(document.querySelectorAll('iframe')).map(f => {
+    try { return f.contentWindow.stabilityRenders || 0; } catch (e) { return 0; } }))"""
+"""How many figures the chart frames have finished drawing (Plotly.react resolved)."""
+
+
+def _tree_cpu() -> float:
+    """CPU seconds used so far by every process this one started, and theirs (the dashboard server and the
+    browser): what a step of the browser measurement costs, whatever else the machine is running."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d)] = int(fields[1])
+        cpu[int(d)] = (int(fields[11]) + int(fields[12])) / tick
+    me, total = os.getpid(), 0.0
+    for pid in cpu:
+        p = parent.get(pid)
+        while p and p != me and p != 1:
+            p = parent.get(p)
+        if p == me:
+            total += cpu[pid]
+    return total
+
+
 def _median(v):
     v = sorted(x for x in v if x is not None)
     return v[len(v) // 2] if v else None
@@ -230,7 +263,9 @@ def browser_first_paint(store_dir: str, run: str, chromium: str, repeat: int = 3
                   start_new_session=True)
     out: dict = {}
     times: dict[str, list] = {"browser_first_paint_s": [], "browser_first_paint_raw_s": [],
-                              "browser_switch_x_s": [], "browser_switch_smoothing_s": []}
+                              "browser_switch_x_s": [], "browser_switch_smoothing_s": [],
+                              "browser_first_paint_cpu_s": [], "browser_first_paint_raw_cpu_s": [],
+                              "browser_switch_cpu_s": []}
     try:
         base = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 60
@@ -251,7 +286,7 @@ def browser_first_paint(store_dir: str, run: str, chromium: str, repeat: int = 3
                                                              ("browser_first_paint_raw_s", "&smooth=off"))]
                 for label, extra in plan:
                     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                    t0 = time.perf_counter()
+                    c0, t0 = _tree_cpu(), time.perf_counter()
                     page.goto(f"{base}?view=run&run={run}{extra}")
                     page.wait_for_function(JS_DRAWN, timeout=120_000, polling=50)
                     took = time.perf_counter() - t0
@@ -259,6 +294,8 @@ def browser_first_paint(store_dir: str, run: str, chromium: str, repeat: int = 3
                         out[label] = took
                     else:
                         times[label].append(took)
+                    if label != "browser_cold_start_s":
+                        times[label[:-2] + "_cpu_s"].append(_tree_cpu() - c0)
                     if label == "browser_first_paint_s":
                         _switch_controls(page, times)
                     page.close()
@@ -279,11 +316,15 @@ def _switch_controls(page, times: dict) -> None:
     """Click through SWITCHES on an open run view, timing each until the chart says it changed."""
     for control, option, shows in SWITCHES:
         target = page.locator("[data-testid='stRadio']", has_text=control).get_by_text(option, exact=True)
-        t0 = time.perf_counter()
+        renders = page.evaluate(JS_RENDERS)
+        c0, t0 = _tree_cpu(), time.perf_counter()
         target.click()
-        page.wait_for_function(f"() => ({JS_VIEW})().includes({shows!r})", timeout=60_000, polling=20)
+        # Redrawn: the chart shows the new axis or smoothing, and Plotly has finished drawing it.
+        page.wait_for_function(f"() => ({JS_VIEW})().includes({shows!r}) && ({JS_RENDERS})() > {renders}",
+                               timeout=60_000, polling=20)
         key = "browser_switch_x_s" if control == "X axis" else "browser_switch_smoothing_s"
         times[key].append(time.perf_counter() - t0)
+        times["browser_switch_cpu_s"].append(_tree_cpu() - c0)
 
 
 def _quiet_streamlit() -> None:
