@@ -40,6 +40,15 @@ def _number(lo: float, hi: float, kind=float) -> Callable[[str], float]:
     return parse
 
 
+def _choice_int(options) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        x = int(float(v))
+        if x not in options:
+            raise ValueError(v)
+        return x
+    return parse
+
+
 def _flag(v: str) -> bool:
     if v not in ("0", "1"):
         raise ValueError(v)
@@ -65,6 +74,8 @@ SMOOTH_KEY, SMOOTH_W_KEY, SMOOTH_N_KEY, X_KEY = "smooth_method", "smooth_w", "sm
 LOG_LOSS_KEY, LOG_GRAD_KEY = "log_loss", "log_grad"
 GROUP_KEY, GROUP_CFG_KEY, GROUP_PAT_KEY, BAND_KEY = "cmp_group_by", "cmp_gkey", "cmp_gpat", "cmp_band"
 W_MAX, N_MAX = 0.99, 501
+RESOLUTIONS = (500, 1000, 2000, 5000, 10000)
+"""The run view's choices of points per series."""
 CONTROLS = (
     Control("smooth", SMOOTH_KEY, DEFAULT.method, _choice(METHODS)),
     Control("sw", SMOOTH_W_KEY, DEFAULT.value, _number(0.0, W_MAX)),
@@ -72,6 +83,10 @@ CONTROLS = (
     Control("x", X_KEY, "step", _choice(KINDS)),
     Control("logloss", LOG_LOSS_KEY, False, _flag),
     Control("loggrad", LOG_GRAD_KEY, True, _flag),
+    Control("points", "run_points", 2000, _choice_int(RESOLUTIONS), ("run",)),
+    Control("from", "step_from", None, _number(0, 2**62, int), ("run",)),
+    Control("to", "step_to", None, _number(0, 2**62, int), ("run",)),
+    Control("live", "run_follow", True, _flag, ("run",)),
     Control("group", GROUP_KEY, "none", _choice(BY), ("compare",)),
     Control("gkey", GROUP_CFG_KEY, "ln", str, ("compare",)),
     Control("gpat", GROUP_PAT_KEY, r"-s\d+$", str, ("compare",)),
@@ -110,6 +125,9 @@ def init_from_url() -> None:
                 st.session_state[c.key] = c.parse(str(qp.get(c.param)))
             except ValueError:
                 pass  # a hand-edited link still opens, with that control at its default
+    if qp.get("from") is not None or qp.get("to") is not None:
+        # The link carries its own step window: the linked step is marked but does not reset the window.
+        st.session_state["_focus_applied"] = (st.session_state.get(RUN_KEY), st.session_state.get(STEP_KEY))
 
 
 def write_url() -> None:

@@ -266,3 +266,18 @@ def test_an_alert_link_without_a_view_opens_the_run_at_its_step(monkeypatch, sto
     at = open_app(monkeypatch, store_dir, **query)
     assert at.session_state["view"] == "Run" and at.session_state["run_pick"] == "pre-ln-fp16"
     assert arr(trace(charts(at)[0], "spike")["x"]) == [420]
+
+
+def test_the_run_views_window_points_and_live_switch_are_in_the_address_too(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="run", run="pre-ln-fp16", step=420)
+    at.number_input(key="step_from").set_value(100)
+    at.number_input(key="step_to").set_value(200)
+    at.selectbox(key="run_points").set_value(500)
+    at.toggle(key="run_follow").set_value(False).run()
+    link = dict(at.query_params)
+    assert link == {"view": "run", "run": "pre-ln-fp16", "step": "420", "from": "100", "to": "200",
+                    "points": "500", "live": "0"}
+    again = open_app(monkeypatch, store_dir, **link)  # the window typed over the linked step's is kept
+    x = arr(trace(charts(again)[0], "loss")["x"])
+    assert (min(x), max(x)) == (100, 200)
+    assert again.selectbox(key="run_points").value == 500 and again.toggle(key="run_follow").value is False

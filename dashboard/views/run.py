@@ -15,7 +15,6 @@ from dashboard.smoothing import Smoothing
 from dashboard.views.common import age, badge_md, chart_controls, empty_store
 from dashboard.xaxis import XAxis
 
-RESOLUTIONS = (500, 1000, 2000, 5000, 10000)
 CHART_KEY = "run_figure"
 FRAME_KEY = "_run_chart_frame"
 """Set once the run chart's frame has been sent in this session (see `panel`)."""
@@ -38,6 +37,7 @@ def render(store_dir: str) -> None:
     names = runs["run"].tolist()
     if st.session_state.get(nav.RUN_KEY) not in names:
         st.session_state[nav.RUN_KEY] = names[0]
+    nav.defaults("run")
     c1, c2, c3, c4, c5 = st.columns([3, 1.2, 1.2, 1, 1])
     run = c1.selectbox("Run", names, key=nav.RUN_KEY, on_change=_forget_focus)
     meta = runs[runs["run"] == run].iloc[0].to_dict()
@@ -51,9 +51,9 @@ def render(store_dir: str) -> None:
     lo = c2.number_input("From step", min_value=0, value=None, step=1, key="step_from",
                          placeholder="start")
     hi = c3.number_input("To step", min_value=0, value=None, step=1, key="step_to", placeholder="end")
-    pts = c4.selectbox("Points", RESOLUTIONS, index=2, key="run_points",
+    pts = c4.selectbox("Points", nav.RESOLUTIONS, key="run_points",
                        help="Points per series drawn; the store keeps each bucket's min and max.")
-    follow = c5.toggle("Live", value=True, key="run_follow", help="Redraw every second while the run is live.")
+    follow = c5.toggle("Live", key="run_follow", help="Redraw every second while the run is live.")
     view = chart_controls(log_names=("log loss", "log grad norm"))
 
     if meta.get("error"):
