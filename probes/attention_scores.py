@@ -17,6 +17,7 @@ extra memory of a recomputation is a few chunks plus one sequence's k in fp32, w
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -51,14 +52,44 @@ class Mask:
         bias = self.bias if other.bias is None else other.bias if self.bias is None else self.bias + other.bias
         return Mask(keep, bias, self.causal or other.causal)
 
-    def rows(self, b0: int, b1: int, rows, positions: torch.Tensor, s: int, device) -> tuple[torch.Tensor | None, ...]:
-        """(keep, bias) for batches b0:b1 and query rows `rows` (a slice or an index), broadcastable to the
-        chunk (b, H, c, S); `positions` are those rows' indices (c,), on the host."""
+    def rows(self, b0: int, b1: int, rows, positions: torch.Tensor, s: int, device) -> "Rows":
+        """The mask of batches b0:b1 and query rows `rows` (a slice or an index), broadcastable to the chunk
+        (b, H, c, S); `positions` are those rows' indices (c,), on the host."""
         keep, bias = (_slice(m, b0, b1, rows) for m in (self.keep, self.bias))
+        if keep is None and not self.causal:
+            return Rows(None, bias, None)
+        if keep is None:  # causal alone: the same few tensors every step, so they are kept
+            key = (rows.start, rows.stop, rows.step) if isinstance(rows, slice) else tuple(positions.tolist())
+            return Rows(None, None, _causal_hide(key, s, device))
         if self.causal:
-            tri = (positions.to(device)[:, None] >= torch.arange(s, device=device)[None, :])[None, None]  # (1, 1, c, S)
-            keep = tri if keep is None else keep & tri
-        return keep, bias
+            keep = keep & _causal_keep(positions, s, device)
+        hide = torch.zeros(keep.shape, device=device).masked_fill_(~keep, -math.inf)
+        # A hidden pair is hidden by `hide`; the additive mask's -inf there would give NaN against +inf.
+        return Rows(keep, None if bias is None else bias.masked_fill(~keep, 0.0), hide)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A mask for one chunk of query rows."""
+
+    keep: torch.Tensor | None
+    """bool, True = enters the softmax; None when every pair does or the mask is causal alone."""
+    bias: torch.Tensor | None
+    """float added to the logits, 0 at hidden pairs."""
+    hide: torch.Tensor | None
+    """fp32, 0 where a pair enters the softmax and -inf where it is hidden: adding it is several times faster
+    than masked_fill on a CPU."""
+
+
+def _causal_keep(positions: torch.Tensor, s: int, device) -> torch.Tensor:
+    return (positions.to(device)[:, None] >= torch.arange(s, device=device)[None, :])[None, None]  # (1, 1, c, S)
+
+
+@functools.lru_cache(maxsize=32)
+def _causal_hide(key: tuple, s: int, device) -> torch.Tensor:
+    positions = torch.arange(key[0], key[1], key[2]) if len(key) == 3 and key[2] else torch.tensor(key)
+    keep = _causal_keep(positions, s, device)
+    return torch.zeros(keep.shape, device=device).masked_fill_(~keep, -math.inf)
 
 
 def _4d(m: torch.Tensor) -> torch.Tensor:
@@ -128,60 +159,50 @@ class Accumulator:
             self._put("raw_max", hi, torch.maximum)
             self._put("raw_min", lo, torch.minimum)
 
-    def kept(self, s: torch.Tensor, keep: torch.Tensor | None, bias: torch.Tensor | None, owned: bool,
-             raw: bool) -> None:
-        """Range of s (+ bias) over `keep`, and the raw range of s if `raw`. `owned`: s may be modified."""
-        if bias is not None and keep is not None:
-            bias = bias.masked_fill(~keep, 0.0)  # hidden pairs are hidden by `keep`; -inf + inf would be NaN
-        if bias is not None:
+    def kept(self, s: torch.Tensor, m: Rows, owned: bool, raw: bool) -> None:
+        """Range of s (+ bias) over the pairs `m` keeps, and the raw range of s if `raw`. `owned`: s may be
+        modified in place."""
+        if m.bias is not None:
             if raw:
                 self.raw(s)
                 raw = False
-            s = s.add_(bias) if owned else s + bias
+            s = s.add_(m.bias) if owned else s + m.bias
             owned = True
-        if keep is None:
+        if m.hide is None:
             if raw:
                 self.raw(s)
             self._put("max", self.values["raw_max"] if raw else _amax(s, self.per_head), torch.maximum)
             self._put("min", self.values["raw_min"] if raw else _amin(s, self.per_head), torch.minimum)
             return
-        # Hidden pairs are pushed to -inf (for the max) and +inf (for the min) by adding a 0/-inf tensor the size of
-        # the mask: a broadcast add is several times faster than masked_fill on a CPU.
-        hide = torch.zeros(keep.shape, dtype=s.dtype, device=s.device).masked_fill_(~keep, -math.inf)
-        if not self.per_head and keep.shape[1] == 1:
+        if not self.per_head and m.hide.shape[1] == 1:
             # The mask is the same for every head: reduce over heads first, then mask an H-times smaller tensor.
             hi, lo = s.amax(1, keepdim=True), s.amin(1, keepdim=True)  # (b, 1, c, S)
             if raw:
                 self._put("raw_max", hi.amax(), torch.maximum)
                 self._put("raw_min", lo.amin(), torch.minimum)
-            self._put("max", hi.add_(hide).amax(), torch.maximum)
-            self._put("min", lo.sub_(hide).amin(), torch.minimum)
+            self._put("max", hi.add_(m.hide).amax(), torch.maximum)
+            self._put("min", lo.sub_(m.hide).amin(), torch.minimum)
             return
         if raw:
             self.raw(s)
-        self._put("max", _amax(s + hide, self.per_head), torch.maximum)
-        self._put("min", _amin(s.sub_(hide) if owned else s - hide, self.per_head), torch.minimum)
+        self._put("max", _amax(s + m.hide, self.per_head), torch.maximum)
+        self._put("min", _amin(s.sub_(m.hide) if owned else s - m.hide, self.per_head), torch.minimum)
 
-    def entropy(self, s: torch.Tensor, keep: torch.Tensor | None, bias: torch.Tensor | None, owned: bool,
-                empty_rows: bool = True) -> None:
-        """Sum over query rows of the softmax entropy of logits s (b, H, c, S) (+ bias, over `keep`), per head.
-        `empty_rows`: some row may keep no key (not so under a causal mask alone: key 0 is always kept)."""
-        if bias is not None:
-            s = s.add_(bias) if owned else s + bias
-            owned = True
-        if keep is not None:
-            s = s.masked_fill_(~keep, -math.inf) if owned else s.masked_fill(~keep, -math.inf)
-        p = s.softmax(-1)
-        # -sum p log p; clamping inside the log makes hidden keys (p = 0) contribute 0 * log(tiny) = 0.
-        h = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (b, H, c)
-        if keep is None or not empty_rows:
-            n = torch.full((h.shape[1],), h.shape[0] * h.shape[2], dtype=h.dtype, device=h.device)
-        else:
-            live = keep.any(-1).expand_as(h)  # a row with no key has no distribution (softmax gives NaN)
-            h = h.masked_fill(~live, 0.0)
-            n = live.sum((0, 2)).to(h.dtype)
-        self._put("ent_sum", h.sum((0, 2)), torch.add)
-        self._put("ent_rows", n, torch.add)
+    def entropy(self, s: torch.Tensor, m: Rows) -> None:
+        """Sum over query rows of the softmax entropy of logits s (b, H, c, S) (+ bias, over the kept pairs),
+        per head; s is modified."""
+        if m.bias is not None:
+            s = s.add_(m.bias)
+        if m.hide is not None:
+            s = s.add_(m.hide)
+        h = torch.special.entr(s.softmax(-1)).sum(-1)  # (b, H, c): -sum p log p, 0 log 0 = 0
+        if m.keep is None:  # every row keeps a key (a causal row keeps key 0)
+            self._put("ent_sum", h.sum((0, 2)), torch.add)
+            self._put("ent_rows", torch.full_like(h[0, :, 0], h.shape[0] * h.shape[2]), torch.add)
+            return
+        live = m.keep.any(-1).expand_as(h)  # a row with no key has no distribution (softmax gives NaN)
+        self._put("ent_sum", h.masked_fill(~live, 0.0).sum((0, 2)), torch.add)
+        self._put("ent_rows", live.sum((0, 2)).to(h.dtype), torch.add)
 
 
 def _amax(s: torch.Tensor, per_head: bool) -> torch.Tensor:
@@ -204,31 +225,28 @@ def from_qk(
 ) -> None:
     """Recompute from q (B, Hq, T, d) and k (B, Hk, S, d), in chunks: the exact ranges (all rows of all
     sequences) if `ranges`, and the entropy of ~`entropy_rows` evenly spaced rows of the first sequence
-    (0 = every row of every sequence)."""
-    with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
-        q, k = q.detach(), k.detach()
-        B, H, T, _ = q.shape
-        S = k.shape[-2]
-        per_row = H * S
-        if ranges:
-            for b0, b1, rows, pos in chunks(B, torch.arange(T), per_row, chunk_elems):
-                s = scores_of(q[b0:b1], k[b0:b1].float(), scale, rows)
-                keep, bias = mask.rows(b0, b1, rows, pos, S, s.device)
-                acc.kept(s, keep, bias, owned=True, raw=True)
-        if entropy_rows > 0:
-            q, k, B = q[:1], k[:1], 1
-        for b0, b1, rows, pos in chunks(B, sample_rows(T, entropy_rows), per_row, chunk_elems):
+    (0 = every row of every sequence). Works on detached tensors: nothing joins the autograd graph."""
+    if torch.is_autocast_enabled(q.device.type):  # the matmuls must stay in fp32
+        with torch.autocast(q.device.type, enabled=False):
+            return from_qk(acc, q, k, scale, mask, ranges=ranges, entropy_rows=entropy_rows, chunk_elems=chunk_elems)
+    q, k = q.detach(), k.detach()
+    B, H, T, _ = q.shape
+    S = k.shape[-2]
+    if ranges:
+        for b0, b1, rows, pos in chunks(B, torch.arange(T), H * S, chunk_elems):
             s = scores_of(q[b0:b1], k[b0:b1].float(), scale, rows)
-            keep, bias = mask.rows(b0, b1, rows, pos, S, s.device)
-            acc.entropy(s, keep, bias, owned=True, empty_rows=mask.keep is not None)
+            acc.kept(s, mask.rows(b0, b1, rows, pos, S, s.device), owned=True, raw=True)
+    if entropy_rows > 0:
+        q, k, B = q[:1], k[:1], 1
+    for b0, b1, rows, pos in chunks(B, sample_rows(T, entropy_rows), H * S, chunk_elems):
+        s = scores_of(q[b0:b1], k[b0:b1].float(), scale, rows)
+        acc.entropy(s, mask.rows(b0, b1, rows, pos, S, s.device))
 
 
 def from_scores(acc: Accumulator, scores: torch.Tensor, mask: Mask, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
     """Ranges of scores (B, H, T, S) that exist already (a hook point): raw and kept, in chunks of rows so that
     the masked copies stay small. `scores` is not modified."""
-    with torch.no_grad():
-        s = scores.detach()
-        B, H, T, S = s.shape
-        for b0, b1, rows, pos in chunks(B, torch.arange(T), H * S, chunk_elems):
-            keep, bias = mask.rows(b0, b1, rows, pos, S, s.device)
-            acc.kept(s[b0:b1, :, rows], keep, bias, owned=False, raw=True)
+    s = scores.detach()
+    B, H, T, S = s.shape
+    for b0, b1, rows, pos in chunks(B, torch.arange(T), H * S, chunk_elems):
+        acc.kept(s[b0:b1, :, rows], mask.rows(b0, b1, rows, pos, S, s.device), owned=False, raw=True)

@@ -180,6 +180,8 @@ class SDPAProbe:
         block = self._stack[-1] if self._stack else "attention"
         with torch.no_grad():
             q, k = query.detach(), key.detach()
+            if q.dim() not in (3, 4) or k.dim() != q.dim():
+                return  # extra batch dimensions: not measured (a documented gap), never an error in training
             if q.dim() == 3:  # unbatched (H, T, d)
                 q, k = q.unsqueeze(0), k.unsqueeze(0)
                 attn_mask = attn_mask.unsqueeze(0) if attn_mask is not None and attn_mask.dim() == 3 else attn_mask

@@ -27,7 +27,7 @@ ARMS = ("bare", "grads", "defaults", "exact")
 
 
 def add_arguments(parser):
-    parser.add_argument("--reps", type=int, default=8, help="repetitions (each runs a block per arm)")
+    parser.add_argument("--reps", type=int, default=30, help="repetitions (each runs a block per arm)")
     parser.add_argument("--block", type=int, default=3, help="timed steps per arm per repetition")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per arm before its block")
     parser.add_argument("--n-embd", type=int, default=128)
@@ -96,7 +96,9 @@ def _timing(args, probes) -> dict:
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
     steps = dict.fromkeys(names, 0)  # each arm counts its own steps, so `exact_every` holds within the arm
+    paired = {n: [] for n in names}  # per repetition: the arm's median CPU time / bare's, in that repetition
     for rep in range(args.reps):
+        block_cpu = {}
         for name in names[rep % len(names):] + names[: rep % len(names)]:
             # Attached for its block and closed after it (attaching is not timed), as `bench overhead` does.
             mon = probes.Monitor(run.model, configs[name]) if configs[name] is not None else None
@@ -107,9 +109,13 @@ def _timing(args, probes) -> dict:
                     if i >= args.warmup:
                         wall[name].append(w)
                         cpu[name].append(c)
+                        block_cpu.setdefault(name, []).append(c)
             finally:
                 if mon is not None:
                     mon.close()
+        bare = statistics.median(block_cpu["bare"])
+        for name in names:
+            paired[name].append(statistics.median(block_cpu[name]) / bare)
     med = {n: statistics.median(v) for n, v in wall.items()}
     med_cpu = {n: statistics.median(v) for n, v in cpu.items()}
     mean_cpu = {n: statistics.fmean(v) for n, v in cpu.items()}
@@ -118,6 +124,9 @@ def _timing(args, probes) -> dict:
         "ratio_cpu": {n: round(med_cpu[n] / med_cpu["bare"], 4) for n in names},
         # The mean includes the exact steps of `defaults` (one in exact_every), which the median skips.
         "ratio_cpu_mean": {n: round(mean_cpu[n] / mean_cpu["bare"], 4) for n in names},
+        # Median over repetitions of the ratio within each one: arms of one repetition run back to back, so a
+        # change of load on a shared machine between repetitions cancels.
+        "ratio_cpu_paired": {n: round(statistics.median(paired[n]), 4) for n in names},
         "median_step_s": {n: round(v, 6) for n, v in med.items()},
         "median_step_cpu_s": {n: round(v, 6) for n, v in med_cpu.items()},
         "steps_per_arm": args.reps * args.block,
