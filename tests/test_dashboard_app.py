@@ -281,3 +281,19 @@ def test_the_run_views_window_points_and_live_switch_are_in_the_address_too(monk
     x = arr(trace(charts(again)[0], "loss")["x"])
     assert (min(x), max(x)) == (100, 200)
     assert again.selectbox(key="run_points").value == 500 and again.toggle(key="run_follow").value is False
+
+
+def test_compare_groups_by_name_pattern_or_config_key_from_the_address(monkeypatch, store_dir):
+    runs = "pre-ln-fp16,post-ln-fp16,sandwich-bf16"
+    at = open_app(monkeypatch, store_dir, view="compare", runs=runs, group="pattern", gpat="-ln-fp16$",
+                  band="std", smooth="off")
+    (fig,) = charts(at)
+    legend = {t["name"] for t in fig["data"] if t.get("showlegend") is not False}
+    assert legend == {"pre (1 run)", "post (1 run)", "sandwich-bf16 (1 run)"}  # no match: a group of its own
+    at = open_app(monkeypatch, store_dir, view="compare", runs=runs, group="key", gkey="precision")
+    (fig,) = charts(at)
+    legend = {t["name"].removesuffix(" (smoothed)") for t in fig["data"] if t.get("showlegend") is not False}
+    assert legend == {"precision=fp16 (2 runs)", "precision=bf16 (1 run)"}
+    at = open_app(monkeypatch, store_dir, view="compare", runs=runs, group="pattern", gpat="-s(")
+    assert any("not a regular expression" in e.value for e in at.error)
+    assert charts(at), "the runs are still drawn, ungrouped"
