@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from test_dashboard_browser import (
     CHROME_ARGS,
@@ -25,6 +27,7 @@ from stability.store import RunStore
 SAMPLE_RUNS = Path(__file__).resolve().parents[1] / "sample_runs"
 RUN = "pre-fp16-s0"
 VARIANTS = ("pre-s0", "post-s1", "sandwich-s0", "deepnorm-s0")
+SEEDS = ("post-s0", "post-s1", "post-s2", "post-egs-s0", "post-egs-s1", "post-egs-s2")
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -83,6 +86,15 @@ def test_every_view_draws_the_sample_runs(sample_page):
     plots = open_view(page, base + "?view=compare&runs=" + ",".join(VARIANTS))
     names = page.evaluate(f"() => {FIRST}._fullData.map(t => t.name || '')")
     assert all(any(v in n for n in names) for v in VARIANTS), names
+    # Seeds of two recipes grouped by the default name pattern (-s<digits> at the end): one mean line each,
+    # the mean of the three seeds' logged losses at every step (computed here from the store).
+    plots = open_view(page, base + "?view=compare&group=pattern&runs=" + ",".join(SEEDS))
+    mean = page.evaluate(f"""() => {{ const t = {FIRST}._fullData.find(t => t.name === 'post-egs (3 runs)'
+        && t.yaxis === 'y'); return [Array.from(t.x, Number), Array.from(t.y, Number)]; }}""")
+    losses = pd.concat([store.metrics(r, metrics=["loss"]).assign(run=r) for r in SEEDS if "egs" in r])
+    want = losses.groupby("step")["value"].mean()
+    assert mean[0] == [float(s) for s in want.index]
+    np.testing.assert_allclose(mean[1], want.to_numpy(), rtol=1e-9)
     shot(page, "compare.png", height=1500)
 
     plots = open_view(page, base + "?view=alerts")

@@ -69,7 +69,7 @@ def chart_controls(log_names: tuple[str, str], view: str = "run") -> tuple[Smoot
     """The smoothing, x-axis and log-y controls of a chart (their state is in the URL, see nav.CONTROLS):
     -> (smoothing, x axis kind, first log toggle, second log toggle)."""
     nav.defaults(view)
-    c1, c2, c3, c4, c5 = st.columns([1.6, 1.6, 1.8, 0.8, 0.9])
+    c1, c2, c3, c4, c5 = st.columns([2.0, 1.5, 2.0, 0.8, 0.8])
     method = c1.radio("Smoothing", list(SMOOTH_LABELS), key=nav.SMOOTH_KEY, horizontal=True,
                       format_func=SMOOTH_LABELS.get,
                       help="Display only: spikes and alerts come from the raw values, drawn faint behind. EMA: "

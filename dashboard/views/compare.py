@@ -48,7 +48,7 @@ def render(store_dir: str) -> None:
                       help=r"Removed from each run name to name its group: -s\d+$ groups seeds run-s0, run-s1.")
     if by != "none":
         c3.radio("Band", grouping.BANDS, key=nav.BAND_KEY, horizontal=True, format_func=BAND_LABELS.get)
-    view = chart_controls(log_names=("log loss", "log grad norm"), view="compare")
+    view = chart_controls(log_names=("log loss", "log grad"), view="compare")
     if not chosen:
         st.info("Pick at least one run.")
         return

@@ -54,7 +54,7 @@ def render(store_dir: str) -> None:
     pts = c4.selectbox("Points", nav.RESOLUTIONS, key="run_points",
                        help="Points per series drawn; the store keeps each bucket's min and max.")
     follow = c5.toggle("Live", key="run_follow", help="Redraw every second while the run is live.")
-    view = chart_controls(log_names=("log loss", "log grad norm"))
+    view = chart_controls(log_names=("log loss", "log grad"))
 
     if meta.get("error"):
         st.markdown(f"### {run}")
