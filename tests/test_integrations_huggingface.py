@@ -80,7 +80,8 @@ def train(tmp_path, run, model, steps=3, max_grad_norm=1e-3, blocks=None, nan_at
 def test_gpt2_grad_norms_are_the_ones_before_clipping_and_every_step_has_its_loss(tmp_path):
     torch.manual_seed(0)
     model = hf_trainer.tiny_model("gpt2", "sdpa")
-    blocks = {"embedding": "transformer.wte", "transformer.wpe": "transformer.wpe", "transformer.h.0": "transformer.h.0",
+    blocks = {"embedding": "transformer.wte", "transformer.wpe": "transformer.wpe",
+              "transformer.h.0": "transformer.h.0",
               "transformer.h.1": "transformer.h.1", "transformer.ln_f": "transformer.ln_f"}
     trainer, cb = train(tmp_path, "gpt2", model, steps=3, blocks=blocks)
     store = RunStore(tmp_path / "runs")

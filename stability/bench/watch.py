@@ -14,9 +14,11 @@ Attaching (hooks, the run in the store) happens between blocks and is not timed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -184,8 +186,11 @@ def _plain(args, folder: str) -> dict:
                     arm.detach()
     finally:
         for arm in arms.values():
-            if hasattr(arm, "close"):
-                arm.close()
+            try:
+                if hasattr(arm, "close"):
+                    arm.close()
+            except Exception:
+                pass  # a peer's own teardown failing does not change what was timed
         hanging.close()
     return {"ratio": _ratios(wall), "ratio_cpu": _ratios(cpu),
             "median_step_s": {k: round(statistics.median(v), 6) for k, v in wall.items()},
@@ -261,7 +266,9 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="stability-bench-watch-") as folder:
+    # Peers and the Trainer print progress lines; stdout carries the JSON only.
+    with contextlib.redirect_stdout(sys.stderr), \
+            tempfile.TemporaryDirectory(prefix="stability-bench-watch-") as folder:
         out = {"plain": _plain(args, folder)}
         if not args.no_hf:
             try:
