@@ -223,9 +223,9 @@ JS_RENDERS = """() => Math.max(0, ...Array.from(document.querySelectorAll('ifram
 """How many figures the chart frames have finished drawing (Plotly.react resolved)."""
 
 
-def _tree_cpu() -> float:
-    """CPU seconds used so far by every process this one started, and theirs (the dashboard server and the
-    browser): what a step of the browser measurement costs, whatever else the machine is running."""
+def _tree_cpu() -> dict[int, float]:
+    """{pid: CPU seconds used so far} of every process this one started, and theirs (the dashboard server and
+    the browser)."""
     tick = os.sysconf("SC_CLK_TCK")
     parent, cpu = {}, {}
     for d in os.listdir("/proc"):
@@ -238,14 +238,20 @@ def _tree_cpu() -> float:
             continue
         parent[int(d)] = int(fields[1])
         cpu[int(d)] = (int(fields[11]) + int(fields[12])) / tick
-    me, total = os.getpid(), 0.0
+    me, out = os.getpid(), {}
     for pid in cpu:
         p = parent.get(pid)
         while p and p != me and p != 1:
             p = parent.get(p)
         if p == me:
-            total += cpu[pid]
-    return total
+            out[pid] = cpu[pid]
+    return out
+
+
+def _cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds those processes used since `before` (a process that ended in between takes its share along:
+    a slight undercount, never a negative)."""
+    return sum(max(0.0, v - before.get(pid, 0.0)) for pid, v in _tree_cpu().items())
 
 
 def _median(v):
@@ -295,7 +301,7 @@ def browser_first_paint(store_dir: str, run: str, chromium: str, repeat: int = 3
                     else:
                         times[label].append(took)
                     if label != "browser_cold_start_s":
-                        times[label[:-2] + "_cpu_s"].append(_tree_cpu() - c0)
+                        times[label[:-2] + "_cpu_s"].append(_cpu_since(c0))
                     if label == "browser_first_paint_s":
                         _switch_controls(page, times)
                     page.close()
@@ -324,7 +330,7 @@ def _switch_controls(page, times: dict) -> None:
                                timeout=60_000, polling=20)
         key = "browser_switch_x_s" if control == "X axis" else "browser_switch_smoothing_s"
         times[key].append(time.perf_counter() - t0)
-        times["browser_switch_cpu_s"].append(_tree_cpu() - c0)
+        times["browser_switch_cpu_s"].append(_cpu_since(c0))
 
 
 def _quiet_streamlit() -> None:
