@@ -58,14 +58,17 @@ class Mask:
         keep, bias = (_slice(m, b0, b1, rows) for m in (self.keep, self.bias))
         if keep is None and not self.causal:
             return Rows(None, bias, None)
-        if keep is None:  # causal alone: the same few tensors every step, so they are kept
+        if keep is None and positions.numel() * s <= _CACHED_ELEMS:
+            # Causal alone, a small chunk (the sampled entropy rows, short sequences): the same few tensors at
+            # every step, so they are kept; large chunks of long sequences are made afresh and freed.
             key = (rows.start, rows.stop, rows.step) if isinstance(rows, slice) else tuple(positions.tolist())
             return Rows(None, None, _causal_hide(key, s, device))
+        if keep is None:
+            return Rows(None, None, _hide(_causal_keep(positions, s, device)))
         if self.causal:
             keep = keep & _causal_keep(positions, s, device)
-        hide = torch.zeros(keep.shape, device=device).masked_fill_(~keep, -math.inf)
         # A hidden pair is hidden by `hide`; the additive mask's -inf there would give NaN against +inf.
-        return Rows(keep, None if bias is None else bias.masked_fill(~keep, 0.0), hide)
+        return Rows(keep, None if bias is None else bias.masked_fill(~keep, 0.0), _hide(keep))
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,18 @@ def _causal_keep(positions: torch.Tensor, s: int, device) -> torch.Tensor:
     return (positions.to(device)[:, None] >= torch.arange(s, device=device)[None, :])[None, None]  # (1, 1, c, S)
 
 
-@functools.lru_cache(maxsize=32)
+def _hide(keep: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(keep.shape, device=keep.device).masked_fill_(~keep, -math.inf)
+
+
+_CACHED_ELEMS = 1 << 17
+"""Causal masks of chunks up to this size (512 KiB in fp32) are cached, 8 of them at most."""
+
+
+@functools.lru_cache(maxsize=8)
 def _causal_hide(key: tuple, s: int, device) -> torch.Tensor:
     positions = torch.arange(key[0], key[1], key[2]) if len(key) == 3 and key[2] else torch.tensor(key)
-    keep = _causal_keep(positions, s, device)
-    return torch.zeros(keep.shape, device=device).masked_fill_(~keep, -math.inf)
+    return _hide(_causal_keep(positions, s, device))
 
 
 def _4d(m: torch.Tensor) -> torch.Tensor:
