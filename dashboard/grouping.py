@@ -24,10 +24,16 @@ BY = ("none", "ln", "key", "pattern")
 BANDS = ("minmax", "std")
 
 
+MAX_PATTERN = 200
+"""Longest name pattern accepted (it may come from a link; run names are short)."""
+
+
 def compile_pattern(text: str) -> re.Pattern | None:
     """The user's pattern, or None when it is empty; raises ValueError with a readable message if invalid."""
     if not text:
         return None
+    if len(text) > MAX_PATTERN:
+        raise ValueError(f"a name pattern of {len(text)} characters (at most {MAX_PATTERN})")
     try:
         return re.compile(text)
     except re.error as e:

@@ -147,6 +147,8 @@ def test_a_seed_pattern_groups_runs_by_their_name_without_the_seed():
     assert group_name("a", "ln", ln="") == "?"
     with pytest.raises(ValueError, match="regular expression"):
         compile_pattern("-s(")
+    with pytest.raises(ValueError, match="at most"):
+        compile_pattern("a" * 201)
 
 
 def test_group_mean_and_bands_on_step_by_hand():
