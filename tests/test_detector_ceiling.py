@@ -82,7 +82,9 @@ def test_score_kinds_keeps_only_the_asked_kind():
         r.records[s - 1][K_LOSS] += 1.5
     c = _case(r, {"phase_start": 600, "config": {}})
     gate = GateConfig()
-    add_traces([c], "detector", gate)
+    # A hand-set risk model (gradient elevation z >= 6.4 alone alerts), independent of the fitted coefficients.
+    hand = DetectorConfig(model={"intercept": -4.0, "weights": {"grad_z": 2.0, "loss_z": 1.0}, "threshold": 0.5})
+    add_traces([c], "detector", gate, hand)
     all_ = evaluate([c], "detector", gate, 50)
     sub = score_kinds([c], "detector", gate, 50, {BUILD_UP})
     assert all_.incidents == 2 and sub.incidents == 1
@@ -119,30 +121,6 @@ def test_embedding_drop_feature_and_ceiling_find_a_planted_collapse():
     assert out["features"]["emb_grad.level1"][0].get("recall", 0.0) in (0.0, None)
 
 
-def test_detector_embedding_drop_signal():
-    r = planted_run(800, seed=7)
-    det = OnlineDetector(DetectorConfig(drop_z=6.0))
-    fired = []
-    for s, rec in zip(r.steps, r.records):
-        rec = dict(rec)
-        if s >= 600:
-            rec[K_EMB] *= 1e-3
-        for a in det.update(int(s), rec):
-            fired.append((a.step, a.signal))
-    assert fired and fired[0] == (600, "emb_grad_drop"), fired
-    # Off by default (EGS shrinks the measured embedding gradient on purpose): the same run with the shipped
-    # defaults raises nothing, and the unperturbed run with the signal on nothing either.
-    for drop, det in ((True, OnlineDetector(DetectorConfig())),
-                      (False, OnlineDetector(DetectorConfig(drop_z=6.0)))):
-        out = []
-        for s, rec in zip(r.steps, r.records):
-            rec = dict(rec)
-            if drop and s >= 600:
-                rec[K_EMB] *= 1e-3
-            out += det.update(int(s), rec)
-        assert out == [], out
-
-
 def test_attention_max_leaves_nan_out_whatever_the_key_order():
     # An FP16 overflow can log NaN for one layer's attention maximum. max() over [nan, 5] and [5, nan] differ,
     # and key order follows string hashes that change between processes: the result must not.
@@ -159,8 +137,13 @@ def test_attention_max_leaves_nan_out_whatever_the_key_order():
     a, b = (features(_case(run(x)))["attn_max.level1"] for x in (True, False))
     assert np.allclose(a.to_numpy(), b.to_numpy(), equal_nan=True)
     assert np.isfinite(a.loc[50])  # step 50 still counts, from the layer that is not NaN
-    det = OnlineDetector(DetectorConfig())
-    r = run(True)
-    for s, rec in zip(r.steps, r.records):
-        det.update(int(s), rec)
-    assert len(det._t["attn"].hist) == 60  # every step entered the attention history, step 50 included
+    states = []
+    for first_nan in (True, False):
+        det = OnlineDetector(DetectorConfig())
+        r = run(first_nan)
+        for s, rec in zip(r.steps, r.records):
+            det.update(int(s), rec)
+        states.append(det.state_dict())
+        # Every step entered the attention history, step 50 included (the window keeps the last 50).
+        assert len(det.evidence._t["attn"].hist) == 50 and len(det.evidence._t["attn"].medians) == 60
+    assert states[0] == states[1]  # every step entered the attention history, step 50 included

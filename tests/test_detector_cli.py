@@ -44,20 +44,33 @@ def test_spikes_json(store_dir, capsys):
     assert _json(capsys, ["spikes", "calm", "--store", str(store_dir), "--json"])["spikes"] == []
 
 
-def test_detect_json_alerts_before_the_spike_and_truncation(store_dir, capsys):
-    out = _json(capsys, ["detect", "planted", "--store", str(store_dir), "--json"])
+HAND = {"model": {"intercept": -4.0, "weights": {"grad_z": 2.0, "loss_z": 1.0}, "threshold": 0.5}}
+"""A hand-set risk model (a gradient elevation of z >= 6.4 alone alerts), independent of the fitted one."""
+
+
+@pytest.fixture()
+def hand_cfg(tmp_path):
+    p = tmp_path / "hand.json"
+    p.write_text(json.dumps(HAND))
+    return str(p)
+
+
+def test_detect_json_alerts_before_the_spike_and_truncation(store_dir, capsys, hand_cfg):
+    out = _json(capsys, ["detect", "planted", "--store", str(store_dir), "--json", "--config", hand_cfg])
     alerts = out["alerts"]
     assert alerts and 700 <= alerts[0]["step"] < 715
     assert set(alerts[0]) >= {"step", "signal", "score", "severity"}
     assert alerts[0]["severity"] in ("warning", "critical")
     # Alerts at step t use data up to t only: the run cut at t gives the same alerts up to t.
     for t in (705, 712, 716, 800):
-        cut = _json(capsys, ["detect", "planted", "--store", str(store_dir), "--json", "--until", str(t)])
+        cut = _json(capsys, ["detect", "planted", "--store", str(store_dir), "--json", "--until", str(t),
+                             "--config", hand_cfg])
         assert cut["alerts"] == [a for a in alerts if a["step"] <= t]
-    assert _json(capsys, ["detect", "calm", "--store", str(store_dir), "--json"])["alerts"] == []
+    assert _json(capsys, ["detect", "calm", "--store", str(store_dir), "--json", "--config", hand_cfg])["alerts"] == []
+    assert _json(capsys, ["detect", "calm", "--store", str(store_dir), "--json"])["alerts"] == []  # shipped model
 
 
-def test_detect_on_an_imported_wandb_run(tmp_path, capsys):
+def test_detect_on_an_imported_wandb_run(tmp_path, capsys, hand_cfg):
     # A W&B-shaped pair of exports: loss every 10 steps, total grad norm every 100, surge at 30000.
     rng = np.random.default_rng(0)
     steps = np.arange(10, 60001, 10)
@@ -73,7 +86,7 @@ def test_detect_on_an_imported_wandb_run(tmp_path, capsys):
     store = tmp_path / "st"
     assert main(["import", str(lf), str(gf), "--store", str(store), "--run", "imp"]) == 0
     capsys.readouterr()
-    out = _json(capsys, ["detect", "imp", "--store", str(store), "--json"])
+    out = _json(capsys, ["detect", "imp", "--store", str(store), "--json", "--config", hand_cfg])
     first = out["alerts"][0]
     assert first["signal"] == "grad_norm_z" and 30000 <= first["step"] < 30500
     sp = _json(capsys, ["spikes", "imp", "--store", str(store), "--json", "--merge-gap", "200"])
@@ -86,9 +99,33 @@ def test_bad_input_is_a_usage_error(store_dir, tmp_path, capsys):
     assert main(["spikes", "calm", "--store", str(tmp_path / "missing")]) == 2
     assert main(["spikes", "calm", "--store", str(store_dir), "--window", "2"]) == 2
     assert main(["eval", "--suite", str(tmp_path / "nothing")]) == 2
-    bad = tmp_path / "cfg.json"
-    bad.write_text('{"window": 1}')
+    assert main(["eval", "--zoo", str(tmp_path / "nothing")]) == 2
+    assert "no instability zoo at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, named", [
+    ('{"window": 50}', "unknown field 'window'"),                     # a field of version 1
+    ('{"evidence": {"persist": 3, "windw": 50}}', "unknown field 'evidence.windw'"),
+    ('{"risk_threshold": 1.5}', "risk_threshold must be in [0, 1)"),  # impossible values
+    ('{"evidence": {"window": 2}}', "window must be >= 4"),
+    ('{"gate": {"cooldown": -1}}', "cooldown must be >= 0"),
+    ('{"disabled": ["grad_z", "nope"]}', "unknown features ['nope']"),
+    ('[1, 2]', "a detector config is a JSON object"),
+    ('{"risk_threshold": 0.3,', "not valid JSON"),
+])
+def test_detect_bad_config_is_one_line_naming_it_exit_2(store_dir, tmp_path, capsys, text, named):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
     assert main(["detect", "calm", "--store", str(store_dir), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and str(bad) in err, err
+
+
+def test_detect_good_config_file_is_used(store_dir, tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text('{"risk_threshold": 0.999, "evidence": {"persist": 5}}')
+    out = _json(capsys, ["detect", "planted", "--store", str(store_dir), "--config", str(good), "--json"])
+    assert out["alerts"] == []  # a risk of 99.9 % is never reached by this surge
 
 
 def _planted_suite(path, n_cfg=2):
@@ -108,7 +145,7 @@ def _planted_suite(path, n_cfg=2):
 def test_eval_json_on_a_planted_suite(tmp_path, capsys):
     _planted_suite(tmp_path)
     assert {r.meta["split"] for r in load_suite(tmp_path)} == {"tune", "heldout"}
-    out = _json(capsys, ["eval", "--suite", str(tmp_path), "--json", "--horizon", "50"])
+    out = _json(capsys, ["eval", "--legacy", "--suite", str(tmp_path), "--json", "--horizon", "50"])
     assert out["horizon"] == 50 and out["runs"] == 4
     assert set(out["methods"]) == {"detector", "loss_z", "grad_norm_threshold", "olmo_spike_score"}
     assert len(out["splits"]["tune"]) == len(out["splits"]["heldout"]) == 2

@@ -21,7 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--until", type=int, metavar="STEP", help="stop after this step (as if the run ended)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="alert threshold in units of each signal's threshold (default: the detector's)")
+                        help="alert threshold on the calibrated spike risk, a probability (default: the tuned one)")
     parser.add_argument("--config", metavar="FILE", help="DetectorConfig as JSON (fields of DetectorConfig)")
 
 
@@ -37,12 +37,14 @@ def detector_config(args):
             with open(args.config) as f:
                 cfg = DetectorConfig.from_dict(json.load(f))
         if args.threshold is not None:
-            cfg = replace(cfg, gate=replace(cfg.gate, threshold=args.threshold))
+            cfg = replace(cfg, risk_threshold=args.threshold)
         return cfg
     except OSError as e:
         raise UsageError(f"--config {args.config}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--config {args.config}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except (ValueError, TypeError) as e:
-        raise UsageError(f"detector config: {e}") from None
+        raise UsageError(f"--config {args.config or '(defaults)'}: {e}") from None
 
 
 def run(args) -> int:

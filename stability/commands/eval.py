@@ -1,4 +1,4 @@
-"""`stability eval`: score the detector and the baselines on the labelled evaluation suite."""
+"""`stability eval`: the detector against every peer's rule on the instability zoo (and the legacy suite report)."""
 
 from __future__ import annotations
 
@@ -7,51 +7,166 @@ import sys
 from pathlib import Path
 
 NAME = "eval"
-HELP = "evaluate the spike detector against baselines on the labelled suite (recall, precision, lead time)"
+HELP = "benchmark the spike detector against every peer's rule on the instability zoo (recall, precision, lead)"
 DESCRIPTION = (
-    "Label every run of the evaluation suite post hoc, replay the online detector and the baselines (loss z-score, "
-    "total-grad-norm threshold, OLMo spike score) over it, pick each method's alert threshold on the tuning split "
-    "at the same false-alarm budget, and report recall, precision, false alarms per 10,000 calm steps and median "
-    "lead time on the held-out split. --generate trains the suite first (minutes on a CPU)."
+    "Label every run of the instability zoo (and of the re-warm suite, mechanism 7) post hoc, replay the "
+    "detector's calibrated risk and each peer's published rule (ZClip, OLMo-core, Megatron-LM, llm-foundry, "
+    "Lightning, OLMo 2, embedding-gradient z-score) over it, pick each method's threshold on the tuning split at "
+    "2 and at 10 false alarms per 10,000 calm steps, and report recall, precision, false alarms and median lead "
+    "on the held-out split, per mechanism and overall, with the risk's reliability table. --generate-zoo trains "
+    "the zoo first (about 20 minutes of one core); --fit refits the risk model on the tuning split and writes "
+    "it to stability/detector/risk_model.json; --legacy prints the former suite-only comparison."
 )
 
 
-def default_suite() -> Path:
+def _source_root() -> Path:
     import stability
 
-    return Path(stability.__file__).resolve().parent.parent / "tests" / "data" / "eval_suite"
+    return Path(stability.__file__).resolve().parent.parent
+
+
+def default_suite() -> Path:
+    return _source_root() / "tests" / "data" / "eval_suite"
+
+
+def default_zoo() -> Path:
+    return _source_root() / "tests" / "data" / "zoo"
 
 
 def add_arguments(parser):
+    parser.add_argument("--zoo", metavar="DIR", default=None,
+                        help="instability zoo folder (default: tests/data/zoo of the source tree)")
     parser.add_argument("--suite", metavar="DIR", default=None,
-                        help="suite store folder (default: tests/data/eval_suite of the source tree)")
+                        help="re-warm suite folder, mechanism 7 (default: tests/data/eval_suite of the source tree)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     parser.add_argument("--horizon", type=int, default=50, metavar="H",
                         help="an alert predicts a spike 1..H steps after it (default 50)")
-    parser.add_argument("--fa-budget", type=float, default=2.0, metavar="N",
-                        help="false alarms per 10,000 calm steps allowed when picking thresholds (default 2)")
     parser.add_argument("--realworld", metavar="DIR",
                         help="also analyse W&B exports in DIR (e.g. ../shared/realworld/microscaling-instabilities)")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE")
+    parser.add_argument("--fit", action="store_true",
+                        help="refit the risk model on the tuning split and write stability/detector/risk_model.json")
+    g = parser.add_argument_group("generating the zoo")
+    g.add_argument("--generate-zoo", action="store_true", help="train the zoo runs into --zoo first")
+    g.add_argument("--jobs", type=int, default=2, help="training processes in parallel (default 2)")
+    g.add_argument("--only", metavar="SUBSTR", help="with --generate-zoo / --generate: only runs whose name has it")
+    leg = parser.add_argument_group("the legacy suite-only comparison (--legacy)")
+    leg.add_argument("--legacy", action="store_true",
+                     help="the former report: detector and loss/grad-norm baselines on the re-warm suite alone")
+    leg.add_argument("--fa-budget", type=float, default=2.0, metavar="N",
+                     help="--legacy: false alarms per 10,000 calm steps allowed when picking thresholds (2)")
+    leg.add_argument("--generate", action="store_true", help="--legacy: train the suite runs into --suite first")
+    leg.add_argument("--workers", type=int, default=2, help="--legacy --generate: training processes (2)")
+    leg.add_argument("--missing", action="store_true", help="--legacy --generate: only runs the suite lacks")
     from stability.commands.spikes import add_label_arguments
     from stability.detector.comparison import SUITE_LABELS
 
     add_label_arguments(parser, SUITE_LABELS)
-    g = parser.add_argument_group("generating the suite")
-    g.add_argument("--generate", action="store_true", help="train the suite runs into --suite first")
-    g.add_argument("--workers", type=int, default=2, help="training processes in parallel (default 2)")
-    g.add_argument("--only", metavar="SUBSTR", help="with --generate: only configurations whose name has SUBSTR")
-    g.add_argument("--missing", action="store_true", help="with --generate: only runs the suite does not hold yet")
 
 
 def run(args) -> int:
     from stability.cli import UsageError
+
+    if args.horizon < 1:
+        raise UsageError(f"--horizon must be >= 1, got {args.horizon}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.realworld and not Path(args.realworld).is_dir():
+        raise UsageError(f"--realworld {args.realworld}: no such folder")
+    if args.legacy:
+        return run_legacy(args)
+    from stability.evaluation.benchmark import compare, load_runs
+    from stability.evaluation.zoo import ZOO, ZOO_FILE, generate
+
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    zoo = Path(args.zoo) if args.zoo else default_zoo()
+    suite = Path(args.suite) if args.suite else default_suite()
+    if args.suite and not (suite / "suite.parquet").exists():
+        raise UsageError(f"--suite {suite}: no suite.parquet there")
+    if args.generate_zoo:
+        runs = [r for r in ZOO if not args.only or args.only in r.name]
+        if not runs:
+            raise UsageError(f"--only {args.only}: no zoo run has that in its name")
+        log(f"training {len(runs)} zoo runs into {zoo} with {args.jobs} job(s)")
+        generate(zoo, runs, jobs=args.jobs, log=log)
+    if not (zoo / ZOO_FILE).exists():
+        raise UsageError(f"no instability zoo at {zoo} (create it with `stability eval --generate-zoo`)")
+    runs = load_runs(zoo, suite)
+    if not runs:
+        raise UsageError(f"the zoo at {zoo} holds no runs")
+    result, model = compare(runs, horizon=args.horizon, fit=args.fit)
+    result = {"zoo": str(zoo), "suite": str(suite), "runs": len(runs), **result}
+    if args.fit:
+        from stability.detector.risk import MODEL_FILE
+
+        model.save(MODEL_FILE)
+        log(f"risk model written to {MODEL_FILE} (threshold {model.threshold:.4g})")
+    return _emit(result, args, format_benchmark)
+
+
+def _emit(result: dict, args, table) -> int:
+    """Add the real-world analysis if asked, write --out, print JSON or the Markdown tables."""
+    if args.realworld:
+        from stability.detector.realworld import analyse
+
+        result["realworld"] = analyse(args.realworld)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    if args.json:
+        print(json.dumps(result, default=float))
+        return 0
+    print(table(result))
+    if "realworld" in result:
+        print()
+        print(format_realworld(result["realworld"]))
+    return 0
+
+
+def format_benchmark(result: dict) -> str:
+    """Held-out tables (Markdown): overall per method at each budget, then per mechanism, then reliability."""
+    from stability.evaluation.benchmark import DETECTOR
+
+    methods = {DETECTOR: result["detector"], **result["baselines"]}
+    sp = result["splits"]
+    lines = [f"Held-out split ({sp['heldout']['runs']} runs, recipes {', '.join(sp['heldout']['recipes'])}; "
+             f"tuned on {sp['tune']['runs']} other runs), H = {result['horizon']}, build-up incidents; "
+             "threshold picked on the tuning split at each false-alarm budget", "",
+             "| method | budget / 10k | threshold | recall | precision | false alarms / 10k | median lead |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in methods.items():
+        for b, at in m["at_budget"].items():
+            o = at["heldout"]["overall"]
+            lines.append(f"| {name} | {b} | {at['threshold']:.4g} | {_f(o['recall'])} ({o['hits']}/{o['incidents']}) "
+                         f"| {_f(o['precision'])} | {_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} |")
+    mechs = list(result["detector"]["at_budget"]["2"]["heldout"]["per_mechanism"])
+    for b in result["detector"]["at_budget"]:
+        lines += ["", f"Per mechanism at <= {b} false alarms / 10k (tuning pick): recall / median lead / FA per 10k",
+                  "", "| method | " + " | ".join(mechs) + " |", "|---" * (len(mechs) + 1) + "|"]
+        for name, m in methods.items():
+            cells = []
+            for mech in mechs:
+                s = m["at_budget"][b]["heldout"]["per_mechanism"][mech]
+                cells.append(f"{_f(s['recall'])} / {_f(s['median_lead'])} / {_f(s['false_alarms_per_10k'])}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rel = result["reliability"]
+    lines += ["", (f"Reliability of the risk on the held-out split (base rate {rel['heldout_summary']['base_rate']}, "
+                   f"Brier {rel['heldout_summary']['brier']})"), "", "| risk bin | steps | mean predicted | observed |",
+              "|---|---|---|---|"]
+    for r in rel["heldout"]:
+        lines.append(f"| {r['bin'][0]:g}-{r['bin'][1]:g} | {r['steps']} | {_f(r['predicted'])} | {_f(r['observed'])} |")
+    t = result["targets"]["overall"]
+    lines += ["", "Targets at the shipped threshold (held-out, overall): " + ", ".join(
+        f"{k} {_f(v['value'])} ({'met' if v['met'] else 'NOT met'}, target {v['target']:g})" for k, v in t.items())]
+    return "\n".join(lines)
+
+
+def run_legacy(args) -> int:
+    from stability.cli import UsageError
+    from stability.commands.spikes import label_config
     from stability.detector.comparison import compare
     from stability.detector.suite import SUITE, generate, load_suite
 
     suite = Path(args.suite) if args.suite else default_suite()
-    if args.horizon < 1:
-        raise UsageError(f"--horizon must be >= 1, got {args.horizon}")
     if args.fa_budget < 0:
         raise UsageError(f"--fa-budget must be >= 0, got {args.fa_budget}")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
@@ -65,35 +180,17 @@ def run(args) -> int:
         log(f"generating {len(runs)} runs into {suite} with {args.workers} worker(s)")
         generate(suite, runs, workers=args.workers, log=log)
     if not (suite / "suite.parquet").exists() and not args.generate:
-        raise UsageError(f"no evaluation suite at {suite} (create it with `stability eval --generate`)")
+        raise UsageError(f"no evaluation suite at {suite} (create it with `stability eval --legacy --generate`)")
     runs = load_suite(suite)
     if not runs:
         raise UsageError(f"evaluation suite at {suite} holds no runs")
-    from stability.commands.spikes import label_config
-
     result = {"suite": str(suite), "runs": len(runs),
               **compare(runs, horizon=args.horizon, fa_budget=args.fa_budget, label_cfg=label_config(args))}
-    if args.realworld:
-        from stability.detector.realworld import analyse
-
-        if not Path(args.realworld).is_dir():
-            raise UsageError(f"--realworld {args.realworld}: no such folder")
-        result["realworld"] = analyse(args.realworld)
-    text = json.dumps(result, default=float)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
-    if args.json:
-        print(text)
-        return 0
-    print(format_table(result))
-    if "realworld" in result:
-        print()
-        print(format_realworld(result["realworld"]))
-    return 0
+    return _emit(result, args, format_table)
 
 
 def format_table(result: dict) -> str:
-    """The held-out comparison as a Markdown table."""
+    """The legacy held-out comparison as a Markdown table."""
     lines = [(f"Held-out split, H = {result['horizon']} steps, thresholds picked on the tuning split at <= "
               f"{result['fa_budget_per_10k']:g} false alarms per 10k calm steps"),
              "", "| method | threshold | recall | precision | false alarms / 10k calm | median lead (steps) |",

@@ -18,7 +18,7 @@ CRITICAL = "critical"
 class Alert:
     step: int
     signal: str
-    """Which signal fired, e.g. `emb_grad_z`, `emb_grad_rate`, `fp16_overflow`, `loss_nonfinite`."""
+    """Which signal contributed most, e.g. `emb_grad_z`, `grad_norm_z`, `attn_max_rise`, `loss_z`, `nonfinite`."""
     score: float
     """The signal's score in units of its threshold (>= 1 when it fired on its own)."""
     severity: str

@@ -34,10 +34,9 @@ SUITE_LABELS = LabelConfig(smooth=5, z=5.0)
 # Detector variants tried on the tuning split (fields of DetectorConfig); the first is the shipped default.
 DETECTOR_VARIANTS: tuple[dict, ...] = (
     {},
-    {"level_factor": 8.0, "rate_factor": 6.0},
     {"disabled": ("loss_z",)},
-    {"smooth": 5},
-    {"drop_z": 6.0},
+    {"evidence": {"persist": 1}},
+    {"evidence": {"persist": 5}},
 )
 
 
