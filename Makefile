@@ -29,6 +29,7 @@ bench: $(STAMP)
 	# The peers of the overhead benchmark (TensorBoard, W&B offline).
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/stability bench overhead --json
+	$(BIN)/stability bench attention --json
 	$(BIN)/stability bench store --json
 	$(BIN)/stability bench policies --json
 	$(BIN)/stability bench dashboard --json

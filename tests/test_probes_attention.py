@@ -186,6 +186,20 @@ def test_sdpa_model_training_steps_match_a_hand_computation_per_layer():
         assert rel(rec[(M.ATTN_ENTROPY, layer)], ref["entropy"]) <= 1e-5
 
 
+@pytest.mark.parametrize("batch,t,budget", [(1, 4096, 2 << 20), (16, 128, 2 << 20), (3, 50, 7 * 50), (2, 9, 5)])
+def test_score_chunks_cover_every_row_once_within_the_budget(batch, t, budget):
+    from probes.attention_scores import chunks
+
+    per_row = 4 * t  # a row of one sequence: 4 heads x t keys
+    seen = torch.zeros(batch, t, dtype=torch.long)
+    for b0, b1, rows, pos in chunks(batch, torch.arange(t), per_row, budget):
+        n = (b1 - b0) * pos.numel() * per_row
+        assert n <= max(budget, per_row)  # at least one row, however small the budget
+        seen[b0:b1, rows] += 1
+        assert torch.equal(torch.arange(t)[rows], pos)
+    assert (seen == 1).all()
+
+
 # --- nn.MultiheadAttention ----------------------------------------------------------------------------------------
 def test_multihead_attention_causal_range_and_entropy():
     torch.manual_seed(0)

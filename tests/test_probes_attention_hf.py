@@ -61,9 +61,12 @@ def test_hf_attention_is_seen_per_layer_over_the_kept_pairs(family, impl):
     ids = torch.randint(1, 64, (B, T), generator=torch.Generator().manual_seed(0))
     attention_mask = torch.ones(B, T, dtype=torch.long)
     attention_mask[1, -PAD:] = 0
+    home = __import__(type(layers[0]).__module__, fromlist=["_"])
+    eager = home.eager_attention_forward
     mon = probes.Monitor(model, probes.MonitorConfig(exact_every=1, entropy_rows=0))
     mon.start_step(0)
     loss = model(input_ids=ids, attention_mask=attention_mask).logits.float().pow(2).mean()
+    assert home.eager_attention_forward is eager  # swapped during the logged forward only
     loss.backward()
     mon.after_backward(0)
     rec = mon.after_optimizer_step(0, loss=loss)
