@@ -32,14 +32,16 @@ DESCRIPTION = (
 )
 
 WARMUP = 200
-"""The policies-demo recipe with a longer warm-up: the learning rate crosses the point where this Post-LN model
-breaks (about 6e-3 at batch 8 x 64) near step 60 instead of 28, after the loss has settled, so the collapse
-that follows is a spike the labeller can see against a calm baseline, and the detector has history to warn
-from."""
+"""The policies-demo recipe with a longer warm-up. With its 100 steps the model blows up at step 27, while the
+loss is still falling from 5.6 and the labeller has no calm baseline to call it a spike against; over 200 steps
+the loss first settles near 2.8 and the collapse comes at step 179 (learning rate 1.8e-2): a spike the labeller
+sees, after 150 steps of history for the detector to warn from."""
 STEPS = 300
 PACE = 6.0
 """Steps per second of each live run: 300 steps in about 50 s, slow enough to watch the charts move."""
 PREFIXES = ("demo-unprotected-", "demo-protected-")
+HORIZON = 50
+"""An alert counts as a warning of a spike at most this many steps before its onset (as in `stability eval`)."""
 
 
 def protection():
@@ -108,7 +110,7 @@ def train_live(spec: LiveRun) -> None:
     from stability.session import SessionOptions, build_trainer
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or the demo stopping us: the run ends as `stopped`
-        signal.signal(sig, signal.default_int_handler)
+        signal.signal(sig, _interrupt_once)
     try:
         policies = build_policies(protection()) if spec.protected else []
         meta = {"demo": "protected" if spec.protected else "unprotected"}
@@ -127,6 +129,20 @@ def train_live(spec: LiveRun) -> None:
         trainer.fit()
     except KeyboardInterrupt:  # Ctrl-C or the demo stopping us: the loop has closed the run as `stopped`
         pass
+
+
+def _interrupt_once(signum, frame):
+    """KeyboardInterrupt for the first signal; later ones are ignored, so that a Ctrl-C followed by the demo's
+    own SIGTERM cannot cut short the loop's closing of the run (held-out loss, store flush, status). Ignored by
+    a handler that does nothing, not SIG_IGN: a signal that arrived together with the first one would be
+    reported as an error when Python finds SIG_IGN in place of the handler it was delivered to."""
+    _ignore_stops()
+    raise KeyboardInterrupt
+
+
+def _ignore_stops() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
 
 
 def _mark_stopped(spec: LiveRun) -> None:
@@ -218,21 +234,23 @@ def story(store: Path, unprotected: str, protected: str) -> dict:
     out = {}
     for label, run in (("unprotected", unprotected), ("protected", protected)):
         m = rs.metrics(run, metrics=["loss", "val_loss"])
-        # After a rollback a step is logged again; the timeline that was kept is the last value of each step.
-        loss = m[m.metric == "loss"].drop_duplicates("step", keep="last")
-        val = m[m.metric == "val_loss"]["value"]
+        loss, val = m[m.metric == "loss"], m[m.metric == "val_loss"]["value"]
         ev = rs.events(run)
-        labels = label_spikes(loss["step"].to_numpy(), loss["value"].to_numpy())
-        tail = loss["value"].to_numpy()[-20:]
+        tail = loss[loss.step > loss.step.max() - 20]["value"] if len(loss) else loss["value"]
         out[label] = {
             "run": run, "status": rs.run_info(run).get("status"),
             "alerts": [int(s) for s in ev[ev.kind == "alert"]["step"]],
-            "incidents": [{"onset": i.onset, "peak_step": i.peak_step, "peak_loss": round(i.peak_loss, 3),
-                           "diverged": bool(i.diverged)} for i in labels.incidents],
             "rollbacks": [int(s) for s in ev[ev.kind == "rollback"]["step"]],
             "final_loss": round(float(tail.mean()), 4) if len(tail) else None,
             "val_loss": round(float(val.iloc[-1]), 4) if len(val) else None,
         }
+    # Labelled as `stability spikes` labels it. Only the unprotected run: after a rollback the protected run has
+    # two values for the steps it went back over, one of an abandoned timeline.
+    loss = rs.metrics(unprotected, metrics=["loss"])
+    labels = label_spikes(loss["step"].to_numpy(), loss["value"].to_numpy())
+    out["unprotected"]["incidents"] = [
+        {"onset": i.onset, "peak_step": i.peak_step, "peak_loss": round(i.peak_loss, 3), "diverged": bool(i.diverged)}
+        for i in labels.incidents]
     return out
 
 
@@ -240,14 +258,14 @@ def narrate(s: dict) -> None:
     u, p = s["unprotected"], s["protected"]
     if u["incidents"]:
         first = u["incidents"][0]
-        before = [a for a in u["alerts"] if a < first["onset"]]
+        before = [a for a in u["alerts"] if first["onset"] - HORIZON <= a < first["onset"]]
         kind = "divergence" if first["diverged"] else "spike"
         if before:
-            say(f"unprotected: alert at step {before[-1]}, {first['onset'] - before[-1]} steps before the labelled "
+            say(f"unprotected: alert at step {before[0]}, {first['onset'] - before[0]} steps before the labelled "
                 f"{kind} at step {first['onset']} (peak loss {first['peak_loss']} at step {first['peak_step']})")
         else:
             say(f"unprotected: labelled {kind} at step {first['onset']} (peak loss {first['peak_loss']}); "
-                f"no alert came before it")
+                f"no alert in the {HORIZON} steps before it")
     else:
         say("unprotected: no labelled spike")
     say(f"unprotected: alerts at steps {u['alerts'] or 'none'}")
@@ -311,8 +329,7 @@ def run(args) -> int:
     except KeyboardInterrupt:
         say("stopping")
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _ignore_stops()  # a second Ctrl-C must not cut the clean-up short
         for p in procs or ():
             if p.is_alive():
                 p.terminate()  # SIGTERM: the run closes itself as `stopped`
@@ -328,4 +345,6 @@ def run(args) -> int:
             except Exception:
                 dash.kill()
         receiver.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
