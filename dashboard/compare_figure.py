@@ -23,20 +23,22 @@ from stability import metrics as M
 ROWS = (("loss", "Loss"), ("emb", "Embedding gradient norm"), ("attn_max", "Attention score max (all layers)"))
 DOMAINS = {"loss": (0.70, 1.0), "emb": (0.36, 0.64), "attn_max": (0.0, 0.29)}
 YREF = {"loss": "y", "emb": "y2", "attn_max": "y3"}
-SMOOTHED_ROWS = ("loss", "emb")
-"""Smoothing applies to the loss and gradient rows; the attention maximum is drawn as it is."""
+SMOOTHABLE = {"loss": "loss", "emb": "grad"}
+"""Rows smoothing can apply to, by the name the smoothing control gives them; the attention maximum is drawn as
+it is."""
 
 
 def _frame(step, value) -> pd.DataFrame:
     return pd.DataFrame({"step": np.asarray(step, float), "value": np.asarray(value, float)})
 
 
-def _row_traces(df: pd.DataFrame, row: str, name: str, color: str, smoothing: Smoothing, legend: bool) -> list[dict]:
+def _row_traces(df: pd.DataFrame, row: str, name: str, color: str, smoothing: Smoothing, legend: bool,
+                smooth_rows: Sequence[str] = ("loss", "grad")) -> list[dict]:
     y = YREF[row]
     if row == "attn_max":
         f = _finite(df)
         return [lines(f, name, color, y, group=name, legend=legend, y=symlog(f["value"]), hover=f["value"])]
-    out = smoothed_lines(df, name, color, y, smoothing if row in SMOOTHED_ROWS else Smoothing())
+    out = smoothed_lines(df, name, color, y, smoothing if SMOOTHABLE.get(row) in smooth_rows else Smoothing())
     for t in out:
         t.update(legendgroup=name, showlegend=legend and t["showlegend"])
     return out
@@ -56,6 +58,7 @@ def compare_figure(
     axes: Mapping[str, XAxis] | None = None,
     log_loss: bool = False,
     log_grad: bool = True,
+    smooth_rows: Sequence[str] = ("loss", "grad"),
     uirevision: str = "compare",
 ) -> go.Figure:
     """Runs overlaid, or with `groups` ({group: [runs]}) one mean line per group with its min-max or +-std
@@ -72,7 +75,7 @@ def compare_figure(
             for row, _ in ROWS:
                 df = r.get(row)
                 if df is not None and not df.empty:
-                    mine += _row_traces(df, row, r["run"], color, smoothing, legend=row == "loss")
+                    mine += _row_traces(df, row, r["run"], color, smoothing, row == "loss", smooth_rows)
             if r["run"] in axes:
                 map_x(mine, [], axes[r["run"]])
             traces += mine
@@ -92,7 +95,7 @@ def compare_figure(
                 if row == "attn_max":
                     lo, hi = symlog(lo), symlog(hi)
                 mine = band(steps, lo, hi, color, name, YREF[row], opacity=0.18)
-                mine += _row_traces(_frame(steps, mean), row, name, color, smoothing, legend=row == "loss")
+                mine += _row_traces(_frame(steps, mean), row, name, color, smoothing, row == "loss", smooth_rows)
                 if all(m in axes for m in members) and axes:
                     xs = _group_x(members, axes, steps)
                     for t in mine:  # every trace of a group is on the group's steps

@@ -55,7 +55,16 @@ def _flag(v: str) -> bool:
     return v == "1"
 
 
+def _rows(v: str) -> list[str]:
+    rows = [] if v == "none" else v.split(",")
+    if any(r not in SMOOTH_ROWS for r in rows):
+        raise ValueError(v)
+    return [r for r in SMOOTH_ROWS if r in rows]
+
+
 def _fmt(v) -> str:
+    if isinstance(v, list):
+        return ",".join(v) or "none"
     return ("1" if v else "0") if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else str(v))
 
 
@@ -71,6 +80,9 @@ class Control:
 
 
 SMOOTH_KEY, SMOOTH_W_KEY, SMOOTH_N_KEY, X_KEY = "smooth_method", "smooth_w", "smooth_n", "x_axis"
+SMOOTH_ROWS_KEY = "smooth_rows"
+SMOOTH_ROWS = ("loss", "grad")
+"""The charts smoothing can apply to: the loss and the gradient-norm lines (each on or off)."""
 LOG_LOSS_KEY, LOG_GRAD_KEY = "log_loss", "log_grad"
 GROUP_KEY, GROUP_CFG_KEY, GROUP_PAT_KEY, BAND_KEY = "cmp_group_by", "cmp_gkey", "cmp_gpat", "cmp_band"
 W_MAX, N_MAX = 0.99, 501
@@ -80,6 +92,7 @@ CONTROLS = (
     Control("smooth", SMOOTH_KEY, DEFAULT.method, _choice(METHODS)),
     Control("sw", SMOOTH_W_KEY, DEFAULT.value, _number(0.0, W_MAX)),
     Control("sn", SMOOTH_N_KEY, 25, _number(1, N_MAX, int)),
+    Control("srows", SMOOTH_ROWS_KEY, list(SMOOTH_ROWS), _rows),
     Control("x", X_KEY, "step", _choice(KINDS)),
     Control("logloss", LOG_LOSS_KEY, False, _flag),
     Control("loggrad", LOG_GRAD_KEY, True, _flag),
@@ -99,7 +112,7 @@ def defaults(view: str) -> None:
     created from session state alone, as Streamlit wants when state is set from code."""
     for c in CONTROLS:
         if view in c.views:
-            st.session_state.setdefault(c.key, c.default)
+            st.session_state.setdefault(c.key, list(c.default) if isinstance(c.default, list) else c.default)
 
 
 def init_from_url() -> None:

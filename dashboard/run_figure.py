@@ -106,10 +106,12 @@ def run_figure(
     x_axis: XAxis = XAxis(),
     log_loss: bool = False,
     log_grad: bool = True,
+    smooth_rows: Sequence[str] = ("loss", "grad"),
 ) -> go.Figure:
     """Loss with spike/alert/action markers, grad-norm heatmap, embedding vs rest, attention bands, FP16 row.
 
-    `smoothing` applies to the loss and gradient-norm lines, for display only (markers sit on the raw loss);
+    `smoothing` applies to the loss and gradient-norm lines named in `smooth_rows` ("loss", "grad"), for display
+    only (markers sit on the raw loss);
     `x_axis` maps every step to the x axis drawn; `log_loss` / `log_grad` put those rows on a log y axis."""
     rows = run_rows(series)
     dom = row_domains(rows)
@@ -136,7 +138,8 @@ def run_figure(
         if _has_band(loss):
             f = _finite(loss, "vmin")
             traces += _band(f["step"], f["vmin"], f["vmax"], PALETTE[0], "loss", y)
-        traces += smoothed_lines(loss, "loss", PALETTE[0], y, smoothing, width=1.6)
+        traces += smoothed_lines(loss, "loss", PALETTE[0], y, smoothing if "loss" in smooth_rows else Smoothing(),
+                                 width=1.6)
     if len(spikes):
         s = np.asarray(sorted(spikes), dtype=float)
         traces.append(dict(type="scatter", x=s, y=_y_at(loss, s), mode="markers", name="spike", yaxis=y,
@@ -212,10 +215,11 @@ def run_figure(
         y = yref["emb"]
         emb = _get(series, M.GRAD_NORM, M.LAYER_EMBEDDING)
         rest = rest_of_model(_get(series, M.GRAD_NORM, M.LAYER_TOTAL), emb)
+        grad_smoothing = smoothing if "grad" in smooth_rows else Smoothing()
         if emb is not None:
-            traces += smoothed_lines(_finite(emb), "embedding grad norm", PALETTE[3], y, smoothing)
+            traces += smoothed_lines(_finite(emb), "embedding grad norm", PALETTE[3], y, grad_smoothing)
         if not rest.empty:
-            traces += smoothed_lines(_finite(rest), "rest-of-model grad norm", PALETTE[7], y, smoothing)
+            traces += smoothed_lines(_finite(rest), "rest-of-model grad norm", PALETTE[7], y, grad_smoothing)
         yaxis("emb").update(title=dict(text="grad norm"))
         if log_grad:
             yaxis("emb").update(type="log", dtick=1, exponentformat="power")

@@ -297,3 +297,16 @@ def test_compare_groups_by_name_pattern_or_config_key_from_the_address(monkeypat
     at = open_app(monkeypatch, store_dir, view="compare", runs=runs, group="pattern", gpat="-s(")
     assert any("not a regular expression" in e.value for e in at.error)
     assert charts(at), "the runs are still drawn, ungrouped"
+
+
+def test_smoothing_applies_to_the_charts_picked(monkeypatch, store_dir):
+    at = open_app(monkeypatch, store_dir, view="run", run="pre-ln-fp16", srows="grad")
+    names = {t["name"] for t in charts(at)[0]["data"]}
+    assert "embedding grad norm (smoothed)" in names and "loss (smoothed)" not in names
+    at.pills(key="smooth_rows").set_value(["loss", "grad"]).run()
+    names = {t["name"] for t in charts(at)[0]["data"]}
+    assert {"embedding grad norm (smoothed)", "loss (smoothed)"} <= names
+    assert "srows" not in at.query_params  # both: the default
+    at.pills(key="smooth_rows").set_value([]).run()
+    assert at.query_params["srows"] == "none"
+    assert not any(t["name"].endswith("(smoothed)") for t in charts(at)[0]["data"])

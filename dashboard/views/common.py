@@ -65,11 +65,11 @@ SMOOTH_LABELS = {"off": "off", "ema": "EMA", "mean": "window mean"}
 X_LABELS = {"step": "step", "tokens": "tokens", "wall": "wall time"}
 
 
-def chart_controls(log_names: tuple[str, str], view: str = "run") -> tuple[Smoothing, str, bool, bool]:
+def chart_controls(log_names: tuple[str, str], view: str = "run") -> tuple[Smoothing, str, bool, bool, tuple]:
     """The smoothing, x-axis and log-y controls of a chart (their state is in the URL, see nav.CONTROLS):
-    -> (smoothing, x axis kind, first log toggle, second log toggle)."""
+    -> (smoothing, x axis kind, first log toggle, second log toggle, the charts smoothed)."""
     nav.defaults(view)
-    c1, c2, c3, c4, c5 = st.columns([2.0, 1.5, 2.0, 0.8, 0.8])
+    c1, c2, c6, c3, c4, c5 = st.columns([1.8, 1.4, 1.3, 1.8, 0.8, 0.8])
     method = c1.radio("Smoothing", list(SMOOTH_LABELS), key=nav.SMOOTH_KEY, horizontal=True,
                       format_func=SMOOTH_LABELS.get,
                       help="Display only: spikes and alerts come from the raw values, drawn faint behind. EMA: "
@@ -80,9 +80,11 @@ def chart_controls(log_names: tuple[str, str], view: str = "run") -> tuple[Smoot
     else:
         value = c2.slider("EMA weight", 0.0, nav.W_MAX, step=0.01, key=nav.SMOOTH_W_KEY,
                           disabled=method == "off")
+    rows = c6.pills("Smooth", list(nav.SMOOTH_ROWS), key=nav.SMOOTH_ROWS_KEY, selection_mode="multi",
+                    format_func={"loss": "loss", "grad": "grad norm"}.get, help="Which charts the smoothing applies to.")
     kind = c3.radio("X axis", list(X_LABELS), key=nav.X_KEY, horizontal=True, format_func=X_LABELS.get,
                     help="; ".join(f"{X_LABELS[k]}: {t}" for k, t in TITLES.items()))
     log_a = c4.toggle(log_names[0], key=nav.LOG_LOSS_KEY)
     log_b = c5.toggle(log_names[1], key=nav.LOG_GRAD_KEY)
     smoothing = Smoothing(method, float(value)) if method != "off" else Smoothing()
-    return smoothing, kind, bool(log_a), bool(log_b)
+    return smoothing, kind, bool(log_a), bool(log_b), tuple(rows or ())

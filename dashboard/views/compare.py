@@ -75,9 +75,9 @@ BAND_LABELS = {"minmax": "min-max", "std": "± std"}
 
 
 def panel(store_dir: str, chosen: tuple, grouped: tuple | None = None, band: str = "minmax",
-          view: tuple = (Smoothing(), "step", False, True)) -> None:
+          view: tuple = (Smoothing(), "step", False, True, ("loss", "grad"))) -> None:
     runs = q.cached_runs(store_dir)
-    smoothing, x_kind, log_loss, log_grad = view
+    smoothing, x_kind, log_loss, log_grad, smooth_rows = view
     items, summary, axes, lacking = [], [], {}, []
     for run in chosen:
         meta = runs[runs["run"] == run]
@@ -108,7 +108,7 @@ def panel(store_dir: str, chosen: tuple, grouped: tuple | None = None, band: str
         axes = {}
     groups = None if grouped is None else {g: list(m) for g, m in grouped}
     plot.show(compare_figure(items, groups=groups, band_kind=band, smoothing=smoothing, axes=axes,
-                             log_loss=log_loss, log_grad=log_grad,
+                             log_loss=log_loss, log_grad=log_grad, smooth_rows=smooth_rows,
                              uirevision=f"compare:{grouped is not None}:{x_kind if axes else 'step'}"),
               key="compare_figure")
     table = summary_table(summary)

@@ -95,9 +95,10 @@ def figure(store_dir, run, version, window, fetch, max_points, focus, view, axis
     """The figure's JSON text, built once per run version and view controls, so a redraw with no new data costs
     nothing (serialising the figure of a 10M-row run takes 0.05-0.15 s: more than a rerun's other work). The
     `_` arguments are not hashed: they follow from the others. In st.cache_resource: the text is only read."""
-    smoothing, _, log_loss, log_grad = view
+    smoothing, _, log_loss, log_grad, smooth_rows = view
     fig = run_figure(_series, _events, _spikes, focus_step=focus, uirevision=revision(run, window, _axis),
-                     smoothing=smoothing, x_axis=_axis, log_loss=log_loss, log_grad=log_grad)
+                     smoothing=smoothing, x_axis=_axis, log_loss=log_loss, log_grad=log_grad,
+                     smooth_rows=smooth_rows)
     # A log toggle resets that row's own zoom (a range in linear units means nothing on a log axis).
     fig.layout.yaxis.uirevision = f"log={log_loss}"
     return fig.to_json()
@@ -136,7 +137,7 @@ def fetch_window(window: tuple, zoom: tuple | None, last_step: int | None) -> tu
 
 
 def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int | None,
-          view: tuple = (Smoothing(), "step", False, True), redrawing: bool = False) -> None:
+          view: tuple = (Smoothing(), "step", False, True, ("loss", "grad")), redrawing: bool = False) -> None:
     """The charts and the event table (the part that redraws while live)."""
     runs = q.cached_runs(store_dir)
     meta = runs[runs["run"] == run]
