@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probes.attention_scores import DEFAULT_CHUNK_ELEMS, Accumulator, Mask, from_qk, from_scores
+from probes.attention_scores import DEFAULT_CHUNK_ELEMS, Accumulator, Mask, from_qk, from_scores, row_entropy
 from probes.layers import Block, clean_name, owning_block, unwrap
 from probes.reading import MAX, MIN, SUM, Reading
 from stability.metrics import (
@@ -66,10 +66,7 @@ def entropy_rows(probs: torch.Tensor, rows: int) -> torch.Tensor:
 
 def entropy(reading: Reading, block: str, probs: torch.Tensor, rows: int, per_head: bool) -> None:
     """Mean entropy (nats) of attention distributions (..., H, T, S) rows, summed so that blocks and ranks average."""
-    p = entropy_rows(probs.detach(), rows).float()
-    # -sum p log p over keys: (..., H, T) per-row entropies. Clamping inside the log makes masked keys (p = 0)
-    # contribute 0 * log(tiny) = 0, at half the cost of torch.special.entr on a CPU.
-    h = -(p * p.clamp_min(1e-30).log()).sum(-1)
+    h = row_entropy(entropy_rows(probs.detach(), rows).float())  # (..., H, T) per-row entropies
     heads = h.shape[-2] if h.dim() >= 2 else 1
     per = h.reshape(-1, heads, h.shape[-1]).mean(dim=(0, 2))  # (H,)
     if per_head:

@@ -205,7 +205,7 @@ class Accumulator:
             s = s.add_(m.bias)
         if m.hide is not None:
             s = s.add_(m.hide)
-        h = torch.special.entr(s.softmax(-1)).sum(-1)  # (b, H, c): -sum p log p, 0 log 0 = 0
+        h = row_entropy(s.softmax(-1))  # (b, H, c)
         if m.keep is None:  # every row keeps a key (a causal row keeps key 0)
             self._put("ent_sum", h.sum((0, 2)), torch.add)
             self._put("ent_rows", torch.full_like(h[0, :, 0], h.shape[0] * h.shape[2]), torch.add)
@@ -213,6 +213,11 @@ class Accumulator:
         live = m.keep.any(-1).expand_as(h)  # a row with no key has no distribution (softmax gives NaN)
         self._put("ent_sum", h.masked_fill(~live, 0.0).sum((0, 2)), torch.add)
         self._put("ent_rows", live.sum((0, 2)).to(h.dtype), torch.add)
+
+
+def row_entropy(p: torch.Tensor) -> torch.Tensor:
+    """-sum_j p_j log p_j over the last dimension, with 0 log 0 = 0 (hidden keys)."""
+    return torch.special.entr(p).sum(-1)
 
 
 def _amax(s: torch.Tensor, per_head: bool) -> torch.Tensor:

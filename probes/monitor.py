@@ -27,6 +27,7 @@ from torch import nn
 from probes import grad_norms as G
 from probes.activations import ActivationProbe, finish as finish_activations
 from probes.attention_range import AttentionProbe, finish as finish_attention
+from probes.attention_scores import DEFAULT_CHUNK_ELEMS
 from probes.distributed import uses_fsdp1, world
 from probes.fp16_overflow import ScalerProbe
 from probes.hf_attention import HFEagerProbe
@@ -68,7 +69,7 @@ class MonitorConfig:
     N-th logged step (0 = never). Every logged step records `attn_lse_max` from the flash kernel on a CPU, an upper
     bound of the max within log(keys), at no extra matmul. Hook points, `nn.MultiheadAttention` and HF eager
     attention are exact on every logged step."""
-    score_chunk_mb: float = 8.0
+    score_chunk_mb: float = DEFAULT_CHUNK_ELEMS * 4 / 2**20
     """Largest block of recomputed fp32 scores, in MiB: the extra memory of a logged step does not grow with T."""
     activations: bool = True
     """Record the absolute maximum of each block's output (`act_absmax`)."""
