@@ -455,6 +455,8 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
     meta.setdefault("model", type(model).__name__)
     meta.setdefault("optimizer", type(optimizer).__name__)
     meta.setdefault("parameters", sum(p.numel() for p in model.parameters()))
+    if scaler is not None and scaler.is_enabled():
+        meta.setdefault("precision", "fp16")  # what `stability runs` and the dashboard show beside the run
     meta.update(host_metadata(), source="watch")
     if policy_settings is not None:
         meta.setdefault("policies", policy_settings)

@@ -126,7 +126,11 @@ def test_egs_multiplies_the_llama_embedding_gradient_by_alpha(tmp_path):
     assert M.EV_EGS_ON in set(ev.kind)
 
 
-def test_the_run_reads_like_a_reference_run_in_the_commands(tmp_path, capsys):
+def test_the_run_reads_like_a_reference_run_in_the_commands_and_the_dashboard(tmp_path, capsys, monkeypatch):
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
     from stability.cli import main
 
     torch.manual_seed(0)
@@ -136,6 +140,16 @@ def test_the_run_reads_like_a_reference_run_in_the_commands(tmp_path, capsys):
     for cmd in (["runs"], ["spikes", "llama"], ["detect", "llama"], ["events", "llama"]):
         assert main([*cmd, "--store", store]) == 0, cmd
     assert "llama" in capsys.readouterr().out
+    # The dashboard's run view draws it (Streamlit's AppTest, as tests/test_dashboard_app.py drives it).
+    monkeypatch.setenv("STABILITY_STORE", store)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"), default_timeout=60)
+    at.query_params["view"] = "run"
+    at.query_params["run"] = "llama"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    figures = [json.loads(json.loads(c.proto.json_args)["spec"]) for c in at.get("component_instance")
+               if c.proto.component_name.endswith("stability_plot")]
+    assert figures and any(t.get("name") == "loss" for t in figures[0]["data"])
 
 
 def test_unknown_option_is_refused_when_the_callback_is_made():
