@@ -122,10 +122,13 @@ def test_detect_bad_config_is_one_line_naming_it_exit_2(store_dir, tmp_path, cap
 
 
 def test_detect_good_config_file_is_used(store_dir, tmp_path, capsys):
+    # The shipped model alerts on the planted loss jump; the same run with every feature disabled by the file
+    # (only a non-finite value could alert then) has no alert.
+    assert _json(capsys, ["detect", "planted", "--store", str(store_dir), "--json"])["alerts"]
     good = tmp_path / "good.json"
-    good.write_text('{"risk_threshold": 0.999, "evidence": {"persist": 5}}')
+    good.write_text('{"disabled": ["grad_z", "attn_z", "loss_z", "grad_rise", "attn_rise"], "evidence": {"persist": 5}}')
     out = _json(capsys, ["detect", "planted", "--store", str(store_dir), "--config", str(good), "--json"])
-    assert out["alerts"] == []  # a risk of 99.9 % is never reached by this surge
+    assert out["alerts"] == []
 
 
 def _planted_suite(path, n_cfg=2):
