@@ -33,5 +33,5 @@ def run(args) -> dict:
         "updates": len(recs) * len(per), "keys_per_update": len(keys),
         "us_per_update_median": round(1e6 * statistics.median(per), 2),
         "us_per_update_max_batch": round(1e6 * max(per), 2),
-        "state_values": sum(len(t.state_dict()["hist"]["values"]) for t in det._t.values()),
+        "state_values": sum(len(t.state_dict()["hist"]["values"]) for t in det.evidence._t.values()),
     }
