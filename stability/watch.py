@@ -239,7 +239,7 @@ class Guard:
         elif isinstance(loss, torch.Tensor):
             loss_value = loss.detach().float().item()
         else:
-            loss_value = math.nan if loss is None else float(loss)
+            loss_value = None if loss is None else float(loss)  # None: the loop gave no loss (nothing to judge)
         record = self.monitor.after_optimizer_step(
             step, loss=loss, lr=lr, tokens=tokens, optimizer=getattr(host, "optimizer", None),
             scaler=_enabled_scaler(host))
@@ -248,11 +248,13 @@ class Guard:
                 self.sink.log(step, dp.rank_record(loss_value, nonfinite, time.perf_counter() - t0), rank=host.rank)
             # From here on, global values only: every rank must take the same decisions.
             loss_value = dp.global_loss(loss_value, record)
-        self.losses.append(loss_value)
+        if loss_value is not None:
+            self.losses.append(loss_value)
         if record is None and logged:
             dt = time.perf_counter() - t0
-            record = {(M.LOSS, ""): loss_value, (M.LR, ""): lr if lr is not None else math.nan,
-                      (M.STEP_TIME, ""): dt}
+            record = {(M.LR, ""): lr if lr is not None else math.nan, (M.STEP_TIME, ""): dt}
+            if loss_value is not None:
+                record = {(M.LOSS, ""): loss_value, **record}
             n = record_tokens if record_tokens is not None else tokens
             if n is not None:
                 record[(M.TOKENS_PER_S, "")] = n / max(dt, 1e-9)
@@ -279,7 +281,8 @@ class Guard:
             hook = getattr(p, "after_step", None)
             if hook is not None:
                 hook(host, step, record, alerts)
-        self._nonfinite_run = 0 if math.isfinite(loss_value) else self._nonfinite_run + 1
+        if loss_value is not None:
+            self._nonfinite_run = 0 if math.isfinite(loss_value) else self._nonfinite_run + 1
         if self._nonfinite_run >= self.divergence_patience and self.status is None:
             self.sink.event(step, M.EV_DIVERGENCE, severity="critical",
                             detail={"reason": f"loss non-finite for {self._nonfinite_run} steps"})
@@ -369,12 +372,10 @@ def _policies(policies) -> tuple[list, dict | None]:
     """(policy objects, their settings for the run's config) from a PolicyConfig, a policy file or a list."""
     import dataclasses
 
-    from stability.policies import PolicyConfig, build_policies, load_policy_file
+    from stability.policies import PolicyConfig, build_policies
 
     if policies is None:
         return [], None
-    if isinstance(policies, (str, os.PathLike)):
-        policies = load_policy_file(policies)  # PolicyFileError (a ValueError): `file:line: what`
     if isinstance(policies, dict):
         policies = PolicyConfig(**policies)
     if isinstance(policies, PolicyConfig):
@@ -383,6 +384,27 @@ def _policies(policies) -> tuple[list, dict | None]:
         return list(policies), None
     raise ValueError(f"policies: expected a PolicyConfig, a policy file or a list of policies, got "
                      f"{type(policies).__name__}")
+
+
+def preflight(store, run: str | None, policies):
+    """The checks that need no model, so that a framework callback can make them when it is created: the store
+    can be written, the run name is valid, a policy file parses. Returns the policies with a file replaced by its
+    PolicyConfig. ValueError with one line naming what is wrong."""
+    if store is not None:
+        from stability.store import RunStore, StoreError
+        from stability.store.layout import check_run_name
+
+        try:
+            if run is not None:
+                check_run_name(run)
+            RunStore(store).ensure_writable()
+        except StoreError as e:
+            raise ValueError(f"store {store}: {getattr(e, 'reason', '') or e}") from None
+    if isinstance(policies, (str, os.PathLike)):
+        from stability.policies import load_policy_file
+
+        policies = load_policy_file(policies)  # PolicyFileError (a ValueError): `file:line: what`
+    return policies
 
 
 def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: str | Path | None = None,
@@ -428,6 +450,7 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
         monitor_cfg = None
     else:
         raise ValueError(f"probes: expected True, False, a dict or a probes.MonitorConfig, got {probes!r}")
+    policies = preflight(store, run, policies)
     policy_objects, policy_settings = _policies(policies)
     host = LoopState(model, optimizer, scaler, data=data, extra=extra_state,
                      rank=torch.distributed.get_rank() if is_initialized() else 0)
@@ -437,15 +460,6 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
         egs = next(p for p in policy_objects if getattr(p, "name", "") == "egs")
         find_embedding(model, egs.cfg.module)  # ValueError naming the missing embedding, before anything starts
     name = run or default_run_name(model)
-    if store is not None:
-        from stability.store import RunStore, StoreError
-        from stability.store.layout import check_run_name
-
-        try:
-            check_run_name(name)
-            RunStore(store).ensure_writable()
-        except StoreError as e:
-            raise ValueError(f"store {store}: {getattr(e, 'reason', '') or e}") from None
     from stability.alerting.config import load_config
     from stability.alerting.notifier import Notifier
 

@@ -152,11 +152,18 @@ def test_the_run_reads_like_a_reference_run_in_the_commands_and_the_dashboard(tm
     assert figures and any(t.get("name") == "loss" for t in figures[0]["data"])
 
 
-def test_unknown_option_is_refused_when_the_callback_is_made():
+def test_bad_input_is_refused_when_the_callback_is_made(tmp_path):
     with pytest.raises(TypeError, match="evrey"):
-        StabilityCallback(store="x", evrey=2)
+        StabilityCallback(store=tmp_path, evrey=2)
     with pytest.raises(TypeError, match="scaler"):
         StabilityCallback(scaler=object())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="store .*file"):
+        StabilityCallback(store=tmp_path / "file" / "runs")
+    bad = tmp_path / "p.toml"
+    bad.write_text("[rollback]\nenabled = true\ninterval = 0\n")
+    with pytest.raises(ValueError, match=r"p\.toml"):
+        StabilityCallback(store=tmp_path / "runs", policies=bad)
 
 
 @pytest.mark.xfail(reason="probes.Monitor does not yet see transformers 5 attention (probes engineer's issue)",

@@ -272,3 +272,18 @@ def test_bench_watch_prints_one_json_object(capsys):
     result = json.loads(capsys.readouterr().out)  # one JSON object and nothing else on stdout
     assert set(result["plain"]["ratio"]) == {"bare", "watch", "watch_pipeline", "watch_hanging_webhook"}
     assert result["plain"]["ratio"]["watch"] > 0 and result["hf"]["ratio"]["watch"] > 0
+
+
+def test_steps_without_a_loss_are_recorded_and_never_called_a_divergence(tmp_path):
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with stability.watch(model, opt, store=tmp_path, run="noloss", probes=False) as guard:
+        for _ in range(55):  # past the 50 non-finite steps that end a run as diverged
+            model(torch.ones(2, 3)).sum().backward()
+            opt.step()
+            guard.step()  # a loop that hands no loss (and a model whose output has none)
+    assert not guard.should_stop
+    store = RunStore(tmp_path)
+    assert store.run_info("noloss")["status"] == M.ST_FINISHED
+    metrics = set(store.metrics("noloss").metric)
+    assert {M.LR, M.STEP_TIME} <= metrics and M.LOSS not in metrics

@@ -30,36 +30,17 @@ comes from the hooks `watch` puts on the model and the optimizer. What it gives,
 
 from __future__ import annotations
 
-import inspect
-
 from transformers import TrainerCallback
 
+from stability.integrations.options import check_options
 from stability.watch import watch
-
-# Settings the callback fills from the Trainer itself.
-_FROM_TRAINER = {"scaler", "accumulation", "capture_loss", "extra_state"}
-
-
-def check_options(options: dict, adapter: str) -> None:
-    """Refuse an unknown or framework-owned `watch` option when the callback is made, before training starts."""
-    params = inspect.signature(watch).parameters
-    unknown = sorted(k for k in options if k not in params or k in ("model", "optimizer"))
-    if unknown:
-        raise TypeError(f"{adapter}: unknown option {unknown[0]!r} (see stability.watch for the options)")
-    owned = sorted(set(options) & _FROM_TRAINER)
-    if owned:
-        raise TypeError(f"{adapter}: {owned[0]!r} is taken from the trainer; leave it out")
-    if options.get("every", 1) < 1:
-        raise ValueError(f"{adapter}: every must be >= 1, got {options['every']}")
-
 
 class StabilityCallback(TrainerCallback):
     """`stability.watch` for `transformers.Trainer`; keyword options are `watch`'s (store, run, policies,
     webhook, metrics_port, every, probes, ...)."""
 
     def __init__(self, store=None, run: str | None = None, **options):
-        check_options(options, "StabilityCallback")
-        self.options = dict(store=store, run=run, **options)
+        self.options = check_options(store, run, options, "StabilityCallback")
         self.guard = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):

@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import torch
 
 from stability import metrics as M
-from stability.integrations.huggingface import check_options
+from stability.integrations.options import check_options
 from stability.watch import watch
 
 
@@ -30,8 +30,7 @@ class StabilityCallback(pl.Callback):
     metrics_port, every, probes, ...). One optimizer (the first) is watched."""
 
     def __init__(self, store=None, run: str | None = None, **options):
-        check_options(options, "StabilityCallback")
-        self.options = dict(store=store, run=run, **options)
+        self.options = check_options(store, run, options, "StabilityCallback")
         self.guard = None
         self._losses: list[torch.Tensor] = []
         self._stepped = False
