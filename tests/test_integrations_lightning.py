@@ -56,13 +56,13 @@ class Recording(lightning_module.LitLM):
         self.changed.append(any(not torch.equal(a, p) for a, p in zip(self._weights, self.parameters())))
 
 
-def fit(tmp_path, run, module, steps, **options):
+def fit(tmp_path, run, module, steps, accumulate=1, **options):
     torch.manual_seed(0)
-    data = DataLoader(torch.randint(0, 64, (8 * steps, 16)), batch_size=8)
+    data = DataLoader(torch.randint(0, 64, (8 * steps * accumulate, 16)), batch_size=8)
     cb = StabilityCallback(store=tmp_path / "runs", run=run, **options)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, gradient_clip_val=1e-3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[cb])
+                         accumulate_grad_batches=accumulate, callbacks=[cb])
     trainer.fit(module, data)
     return cb
 
@@ -83,6 +83,19 @@ def test_grad_norms_before_clipping_and_every_steps_loss(tmp_path):
     losses = df[df.metric == M.LOSS].sort_values("step")
     assert list(losses.value) == pytest.approx(module.losses, rel=1e-6)
     assert store.run_info("lit")["status"] == M.ST_FINISHED
+
+
+def test_gradient_accumulation_reads_the_accumulated_gradients(tmp_path):
+    torch.manual_seed(0)
+    module = Recording()
+    fit(tmp_path, "acc", module, steps=2, accumulate=2)
+    df = RunStore(tmp_path / "runs").metrics("acc", metrics=[M.GRAD_NORM, M.LOSS], layers=["total", ""])
+    assert len(module.before_clip) == 2
+    for step, want in enumerate(module.before_clip):
+        got = df[(df.step == step) & (df.metric == M.GRAD_NORM)].value.item()
+        assert got == pytest.approx(want["total"], rel=1e-5)
+        loss = df[(df.step == step) & (df.metric == M.LOSS)].value.item()
+        assert loss == pytest.approx(sum(module.losses[2 * step:2 * step + 2]) / 2, rel=1e-6)
 
 
 def test_skip_step_runs_lightnings_closure_then_drops_the_update(tmp_path):

@@ -54,7 +54,8 @@ class StabilityCallback(pl.Callback):
         if not self._stepped:
             return  # accumulating: the optimizer has not stepped yet
         self._stepped = False
-        step_loss = torch.stack(self._losses).float().mean() if self._losses else None
+        # Lightning hands each micro-batch's loss divided by accumulate_grad_batches: their sum is the mean loss.
+        step_loss = torch.stack(self._losses).float().sum() if self._losses else None
         self._losses = []
         self.guard.step(step_loss)
         if self.guard.should_stop:
