@@ -101,24 +101,25 @@ def run(args) -> int:
 
         model.save(MODEL_FILE)
         log(f"risk model written to {MODEL_FILE} (threshold {model.threshold:.4g})")
+    if args.realworld:
+        from stability.evaluation.benchmark import slow_drift
+
+        result["slow_drift_realworld"] = slow_drift(args.realworld)
     return _emit(result, args, format_benchmark)
 
 
 def _emit(result: dict, args, table) -> int:
-    """Add the real-world analysis if asked, write --out, print JSON or the Markdown tables."""
-    if args.realworld:
-        from stability.detector.realworld import analyse
-
-        result["realworld"] = analyse(args.realworld)
+    """Write --out, print JSON or the Markdown tables (with the real-world analysis if there is one)."""
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
     if args.json:
         print(json.dumps(result, default=float))
         return 0
     print(table(result))
-    if "realworld" in result:
+    rw = result.get("realworld") or result.get("slow_drift_realworld")
+    if rw:
         print()
-        print(format_realworld(result["realworld"]))
+        print(format_realworld(rw))
     return 0
 
 
@@ -154,6 +155,15 @@ def format_benchmark(result: dict) -> str:
               "|---|---|---|---|"]
     for r in rel["heldout"]:
         lines.append(f"| {r['bin'][0]:g}-{r['bin'][1]:g} | {r['steps']} | {_f(r['predicted'])} | {_f(r['observed'])} |")
+    sd = result.get("slow_drift_realworld")
+    if sd:
+        lines += ["", (f"Mechanism 8, slow drift: {len(sd['runs'])} real W&B runs (loss every 10 steps, grad norm every "
+                       "100), shipped / published thresholds"), "",
+                  "| method | runs alerted | alerts | runs warned before the drift | median lead to drift |",
+                  "|---|---|---|---|---|"]
+        for name, m in sd["summary"].items():
+            lines.append(f"| {name} | {m['runs_alerted']}/{m['runs']} | {m['alerts']} | {m['runs_warned_before_drift']} | "
+                         f"{_f(m['median_lead_to_drift'])} |")
     t = result["targets"]["overall"]
     lines += ["", "Targets at the shipped threshold (held-out, overall): " + ", ".join(
         f"{k} {_f(v['value'])} ({'met' if v['met'] else 'NOT met'}, target {v['target']:g})" for k, v in t.items())]
@@ -186,6 +196,10 @@ def run_legacy(args) -> int:
         raise UsageError(f"evaluation suite at {suite} holds no runs")
     result = {"suite": str(suite), "runs": len(runs),
               **compare(runs, horizon=args.horizon, fa_budget=args.fa_budget, label_cfg=label_config(args))}
+    if args.realworld:
+        from stability.detector.realworld import analyse
+
+        result["realworld"] = analyse(args.realworld)
     return _emit(result, args, format_table)
 
 

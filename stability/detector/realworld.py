@@ -100,9 +100,14 @@ def _lead(alerts, onset):
     return int(onset - first)
 
 
-def analyse(root, detector_cfg: DetectorConfig | None = None, gate: GateConfig | None = None) -> dict:
-    """Per run: labels, spike scores, drift onset, and for every method its alerts and leads."""
+def analyse(root, detector_cfg: DetectorConfig | None = None, gate: GateConfig | None = None,
+            methods: dict | None = None) -> dict:
+    """Per run: labels, spike scores, drift onset, and for every method its alerts and leads. `methods`:
+    {name: factory(series) -> an object with update/scores}; default the detector and the legacy baselines."""
     gate = gate or (detector_cfg.gate if detector_cfg else GateConfig())
+    if methods is None:
+        methods = {m: (lambda series, m=m: make_method(m, gate, detector_cfg if m == DETECTOR else None))
+                   for m in METHOD_NAMES}
     runs = []
     for name, loss_csv, grad_csv in pair_files(root):
         series = load_pair(name, loss_csv, grad_csv)
@@ -122,9 +127,8 @@ def analyse(root, detector_cfg: DetectorConfig | None = None, gate: GateConfig |
             "diverged": lab.diverged, "drift_onset": drift, "methods": {},
         }
         first_inc = lab.incidents[0].onset if lab.incidents else None
-        for m in METHOD_NAMES:
-            obj = make_method(m, gate, detector_cfg if m == DETECTOR else None)
-            alerts = gate_alerts(trace(obj, series), gate)
+        for m, factory in methods.items():
+            alerts = gate_alerts(trace(factory(series), series), gate)
             row["methods"][m] = {
                 "alerts": len(alerts),
                 "first_alert": ({"step": alerts[0][0], "signal": alerts[0][1]} if alerts else None),

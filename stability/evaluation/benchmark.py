@@ -181,6 +181,35 @@ def _summary(cases, key, gate, horizon, ignore) -> dict:
                               "alerts", "false_alarms", "calm_steps")}
 
 
+def peer_factories(gate: GateConfig) -> dict:
+    """{peer name: factory(series)} at their published thresholds (llm-foundry's window is 5 % of the run's
+    planned length: the recipe's steps, what its trainer knows)."""
+    from stability.detector.peers import make_peer
+
+    return {n: (lambda series, n=n: make_peer(n, gate, total_steps=_planned_steps(series))) for n in PEER_NAMES}
+
+
+def slow_drift(root, gate: GateConfig | None = None) -> dict:
+    """Mechanism 8: the detector (shipped) and every peer (published defaults) on the real W&B runs in `root`:
+    per method, runs with an alert, alerts per run, and how many runs it warned before the drift became visible
+    (see `stability.detector.realworld`)."""
+    from stability.detector.online import OnlineDetector
+    from stability.detector.realworld import analyse
+
+    gate = gate or GateConfig()
+    methods = {DETECTOR: lambda series: OnlineDetector(), **peer_factories(gate)}
+    rw = analyse(root, gate=gate, methods=methods)
+    summary = {}
+    for name in methods:
+        rows = [r["methods"][name] for r in rw["runs"]]
+        leads = [x["lead_to_drift_onset"] for x in rows if x["lead_to_drift_onset"] is not None]
+        summary[name] = {"runs": len(rows), "runs_alerted": sum(1 for x in rows if x["alerts"]),
+                         "alerts": sum(x["alerts"] for x in rows),
+                         "runs_warned_before_drift": len(leads),
+                         "median_lead_to_drift": float(np.median(leads)) if leads else None}
+    return {"summary": summary, **rw}
+
+
 def _planned_steps(series: RunSeries) -> int:
     cfg = series.meta.get("config") or {}
     return int(cfg.get("steps") or len(series))
@@ -201,12 +230,7 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
 
     gate = gate or GateConfig()
     gate1 = replace(gate, threshold=1.0)
-    if peers is None:
-        from stability.detector.peers import make_peer
-
-        # llm-foundry's window is 5 % of the run's planned length: the recipe's steps (what its trainer knows).
-        peers = {n: (lambda series, n=n: make_peer(n, gate1, total_steps=_planned_steps(series)))
-                 for n in PEER_NAMES}
+    peers = peer_factories(gate1) if peers is None else peers
     cases, kinds = prepare_cases(runs, horizon)
     split = {c.series.name: c.series.meta.get("split") for c in cases}
     mech = {c.series.name: c.series.meta.get("mechanism") or "unknown" for c in cases}
