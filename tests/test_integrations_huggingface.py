@@ -108,6 +108,23 @@ def test_a_nan_loss_is_recorded_not_filtered(tmp_path):
     assert trainer.args.logging_nan_inf_filter  # the Trainer's own logs would have replaced it
 
 
+def test_rollback_restores_the_state_after_a_nan_in_the_trainer(tmp_path):
+    from stability.policies import RollbackConfig
+
+    torch.manual_seed(0)
+    policies = PolicyConfig(rollback=RollbackConfig(enabled=True, interval=2, settle_steps=0, skip_batches=0))
+    train(tmp_path, "rb", hf_trainer.tiny_model("gpt2"), steps=6, nan_at=3, policies=policies, probes=False)
+    store = RunStore(tmp_path / "runs")
+    ev = store.events("rb")
+    rollbacks = ev[ev.kind == M.EV_ROLLBACK]
+    assert list(rollbacks.step) == [3]
+    losses = store.metrics("rb", metrics=[M.LOSS])
+    # The NaN step's update poisoned every weight: without the rollback every later loss would be NaN. With it,
+    # the Trainer's last two steps train the restored state, recorded as steps 2 and 3 again (the run rewinds).
+    assert len(losses) == 6 and losses.value.isna().sum() == 1
+    assert sorted(losses.step) == [0, 1, 2, 2, 3, 3]
+
+
 def test_egs_multiplies_the_llama_embedding_gradient_by_alpha(tmp_path):
     grads = []
     for run, policies in (("plain", None), ("egs", PolicyConfig(egs=EGSConfig(mode="always", alpha=0.1)))):
