@@ -287,3 +287,34 @@ def test_steps_without_a_loss_are_recorded_and_never_called_a_divergence(tmp_pat
     assert store.run_info("noloss")["status"] == M.ST_FINISHED
     metrics = set(store.metrics("noloss").metric)
     assert {M.LR, M.STEP_TIME} <= metrics and M.LOSS not in metrics
+
+
+def test_metrics_endpoint_and_a_dead_webhook_in_a_users_loop(tmp_path, caplog):
+    """Prometheus /metrics serves the loop's values on 127.0.0.1; a webhook nobody listens on is reported once,
+    and the loop goes on (delivery runs on its own thread)."""
+    import logging
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:  # a port with nobody behind it
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    caplog.set_level(logging.WARNING, logger="stability.alerting")
+    cfg = tmp_path / "alerting.toml"  # give up on a dead endpoint quickly (defaults: minutes of retries)
+    cfg.write_text("[alerting]\ndeadline_s = 1.0\nbackoff_s = 0.1\nclose_timeout_s = 1.0\n")
+    with stability.watch(model, opt, store=tmp_path, run="alerts", metrics_port=0, alert_config=str(cfg),
+                         webhook=f"http://127.0.0.1:{dead}/hook", probes={"attention": False}) as guard:
+        for i, x in enumerate(data(4)):
+            loss = loss_of(model, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            guard.step(float("nan") if i >= 2 else loss)  # a non-finite loss pages (divergence)
+        text = urllib.request.urlopen(guard.notifier.metrics_url, timeout=5).read().decode()
+        assert 'stability_step{run="alerts"} 3.0' in text
+        guard.notifier.flush(timeout=3)
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1 and str(dead) in failures[0].getMessage()
+    assert RunStore(tmp_path).run_info("alerts")["status"] == M.ST_FINISHED
