@@ -47,6 +47,10 @@ class LoopHooks:
         if wrap_step:
             self._install_step_wrapper()
 
+    def new_step(self) -> None:
+        """A backward that raised never ran its end-of-backward callback: the next step queues afresh."""
+        self._queued = False
+
     # -- hooks ----------------------------------------------------------------------------------------------
     def _forward_pre(self, module, args):
         if module.training and torch.is_grad_enabled():

@@ -228,6 +228,8 @@ class Guard:
                                             f"read after the last one")
         t0 = self._t0 if self._t0 is not None else time.perf_counter()
         self._started, self._grads_read, self._backwards, self._stepped_skip = False, False, 0, False
+        if self.hooks is not None:
+            self.hooks.new_step()
         self._t0, self._pre_clip_norm = None, None
         logged = step % self.every == 0
         lr = lr if lr is not None else self._lr
