@@ -198,6 +198,13 @@ class Guard:
             self._lr = float(optimizer.param_groups[0]["lr"])
 
     def after_optimizer_step(self, optimizer) -> None:
+        """Puts the base lr back. Gradients no end-of-backward callback reported (set by hand, or by a wrapper such
+        as FSDP2 that writes sharded gradients without autograd's accumulation) are read here: late (after any
+        clipping and the update), not never. (Not in the pre-hook: Lightning runs the backward inside the step.)"""
+        if self.hooks is not None and not self._grads_read and self._backwards == 0:
+            self._warn_once("late", "stability.watch: no end of a backward was seen before the optimizer step; "
+                                    "gradient norms are read after the step, after any clipping")
+            self.backward_done()
         if self._saved_lrs is not None:
             for g, lr in zip(optimizer.param_groups, self._saved_lrs):
                 g["lr"] = lr

@@ -318,3 +318,19 @@ def test_metrics_endpoint_and_a_dead_webhook_in_a_users_loop(tmp_path, caplog):
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1 and str(dead) in failures[0].getMessage()
     assert RunStore(tmp_path).run_info("alerts")["status"] == M.ST_FINISHED
+
+
+def test_gradients_no_backward_reported_are_read_at_the_step_with_one_warning():
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with stability.watch(model, opt, probes={"attention": False}) as guard:
+            for _ in range(2):
+                for p in model.parameters():
+                    p.grad = torch.full_like(p, 0.5)  # written by hand, as a sharding wrapper may
+                opt.step()
+                rec = guard.step(torch.tensor(1.0))
+    late = [w for w in caught if "no end of a backward" in str(w.message)]
+    assert len(late) == 1
+    assert rec[(M.GRAD_NORM, "total")] == pytest.approx(0.5 * math.sqrt(8))
