@@ -1,5 +1,6 @@
-"""stability.watch on a user's DistributedDataParallel loop (two gloo processes): one run, and global values: the
-gradient norms of the averaged gradients, equal to a single process training on the whole batch."""
+"""stability.watch on a user's data-parallel loop, DistributedDataParallel and FSDP2 `fully_shard` (two gloo
+processes): one run, and global values: the gradient norms of the averaged (and, with FSDP2, sharded) gradients
+before the loop's clipping, equal to a single process training on the whole batch."""
 
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ def _batches():
     return torch.randint(0, 32, (STEPS, 8, 12), generator=torch.Generator().manual_seed(1))
 
 
-def _worker(store: str) -> None:
-    """Each rank trains on its half of every global batch, watched."""
+def _worker(store: str, mode: str) -> None:
+    """Each rank trains on its half of every global batch, watched: DDP, or FSDP2 (`fully_shard`)."""
     import torch.distributed as dist
     from test_watch import Tiny, loss_of
-    from torch.nn.parallel import DistributedDataParallel
 
     import stability
 
@@ -28,9 +28,21 @@ def _worker(store: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    model = DistributedDataParallel(Tiny())
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(Tiny())
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        model = Tiny()
+        mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+        for layer in model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with stability.watch(model, opt, store=store, run="ddp") as guard:
+    with stability.watch(model, opt, store=store, run=mode) as guard:
         for x in _batches():
             loss = loss_of(model, x[rank * 4:(rank + 1) * 4])
             opt.zero_grad()
@@ -43,12 +55,13 @@ def _worker(store: str) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_loop_gives_one_run_with_the_single_process_norms(tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_a_data_parallel_loop_gives_one_run_with_the_single_process_norms(tmp_path, mode):
     from test_watch import BLOCKS, Tiny, loss_of, reference_norms
 
     from stability.distributed import launch
 
-    launch(_worker, 2, (str(tmp_path),))
+    launch(_worker, 2, (str(tmp_path), mode))
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -61,8 +74,8 @@ def test_ddp_loop_gives_one_run_with_the_single_process_norms(tmp_path):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
         opt.step()
     store = RunStore(tmp_path)
-    assert store.run_names() == ["ddp"] and store.run_info("ddp")["status"] == M.ST_FINISHED
-    df = store.metrics("ddp", metrics=[M.GRAD_NORM, M.LOSS])
+    assert store.run_names() == [mode] and store.run_info(mode)["status"] == M.ST_FINISHED
+    df = store.metrics(mode, metrics=[M.GRAD_NORM, M.LOSS])
     df = df[df["rank"] == M.GLOBAL_RANK] if "rank" in df else df
     for step, (loss, norms) in enumerate(want):
         got = {(m, l): v for m, l, v in df[df.step == step][["metric", "layer", "value"]].itertuples(index=False)}
