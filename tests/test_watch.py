@@ -334,3 +334,12 @@ def test_gradients_no_backward_reported_are_read_at_the_step_with_one_warning():
     late = [w for w in caught if "no end of a backward" in str(w.message)]
     assert len(late) == 1
     assert rec[(M.GRAD_NORM, "total")] == pytest.approx(0.5 * math.sqrt(8))
+
+
+def test_importing_the_package_does_not_import_torch():
+    """The dashboard imports `stability`; `stability.watch` is loaded on first use."""
+    import subprocess
+    import sys
+
+    code = "import sys, stability; assert 'torch' not in sys.modules; assert callable(stability.watch)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
