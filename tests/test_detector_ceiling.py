@@ -145,5 +145,5 @@ def test_attention_max_leaves_nan_out_whatever_the_key_order():
             det.update(int(s), rec)
         states.append(det.state_dict())
         # Every step entered the attention history, step 50 included (the window keeps the last 50).
-        assert len(det.evidence._t["attn"].hist) == 50 and len(det.evidence._t["attn"].medians) == 60
+        assert len(det.evidence._t["attn"].hist) == 50 and det.evidence._t["attn"].seen == 60
     assert states[0] == states[1]  # every step entered the attention history, step 50 included

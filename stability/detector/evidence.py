@@ -68,6 +68,10 @@ class EvidenceConfig:
     """Logged values in the median whose rise the `*_rise` features measure."""
     rise_window: int = 100
     """Logged values over which the lowest such median is taken."""
+    rise_warmup: int = 100
+    """Logged values of a signal before its rise is measured: attention logits and gradient norms grow by
+    orders of magnitude from their values at initialisation, which is not an instability (measured from the start,
+    the attention rise of the reference GLM sat at its cap through all of early training)."""
     hold: int = 20
     """A signal whose metric is missing at a logged step keeps its last value for up to this many updates."""
 
@@ -75,6 +79,8 @@ class EvidenceConfig:
         if self.window < 4 or not 2 <= self.min_history <= self.window:
             raise ValueError(f"window must be >= 4 and min_history in [2, window], got {self.window}, "
                              f"{self.min_history}")
+        if self.rise_warmup < 0:
+            raise ValueError(f"rise_warmup must be >= 0, got {self.rise_warmup}")
         for name in ("persist", "loss_persist", "rise_k", "rise_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -95,6 +101,7 @@ class _Tracker:
         self.rise_src = RollingWindow(cfg.rise_k)
         self.medians: deque[float] = deque(maxlen=cfg.rise_window)
         self.rise = 0.0
+        self.seen = 0
 
     def update(self, x: float) -> float | None:
         """Push one value; the robust z of the recent median, or None while the history is short."""
@@ -104,21 +111,24 @@ class _Tracker:
         cfg = self.cfg
         self.recent.push(x)
         self.rise_src.push(x)
+        self.seen += 1
         m = self.rise_src.median()
-        self.medians.append(m)
+        if self.seen > cfg.rise_warmup:
+            self.medians.append(m)
         z, push = None, x
         if len(self.hist) >= cfg.min_history:
             med, scale = self.hist.median_scale()
             scale = max(scale, cfg.scale_floor)
             z = (self.recent.median() - med) / scale
             push = min(max(x, med - cfg.winsor * scale), med + cfg.winsor * scale)
-            self.rise = m - min(self.medians)
+            self.rise = m - min(self.medians) if self.medians else 0.0
         self.hist.push(push)
         return z
 
     def state_dict(self) -> dict:
         return {"hist": self.hist.state_dict(), "recent": self.recent.state_dict(),
-                "rise_src": self.rise_src.state_dict(), "medians": list(self.medians), "rise": self.rise}
+                "rise_src": self.rise_src.state_dict(), "medians": list(self.medians), "rise": self.rise,
+                "seen": self.seen}
 
     def load_state_dict(self, s: dict) -> None:
         self.hist.load_state_dict(s["hist"])
@@ -126,6 +136,7 @@ class _Tracker:
         self.rise_src.load_state_dict(s["rise_src"])
         self.medians = deque(s["medians"], maxlen=self.cfg.rise_window)
         self.rise = float(s["rise"])
+        self.seen = int(s["seen"])
 
 
 class Evidence:
