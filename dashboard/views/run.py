@@ -18,6 +18,8 @@ from dashboard.xaxis import XAxis
 CHART_KEY = "run_figure"
 FRAME_KEY = "_run_chart_frame"
 """Set once the run chart's frame has been sent in this session (see `panel`)."""
+_READ: dict = {}
+"""(store, run, version, steps, points) of the series this server process has read (see `panel`)."""
 SPIKE_REFRESH_S = 5.0
 """While a run is live its spike labels (the labeller over every logged loss) are redone at most this often."""
 
@@ -162,7 +164,10 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
     fetch = fetch_window(window, zoom, q.int_or_none(meta.get("last_step")))
     # The first time this session draws the chart, its frame goes out before the store is read: the browser
     # loads and compiles Plotly while the queries run, and the figure follows one rerun later (cached by then).
-    early = not st.session_state.get(FRAME_KEY) and not redrawing
+    # Not when this server has read these series already (another viewer, a link opened again): they come from
+    # the cache at once, and the early frame would only cost a rerun's round trip.
+    read_key = (store_dir, run, version, fetch, max_points)
+    early = not st.session_state.get(FRAME_KEY) and not redrawing and read_key not in _READ
     if early:
         plot.show(placeholder_figure(), key=CHART_KEY, report_zoom=True)
     (series, err), (events_spikes, _) = q.guarded_parallel(
@@ -170,6 +175,10 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
         (q.events_and_spikes, store_dir, run, version, q.coarse_version(meta, SPIKE_REFRESH_S)),
     )
     (events, ev_err), (info, sp_err) = events_spikes
+    if not err:
+        if len(_READ) > 1024:  # bounded: a forgotten key only brings the early frame back
+            _READ.clear()
+        _READ[read_key] = True
     if err:
         _rerun_if(early)
         st.error(f"Cannot read the metrics of {run}: {err}", icon="⚠️")
@@ -196,6 +205,7 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
                      spikes, axis)
         _rerun_if(early)
         plot.show(fig, key=CHART_KEY, report_zoom=True)
+        st.session_state[FRAME_KEY] = True
     src = {"labeller": "labelled from the loss", "events": "from stored spike events", "none": "no labeller"}
     st.caption(
         f"Last step {q.int_or_none(meta.get('last_step'))}, written {age(meta.get('last_write'))}. "
