@@ -236,14 +236,15 @@ def sample_rows(t: int, rows: int) -> torch.Tensor:
 
 def from_qk(
     acc: Accumulator, q: torch.Tensor, k: torch.Tensor, scale: float, mask: Mask, *, ranges: bool,
-    entropy_rows: int, chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    entropy_rows: int, chunk_elems: int = DEFAULT_CHUNK_ELEMS, entropy: bool = True,
 ) -> None:
     """Recompute from q (B, Hq, T, d) and k (B, Hk, S, d), in chunks: the exact ranges (all rows of all
-    sequences) if `ranges`, and the entropy of ~`entropy_rows` evenly spaced rows of the first sequence
-    (0 = every row of every sequence). Works on detached tensors: nothing joins the autograd graph."""
+    sequences) if `ranges`, and if `entropy` the entropy of ~`entropy_rows` evenly spaced rows of the first
+    sequence (0 = every row of every sequence). Works on detached tensors: nothing joins the autograd graph."""
     if torch.is_autocast_enabled(q.device.type):  # the matmuls must stay in fp32
         with torch.autocast(q.device.type, enabled=False):
-            return from_qk(acc, q, k, scale, mask, ranges=ranges, entropy_rows=entropy_rows, chunk_elems=chunk_elems)
+            return from_qk(acc, q, k, scale, mask, ranges=ranges, entropy_rows=entropy_rows, chunk_elems=chunk_elems,
+                           entropy=entropy)
     q, k = q.detach(), k.detach()
     B, H, T, _ = q.shape
     S = k.shape[-2]
@@ -251,6 +252,8 @@ def from_qk(
         for b0, b1, rows, pos in chunks(B, torch.arange(T), H * S, chunk_elems):
             s = scores_of(q[b0:b1], k[b0:b1].float(), scale, rows)
             acc.kept(s, mask.rows(b0, b1, rows, pos, S, s.device), owned=True, raw=True)
+    if not entropy:
+        return
     if entropy_rows > 0:
         q, k, B = q[:1], k[:1], 1
     for b0, b1, rows, pos in chunks(B, sample_rows(T, entropy_rows), H * S, chunk_elems):

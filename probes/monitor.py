@@ -65,10 +65,10 @@ class MonitorConfig:
     """How to see `F.scaled_dot_product_attention` calls: auto, patch, mode or off (see `probes/sdpa.py`).
     `auto` looks only when no hook point or `nn.MultiheadAttention` was found."""
     exact_every: int = 10
-    """`F.scaled_dot_product_attention` calls: recompute the exact `attn_score_max/min` (and the raw range) on every
-    N-th logged step (0 = never). Every logged step records `attn_lse_max` from the flash kernel on a CPU, an upper
-    bound of the max within log(keys), at no extra matmul. Hook points, `nn.MultiheadAttention` and HF eager
-    attention are exact on every logged step."""
+    """`F.scaled_dot_product_attention` calls: recompute the exact `attn_score_max/min`, the raw range and
+    `attn_entropy` on every N-th logged step (0 = never). Every logged step records `attn_lse_max` from the flash
+    kernel on a CPU, an upper bound of the max within log(keys), at no extra matmul. Hook points,
+    `nn.MultiheadAttention` and HF eager attention are exact on every logged step."""
     score_chunk_mb: float = DEFAULT_CHUNK_ELEMS * 4 / 2**20
     """Largest block of recomputed fp32 scores, in MiB: the extra memory of a logged step does not grow with T."""
     activations: bool = True

@@ -7,9 +7,11 @@ The fused kernel never materialises q.k^T. Two measurements, with different pric
   gradient) and keeps the per-row log-sum-exp it returns. The largest one, `attn_lse_max`, bounds the largest
   logit from above, by at most log(keys in the row): max_j s_ij <= lse_i <= max_j s_ij + log n_i. Rows with no
   key are left out. Elsewhere (CUDA, dropout, a kernel other than flash) the call is passed through untouched.
-- **exact range, every `exact_every` logged steps**: the scores are recomputed from the call's q and k in fp32
-  chunks (`attention_scores.py`): `attn_score_max/min` over the pairs that enter the softmax, and the raw range.
-- **entropy, every logged step**: from ~`entropy_rows` recomputed query rows of the first sequence.
+- **exact range and entropy, every `exact_every` logged steps**: the scores are recomputed from the call's q and
+  k in fp32 chunks (`attention_scores.py`): `attn_score_max/min` over the pairs that enter the softmax, the raw
+  range, and the entropy of ~`entropy_rows` query rows of the first sequence. Even those few rows cost about
+  as much as the rest of the monitor on a small model (a dozen small kernels per layer), and entropy drifts over
+  hundreds of steps, so they share the exact schedule.
 
 Two ways to see the call:
 
@@ -70,7 +72,7 @@ class SDPAProbe:
         self.rows, self.per_head, self.chunk_elems = rows, per_head, chunk_elems
         self.reading: Reading | None = None
         self.exact = True
-        """Recompute the exact ranges during this sampled forward (set by the monitor per step)."""
+        """Recompute the exact ranges and the entropy during this sampled forward (set by the monitor per step)."""
         self.lse_calls = 0
         """Calls whose log-sum-exp was read from the flash kernel."""
         self.patched_calls = 0
@@ -194,7 +196,8 @@ class SDPAProbe:
                     lse = lse.masked_fill(~mask.keep.any(-1).expand_as(lse), -math.inf)
                 acc.values["lse_max"] = lse.amax((0, 2)) if self.per_head else lse.amax()
             sc = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-            from_qk(acc, q, k, sc, mask, ranges=self.exact, entropy_rows=self.rows, chunk_elems=self.chunk_elems)
+            from_qk(acc, q, k, sc, mask, ranges=self.exact, entropy=self.exact, entropy_rows=self.rows,
+                    chunk_elems=self.chunk_elems)
             emit(self.reading, block, acc)
 
     def close(self) -> None:

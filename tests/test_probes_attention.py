@@ -152,9 +152,10 @@ def test_exact_range_every_n_logged_steps_and_the_lse_bound_on_every_one():
     model = Planted(q, k, v, **kwargs)
     with probes.Monitor(model, probes.MonitorConfig(every=2, exact_every=2)) as mon:
         recs = {step: monitored_step(model, mon, step) for step in range(0, 8, 2)}
-    exact = [step for step, rec in recs.items() if (M.ATTN_SCORE_MAX, "attn") in rec]
-    assert exact == [0, 4]  # logged steps 0, 2, 4, 6: every second one
-    assert all((M.ATTN_LSE_MAX, "attn") in rec and (M.ATTN_ENTROPY, "attn") in rec for rec in recs.values())
+    for metric in (M.ATTN_SCORE_MAX, M.ATTN_SCORE_MIN, M.ATTN_RAW_SCORE_MAX, M.ATTN_ENTROPY):
+        exact = [step for step, rec in recs.items() if (metric, "attn") in rec]
+        assert exact == [0, 4]  # logged steps 0, 2, 4, 6: every second one
+    assert all((M.ATTN_LSE_MAX, "attn") in rec for rec in recs.values())
 
 
 def test_the_flash_kernel_run_by_the_probe_gives_sdpas_output_and_gradient():
