@@ -305,6 +305,24 @@ def test_risk_is_bounded_and_rises_with_the_surge():
     assert max(risks[:690]) < 0.5 <= max(risks[700:720])
 
 
+def test_a_large_gradient_surge_alerts_on_its_own_without_changing_the_risk():
+    # Quiet run; the embedding gradient jumps 10x for good at step 300: robust z ~ log(10) / 0.05 >> 15.
+    out = {}
+    for surge_z in (15.0, 0.0):
+        rng = np.random.default_rng(15)
+        det, alerts, risks = OnlineDetector(DetectorConfig(surge_z=surge_z)), [], []
+        for s in range(400):
+            emb = 0.1 * math.exp(0.05 * rng.standard_normal()) * (10 if s >= 300 else 1)
+            alerts += det.update(s, {"loss": 2.5, "grad_norm/embedding": emb, "grad_norm/total": 2.0})
+            risks.append(det.risk)
+        out[surge_z] = ([(a.step, a.signal) for a in alerts], risks)
+    # The median of the last 3 values is elevated from the second elevated value on.
+    assert out[15.0][0] == [(301, "emb_grad_z")] and out[0.0][0] == []
+    assert out[15.0][1] == pytest.approx(out[0.0][1])  # the rule pages; the calibrated risk is the same
+    with pytest.raises(ValueError):
+        DetectorConfig(surge_z=-1)
+
+
 def test_shipped_model_is_monotone_and_has_a_tuned_threshold():
     from stability.detector.evidence import FEATURES
     from stability.detector.risk import RiskModel

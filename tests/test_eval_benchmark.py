@@ -26,21 +26,26 @@ RESULTS = DATA / "zoo_results.json"
 committed = pytest.mark.skipif(not (ZOO_DIR / ZOO_FILE).exists(), reason="zoo not generated")
 
 
-def _online(series):
+def _online(series, surges=None):
     det = OnlineDetector()
     risks, alerts = [], []
     for s, r in zip(series.steps.tolist(), series.records):
         alerts += det.update(s, r)
         risks.append(det.risk)
+        if surges is not None:
+            surges.append(det.surge)
     return np.array(risks), alerts, det
 
 
 def test_benchmark_risk_is_the_online_detectors_risk():
-    run = planted_run(n=900, seed=3, surge_at=600, lag=15)
-    risks, _, det = _online(run)
+    run = planted_run(n=900, seed=3, surge_at=600, lag=15, surge_factor=40)
+    surges = []
+    risks, _, det = _online(run, surges)
     X, crit = evidence_matrix(run)
     tr = detector_trace(det.model, X, crit, run.steps)
-    assert np.allclose(tr.scores, risks, rtol=1e-12, atol=1e-15)
+    # The benchmark's score is the risk, and 1.0 (an alert at any threshold) where the surge rule fires.
+    assert any(surges) and not all(surges)
+    assert np.allclose(tr.scores, np.where(surges, 1.0, risks), rtol=1e-12, atol=1e-15)
 
 
 def test_reliability_table_matches_a_count_by_hand():

@@ -66,6 +66,12 @@ class DetectorConfig:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     model: dict | None = None
     """Risk-model coefficients (fields of RiskModel); None = the shipped model."""
+    surge_z: float = 15.0
+    """A gradient-norm elevation (total or embedding, median of the last 3 values) of this many robust sigmas
+    alerts on its own, whatever the risk (0 turns it off). A safety net for the surges the zoo's tiny models
+    never show (GLM-130B's embedding surge): on the zoo it changes no alert from 10 sigmas up (at 8 it would break
+    the false-alarm budget); at 12 the committed calm sample run post-s0 would page twice (a 33-sigma embedding
+    surge at step 319 that no labelled spike follows, 12.3 at step 566). The risk itself is not changed by it."""
     disabled: tuple[str, ...] = ()
     """Evidence features to ignore (ablations), by name from `FEATURES`."""
     gate: GateConfig = field(default_factory=_default_gate)
@@ -77,6 +83,8 @@ class DetectorConfig:
         if isinstance(self.evidence, dict):
             self.evidence = _from_dict(EvidenceConfig, self.evidence, "evidence")
         self.disabled = tuple(self.disabled)
+        if not self.surge_z >= 0:
+            raise ValueError(f"surge_z must be >= 0 (0 turns it off), got {self.surge_z}")
         if not 0 <= self.risk_threshold < 1 or self.risk_threshold != self.risk_threshold:
             raise ValueError(f"risk_threshold must be in [0, 1) (0 = the tuned default), got {self.risk_threshold}")
         unknown = set(self.disabled) - set(FEATURES)
@@ -126,6 +134,8 @@ class OnlineDetector:
         """The risk in units of the alert threshold (1.0 = alert)."""
         self.risk = 0.0
         """The calibrated probability of a labelled spike onset within the model's horizon (50 steps)."""
+        self.surge = False
+        """The gradient elevation alone reached `surge_z` at the last update."""
         self.last_step: int | None = None
 
     def update(self, step: int, metrics: dict[str, float]) -> list[Alert]:
@@ -141,8 +151,10 @@ class OnlineDetector:
             return [alert] if alert else []
         contrib = self.model.contributions(f)
         self.risk = self.model.probability(f)
-        self.score = self.risk / self.threshold
+        self.surge = is_surge(f, self.cfg.surge_z)
+        self.score = max(self.risk / self.threshold, 1.0 if self.surge else 0.0)
         top = max(contrib, key=contrib.get) if contrib and max(contrib.values()) > 0 else ""
+        top = "grad_z" if self.surge else top
         signal = SIGNAL_OF.get(top, "risk")
         if top == "grad_z" and self.evidence.grad_source == "embedding":
             signal = EMB_SIGNAL
@@ -160,6 +172,11 @@ class OnlineDetector:
         self.evidence.load_state_dict(state["evidence"])
         self.gate.load_state_dict(state["gate"])
         self.last_step = state["last_step"]
+
+
+def is_surge(features: dict[str, float], surge_z: float) -> bool:
+    """The gradient elevation feature (log(1 + z)) at or above `surge_z` robust sigmas."""
+    return surge_z > 0 and features.get("grad_z", 0.0) >= math.log1p(surge_z)
 
 
 def _message(signal: str, risk: float) -> str:

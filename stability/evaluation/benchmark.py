@@ -25,7 +25,7 @@ from stability.detector.alert import GateConfig
 from stability.detector.comparison import SUITE_LABELS, operating_points
 from stability.detector.evaluate import Case, Trace, curve, evaluate, pick_threshold, prepare, threshold_grid, trace
 from stability.detector.evidence import FEATURES, Evidence, EvidenceConfig
-from stability.detector.online import NONFINITE_SCORE, SIGNAL_OF
+from stability.detector.online import NONFINITE_SCORE, SIGNAL_OF, DetectorConfig
 from stability.detector.risk import RiskModel, fit_logistic
 from stability.detector.series import RunSeries
 from stability.evaluation.buildup import BUILD_UP, KINDS, BuildUpConfig, incident_kind
@@ -83,10 +83,15 @@ def risk_of(model: RiskModel, X: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
 
 
-def detector_trace(model: RiskModel, X: np.ndarray, crit: np.ndarray, steps: np.ndarray) -> Trace:
-    """The detector's per-step score in risk units (a sweep over the gate threshold is a sweep over the risk)."""
+def detector_trace(model: RiskModel, X: np.ndarray, crit: np.ndarray, steps: np.ndarray,
+                   surge_z: float | None = None) -> Trace:
+    """The detector's per-step score in risk units (a sweep over the gate threshold is a sweep over the risk);
+    where the gradient surge rule fires (`DetectorConfig.surge_z`) the score is 1.0: an alert at any threshold."""
     w = np.array([model.weights.get(k, 0.0) for k in FEATURES])
     risk = risk_of(model, X)
+    surge_z = DetectorConfig().surge_z if surge_z is None else surge_z
+    if surge_z > 0:
+        risk = np.where(X[:, FEATURES.index("grad_z")] >= np.log1p(surge_z), 1.0, risk)
     contrib = X * w
     top = np.argmax(contrib, axis=1)
     signals = []
