@@ -65,10 +65,20 @@ class Mask:
             return Rows(None, None, _causal_hide(key, s, device))
         if keep is None:
             return Rows(None, None, _hide(_causal_keep(positions, s, device)))
+        # Every layer of a step passes the same mask tensor: its chunk's Rows are kept for the next layer (with a
+        # reference to the mask, so its memory cannot be reused by another tensor; `_version` sees edits).
+        key = (b0, b1, (rows.start, rows.stop, rows.step) if isinstance(rows, slice) else tuple(positions.tolist()),
+               s, self.causal)
+        memo = _LAST.get("rows")
+        if memo is not None and memo[0] is self.keep and memo[1] == self.keep._version and memo[2] == key \
+                and memo[3] is self.bias:
+            return memo[4]
         if self.causal:
             keep = keep & _causal_keep(positions, s, device)
         # A hidden pair is hidden by `hide`; the additive mask's -inf there would give NaN against +inf.
-        return Rows(keep, None if bias is None else bias.masked_fill(~keep, 0.0), _hide(keep))
+        out = Rows(keep, None if bias is None else bias.masked_fill(~keep, 0.0), _hide(keep))
+        _LAST["rows"] = (self.keep, self.keep._version, key, self.bias, out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,15 @@ class Rows:
 
 def _causal_keep(positions: torch.Tensor, s: int, device) -> torch.Tensor:
     return (positions.to(device)[:, None] >= torch.arange(s, device=device)[None, :])[None, None]  # (1, 1, c, S)
+
+
+_LAST: dict = {}
+"""The last boolean-mask chunk: (mask, its version, chunk key, bias, Rows); emptied by `forget()`."""
+
+
+def forget() -> None:
+    """Drop the kept mask chunk (the monitor calls this when a logged forward is over)."""
+    _LAST.clear()
 
 
 def _hide(keep: torch.Tensor) -> torch.Tensor:

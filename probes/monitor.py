@@ -27,7 +27,7 @@ from torch import nn
 from probes import grad_norms as G
 from probes.activations import ActivationProbe, finish as finish_activations
 from probes.attention_range import AttentionProbe, finish as finish_attention
-from probes.attention_scores import DEFAULT_CHUNK_ELEMS
+from probes.attention_scores import DEFAULT_CHUNK_ELEMS, forget as forget_masks
 from probes.distributed import uses_fsdp1, world
 from probes.fp16_overflow import ScalerProbe
 from probes.hf_attention import HFEagerProbe
@@ -258,6 +258,8 @@ class Monitor:
         for probe in (self.activations, self.attention, self.hf_eager, self.sdpa):
             if probe is not None:
                 probe.reading = reading
+        if reading is None:
+            forget_masks()  # the last mask chunk is kept for the next layer, not past the step
         if reading is not None and self.sdpa is not None:
             n = self.config.exact_every
             self.sdpa.exact = bool(n) and (self._step // self.config.every) % n == 0
