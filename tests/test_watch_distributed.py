@@ -11,22 +11,31 @@ from stability import metrics as M
 from stability.store import RunStore
 
 STEPS = 3
+MODES = ("ddp", "fsdp2")
 
 
 def _batches():
     return torch.randint(0, 32, (STEPS, 8, 12), generator=torch.Generator().manual_seed(1))
 
 
-def _worker(store: str, mode: str) -> None:
-    """Each rank trains on its half of every global batch, watched: DDP, or FSDP2 (`fully_shard`)."""
+def _worker(store: str) -> None:
+    """Each rank trains on its half of every global batch, watched: with DDP, then with FSDP2 (`fully_shard`)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    for mode in MODES:  # one launch for both: starting the workers costs more than training
+        _train(store, mode, dist.get_rank())
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def _train(store: str, mode: str, rank: int) -> None:
     import torch.distributed as dist
     from test_watch import Tiny, loss_of
 
     import stability
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
     torch.manual_seed(0)
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
@@ -50,18 +59,15 @@ def _worker(store: str, mode: str) -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
             opt.step()
             guard.step(loss)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_a_data_parallel_loop_gives_one_run_with_the_single_process_norms(tmp_path, mode):
+def test_a_data_parallel_loop_gives_one_run_with_the_single_process_norms(tmp_path):
     from test_watch import BLOCKS, Tiny, loss_of, reference_norms
 
     from stability.distributed import launch
 
-    launch(_worker, 2, (str(tmp_path), mode))
+    launch(_worker, 2, (str(tmp_path),))
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -74,11 +80,13 @@ def test_a_data_parallel_loop_gives_one_run_with_the_single_process_norms(tmp_pa
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
         opt.step()
     store = RunStore(tmp_path)
-    assert store.run_names() == [mode] and store.run_info(mode)["status"] == M.ST_FINISHED
-    df = store.metrics(mode, metrics=[M.GRAD_NORM, M.LOSS])
-    df = df[df["rank"] == M.GLOBAL_RANK] if "rank" in df else df
-    for step, (loss, norms) in enumerate(want):
-        got = {(m, l): v for m, l, v in df[df.step == step][["metric", "layer", "value"]].itertuples(index=False)}
-        assert got[(M.LOSS, "")] == pytest.approx(loss, rel=1e-5)
-        for layer in [*BLOCKS, "total"]:
-            assert got[(M.GRAD_NORM, layer)] == pytest.approx(norms[layer], rel=1e-4), (step, layer)
+    assert sorted(store.run_names()) == sorted(MODES)  # one run per job, not one per rank
+    for mode in MODES:
+        assert store.run_info(mode)["status"] == M.ST_FINISHED
+        df = store.metrics(mode, metrics=[M.GRAD_NORM, M.LOSS])
+        df = df[df["rank"] == M.GLOBAL_RANK] if "rank" in df else df
+        for step, (loss, norms) in enumerate(want):
+            got = {(m, l): v for m, l, v in df[df.step == step][["metric", "layer", "value"]].itertuples(index=False)}
+            assert got[(M.LOSS, "")] == pytest.approx(loss, rel=1e-5), (mode, step)
+            for layer in [*BLOCKS, "total"]:
+                assert got[(M.GRAD_NORM, layer)] == pytest.approx(norms[layer], rel=1e-4), (mode, step, layer)
