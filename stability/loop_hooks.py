@@ -35,7 +35,8 @@ class LoopHooks:
         self._ddp = type(model).__name__ == "DistributedDataParallel"
         inner = unwrap(model)
         self.model = inner
-        self.handles.append(model.register_forward_pre_hook(self._forward_pre))
+        # First among the forward pre-hooks: the probes arm theirs (SDPA, HF attention) from the reading it starts.
+        self.handles.append(model.register_forward_pre_hook(self._forward_pre, prepend=True))
         for p in inner.parameters():
             if p.requires_grad:
                 self.handles.append(p.register_post_accumulate_grad_hook(self._grad_accumulated))

@@ -183,8 +183,6 @@ def test_bad_input_is_refused_when_the_callback_is_made(tmp_path):
         StabilityCallback(store=tmp_path / "runs", policies=bad)
 
 
-@pytest.mark.xfail(reason="probes.Monitor does not yet see transformers 5 attention (probes engineer's issue)",
-                   strict=False)
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_attention_ranges_are_recorded(tmp_path, kind, attn):
