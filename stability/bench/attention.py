@@ -27,7 +27,7 @@ ARMS = ("bare", "grads", "defaults", "exact")
 
 
 def add_arguments(parser):
-    parser.add_argument("--reps", type=int, default=30, help="repetitions (each runs a block per arm)")
+    parser.add_argument("--reps", type=int, default=50, help="repetitions (each runs a block per arm)")
     parser.add_argument("--block", type=int, default=3, help="timed steps per arm per repetition")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per arm before its block")
     parser.add_argument("--n-embd", type=int, default=128)
