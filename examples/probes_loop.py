@@ -10,6 +10,7 @@ Any nn.Module works; this one is the small causal transformer of examples/plain_
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ def main(argv=None):
                 line = (f"step {step:3d}  loss {rec[('loss', '')]:.3f}  "
                         f"grad_norm {rec[('grad_norm', 'total')]:.3f}  "
                         f"embedding {rec[('grad_norm', 'embedding')]:.3f}  "
-                        f"attn_max {rec[('attn_score_max', 'encoder.layers.1')]:.2f}  "
+                        f"attn_max {rec.get(('attn_score_max', 'encoder.layers.1'), math.nan):.2f}  "
                         f"nonfinite {rec[('nonfinite_grads', 'total')]:.0f}")
                 if args.fp16:
                     line += f"  scale {rec[('loss_scale', '')]:.3g}  skipped {rec[('skipped_step', '')]:.0f}"

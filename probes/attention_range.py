@@ -93,6 +93,8 @@ class AttentionProbe:
                  chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
         self.rows, self.per_head, self.chunk_elems = rows, per_head, chunk_elems
         self.reading: Reading | None = None
+        self.exact = True
+        """Recompute `nn.MultiheadAttention` scores on this logged step (the monitor's `exact_every` schedule)."""
         self.handles: list = []
         self.sources: list[str] = []
         """Module paths of every attention found, for the report."""
@@ -145,7 +147,8 @@ class AttentionProbe:
         sig = inspect.signature(mha.forward)
 
         def hook(module, args, kwargs):
-            if self.reading is None:
+            # The recomputation is a second q.k^T: on the exact schedule only, like SDPA's (hook points are free).
+            if self.reading is None or not self.exact:
                 return None
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()

@@ -65,10 +65,12 @@ class MonitorConfig:
     """How to see `F.scaled_dot_product_attention` calls: auto, patch, mode or off (see `probes/sdpa.py`).
     `auto` looks only when no hook point or `nn.MultiheadAttention` was found."""
     exact_every: int = 10
-    """`F.scaled_dot_product_attention` calls: recompute the exact `attn_score_max/min`, the raw range and
-    `attn_entropy` on every N-th logged step (0 = never). Every logged step records `attn_lse_max` from the flash
-    kernel on a CPU, an upper bound of the max within log(keys), at no extra matmul. Hook points,
-    `nn.MultiheadAttention` and HF eager attention are exact on every logged step."""
+    """`F.scaled_dot_product_attention` calls and `nn.MultiheadAttention`: recompute the exact
+    `attn_score_max/min`, the raw range and `attn_entropy` on every N-th logged step (0 = never); the recomputation
+    is a second q.k^T per layer, which on a small model costs ~15 % of the step. Every logged step records
+    `attn_lse_max` from SDPA's flash kernel on a CPU, an upper bound of the max within log(keys), at no extra
+    matmul. Hook points (the scores the model computed anyway) and HF eager attention are exact on every logged
+    step."""
     score_chunk_mb: float = DEFAULT_CHUNK_ELEMS * 4 / 2**20
     """Largest block of recomputed fp32 scores, in MiB: the extra memory of a logged step does not grow with T."""
     activations: bool = True
@@ -260,9 +262,12 @@ class Monitor:
                 probe.reading = reading
         if reading is None:
             forget_masks()  # the last mask chunk is kept for the next layer, not past the step
-        if reading is not None and self.sdpa is not None:
+        if reading is not None:
             n = self.config.exact_every
-            self.sdpa.exact = bool(n) and (self._step // self.config.every) % n == 0
+            exact = bool(n) and (self._step // self.config.every) % n == 0
+            for probe in (self.attention, self.sdpa):
+                if probe is not None:
+                    probe.exact = exact
 
     def _missing(self, what: str) -> None:
         self.missing.append(what)
