@@ -102,7 +102,7 @@ def test_store_commands_refuse_an_unwritable_store_in_one_line(tmp_path, capsys)
     csv.write_text("step,metric,layer,value\n1,loss,,1\n")
     rc, err = _cli(capsys, "import", csv, "--store", blocker / "s", "--run", "x")
     assert rc == 2 and len(err) == 1 and f"cannot create store folder {blocker / 's'}" in err[0], err
-    rc, err = _cli(capsys, "demo", "--store", blocker / "s", "--no-dashboard", "--steps", "1")
+    rc, err = _cli(capsys, "demo", "--store", blocker / "s", "--no-dashboard", "--steps", "60")
     assert rc == 2 and err == [f"stability demo: error: --store {blocker / 's'}: not writable (Not a directory)"]
     if PROC.is_dir() and sys.platform.startswith("linux"):
         rc, err = _cli(capsys, "import", csv, "--store", PROC, "--run", "x")
