@@ -51,7 +51,7 @@ def demo_config(lr: float, steps: int, seed: int):
     from stability.config import ModelConfig, TrainConfig
 
     # Small shapes so the four runs take a few minutes on two CPU cores; one thread is fastest on a busy machine.
-    return TrainConfig(model=ModelConfig(d_model=64, n_layer=4, n_head=4, ln="post"), lr=lr, warmup=100,
+    return TrainConfig(model=ModelConfig(d_model=64, n_layer=4, n_head=4, ln="post"), lr=lr, warmup=200,
                        steps=steps, grad_clip=0.0, batch_size=8, seq_len=64, precision="fp32", seed=seed, threads=1)
 
 
@@ -59,7 +59,7 @@ def demo_policies(egs: bool, rollback: bool, backoff: bool):
     """Default settings of each policy; only which ones are on differs between runs."""
     from stability.policies import EGSConfig, LRBackoffConfig, PolicyConfig, RollbackConfig
 
-    return PolicyConfig(egs=EGSConfig(mode="adaptive" if egs else "off"), rollback=RollbackConfig(enabled=rollback),
+    return PolicyConfig(egs=EGSConfig(mode="adaptive" if egs else "off"), rollback=RollbackConfig(enabled=rollback, interval=50),
                         lr_backoff=LRBackoffConfig(enabled=backoff))
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from stability import metrics as M
-from stability.policies.triggers import CRITICAL, WARNING, Trigger, alert_detail, audit, check_triggers
+from stability.policies.triggers import CRITICAL, SPIKE, WARNING, Trigger, alert_detail, audit, check_triggers
 
 MODES = ("off", "always", "adaptive")
 
@@ -30,8 +30,9 @@ class EGSConfig:
     """off, always, or adaptive (on when the detector fires, relaxed after a calm period)."""
     alpha: float = 0.1
     """Gradient multiplier on the embedding's output (GLM-130B: 0.1)."""
-    on: tuple[str, ...] = (WARNING, CRITICAL)
-    """Adaptive mode: alert severities (or `spike`) that switch it on."""
+    on: tuple[str, ...] = (WARNING, CRITICAL, SPIKE)
+    """Adaptive mode: alert severities (or `spike`) that switch it on. A spike is in by default, as GLM-130B set
+    alpha back to 0.1 after explosions."""
     calm_steps: int = 200
     """Adaptive mode: steps without a triggering alert before relaxing."""
     ramp_steps: int = 200

@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stability import metrics as M
-from stability.policies.triggers import WARNING, Trigger, alert_detail, audit, check_triggers
+from stability.policies.triggers import SPIKE, WARNING, Trigger, alert_detail, audit, check_triggers
 
 
 @dataclass
 class LRBackoffConfig:
     enabled: bool = False
-    on: tuple[str, ...] = (WARNING,)
-    """Alert severities (or `spike`) that back the learning rate off."""
+    on: tuple[str, ...] = (WARNING, SPIKE)
+    """Alert severities (or `spike`) that back the learning rate off. A spike is in by default: a detector tuned to
+    page rarely does not warn before every spike, and a spike that a rollback rewinds returns unless its cause (often
+    the learning rate) changes."""
     factor: float = 0.5
     """Multiplier per back-off."""
     min_scale: float = 0.05
