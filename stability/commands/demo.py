@@ -9,7 +9,6 @@ labelled spike (`stability spikes`), the rollbacks and the final losses.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import multiprocessing
 import os
@@ -31,11 +30,6 @@ DESCRIPTION = (
     "final losses. Ctrl-C stops everything."
 )
 
-WARMUP = 200
-"""The policies-demo recipe with a longer warm-up. With its 100 steps the model blows up at step 27, while the
-loss is still falling from 5.6 and the labeller has no calm baseline to call it a spike against; over 200 steps
-the loss first settles near 2.8 and the collapse comes at step 179 (learning rate 1.8e-2): a spike the labeller
-sees, after 150 steps of history for the detector to warn from."""
 STEPS = 300
 PACE = 6.0
 """Steps per second of each live run: 300 steps in about 50 s, slow enough to watch the charts move."""
@@ -59,10 +53,11 @@ def protection():
 
 
 def recipe(lr: float, steps: int = STEPS, seed: int = 0):
-    """The demo's recipe: `stability policies-demo`'s (Post-LN, no clipping, d_model 64, 4 layers) with WARMUP."""
+    """The demo's recipe is `stability policies-demo`'s (Post-LN, no clipping, d_model 64, 4 layers, a 200-step
+    warm-up: the loss settles before the learning rate breaks the model, so the collapse is a labelled spike)."""
     from stability.commands.policies_demo import demo_config
 
-    return dataclasses.replace(demo_config(lr, steps, seed), warmup=WARMUP)
+    return demo_config(lr, steps, seed)
 
 
 def add_arguments(p):
@@ -276,6 +271,7 @@ def narrate(s: dict) -> None:
 
 def run(args) -> int:
     from stability.cli import UsageError
+    from stability.commands.policies_demo import UNSTABLE_LR
     from stability.commands.train import check_writable_store
 
     if args.steps < 50:
@@ -309,8 +305,9 @@ def run(args) -> int:
             say(f"dashboard on {base} (store {store}); the two runs side by side: {url}")
             if not args.no_browser:
                 _open_browser(url)
+        cfg = recipe(UNSTABLE_LR, args.steps)
         say(f"training {unprotected} (no policies) and {protected} (rollback + LR back-off): Post-LN, "
-            f"lr 2e-2 over a {WARMUP}-step warm-up, no clipping, {args.steps} steps")
+            f"lr {cfg.lr:g} over a {cfg.warmup}-step warm-up, no clipping, {args.steps} steps")
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=train_live, name=run_name, args=(LiveRun(
             str(store), run_name, prot, args.steps, args.pace, receiver.url, None if dash is None else base),))
