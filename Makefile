@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/stability bench overhead --json
 	$(BIN)/stability bench attention --json
+	$(BIN)/stability bench watch --json
 	$(BIN)/stability bench store --json
 	$(BIN)/stability bench policies --json
 	$(BIN)/stability bench dashboard --json
