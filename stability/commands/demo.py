@@ -42,13 +42,12 @@ def protection():
     """Rollback (PaLM: restore a recent good state, skip 200 batches) and LR back-off, both on an actual loss
     spike. This spike comes from the learning-rate schedule, so it returns after a bare rollback: the back-off
     removes its cause. Neither acts on the detector's predictions (the prediction is the page a human gets).
-    A checkpoint every 50 steps rather than 25: the loss of this recipe starts to drift up some 15 steps before
-    the jump that triggers the rollback, and the newest of 25-step checkpoints can already be inside the drift
-    (it is, unless an alert marked those steps unsettled); 4 checkpoints still cover the last 200 steps."""
+    Checkpoints at policies-demo's interval for this recipe (`CHECKPOINT_INTERVAL`, which says why)."""
+    from stability.commands.policies_demo import CHECKPOINT_INTERVAL
     from stability.policies import LRBackoffConfig, PolicyConfig, RollbackConfig
     from stability.policies.triggers import SPIKE
 
-    return PolicyConfig(rollback=RollbackConfig(enabled=True, interval=50),
+    return PolicyConfig(rollback=RollbackConfig(enabled=True, interval=CHECKPOINT_INTERVAL),
                         lr_backoff=LRBackoffConfig(enabled=True, on=(SPIKE,)))
 
 
