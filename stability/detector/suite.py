@@ -16,7 +16,6 @@ configurations and the command.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stability import metrics as M
+from stability.detector import runset
 
 SUITE_VERSION = 1
 
@@ -241,26 +241,14 @@ def generate(out: str | Path, runs: list[SuiteRun] | None = None, model: SuiteMo
             _write(out, pd.concat(frames, ignore_index=True), model, runs, results, old_manifest)
             log(f"  {r.name}: {res['status']} in {res['seconds']} s ({i}/{len(runs)})")
     shutil.rmtree(scratch_root, ignore_errors=True)
-    manifest = json.loads((out / MANIFEST).read_text())
-    manifest["seconds_last_generate"] = round(time.perf_counter() - t0, 1)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return runset.stamp_generate_time(out, MANIFEST, time.perf_counter() - t0)
 
 
 def _read(out: Path):
-    import pandas as pd
-
-    f, m = out / SUITE_FILE, out / MANIFEST
-    frame = pd.read_parquet(f) if f.exists() else None
-    manifest = json.loads(m.read_text()) if m.exists() else {}
-    return frame, manifest
+    return runset.read(out, SUITE_FILE, MANIFEST)
 
 
 def _write(out: Path, frame, model: SuiteModel, runs, results, old_manifest) -> None:
-    frame = frame.sort_values(["run", "step", "metric", "layer"], kind="stable").reset_index(drop=True)
-    tmp = out / (SUITE_FILE + ".tmp")
-    frame.to_parquet(tmp, compression="zstd", index=False)
-    os.replace(tmp, out / SUITE_FILE)
     known = {d["name"]: d for d in old_manifest.get("runs", [])}
     known.update({r.name: {**_jsonable(vars(r)), "name": r.name, "split": r.split} for r in runs})
     manifest = {
@@ -271,7 +259,7 @@ def _write(out: Path, frame, model: SuiteModel, runs, results, old_manifest) -> 
         "runs": [known[k] for k in sorted(known)],
         "results": sorted(results, key=lambda d: d["name"]),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    runset.write(out, SUITE_FILE, MANIFEST, frame, manifest)
 
 
 def _jsonable(d: dict) -> dict:

@@ -13,13 +13,13 @@ the detectors read, long form, in one zstd Parquet file, with `zoo.json` recordi
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from stability.detector import runset
 # What the detectors read, and lr to read the schedule: the same metrics as the re-warm suite keeps.
 from stability.detector.suite import KEEP_LAYERS, KEEP_METRICS
 
@@ -186,30 +186,20 @@ def generate(out: str | Path, runs: list[ZooRun] | None = None, jobs: int = 2, l
             results[r.name] = {"name": r.name, "status": res["status"], "seconds": res["seconds"]}
             _write(out, pd.concat(frames, ignore_index=True), runs, results, manifest)
             log(f"  {r.name}: {res['status']} in {res['seconds']} s ({i}/{len(runs)})")
-    manifest = json.loads((out / MANIFEST).read_text())
-    manifest["seconds_last_generate"] = round(time.perf_counter() - t0, 1)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return runset.stamp_generate_time(out, MANIFEST, time.perf_counter() - t0)
 
 
 def _read(out: Path):
-    import pandas as pd
-
-    f, m = out / ZOO_FILE, out / MANIFEST
-    return (pd.read_parquet(f) if f.exists() else None), (json.loads(m.read_text()) if m.exists() else {})
+    return runset.read(out, ZOO_FILE, MANIFEST)
 
 
 def _write(out: Path, frame, runs, results: dict, old: dict) -> None:
-    frame = frame.astype({"step": "int32", "value": "float32"})
-    frame = frame.sort_values(["run", "step", "metric", "layer"], kind="stable").reset_index(drop=True)
-    tmp = out / (ZOO_FILE + ".tmp")
-    frame.to_parquet(tmp, compression="zstd", index=False)
-    os.replace(tmp, out / ZOO_FILE)
     known = {d["name"]: d for d in old.get("runs", [])}
     known.update({r.name: r.to_dict() for r in runs})
     manifest = {"zoo_version": ZOO_VERSION, "command": COMMAND, "kept_metrics": list(KEEP_METRICS),
                 "runs": [known[k] for k in sorted(known)], "results": [results[k] for k in sorted(results)]}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    # float32 values and int32 steps keep the committed zoo small; the suite keeps the store's float64.
+    runset.write(out, ZOO_FILE, MANIFEST, frame.astype({"step": "int32", "value": "float32"}), manifest)
 
 
 def load_zoo(path: str | Path):
