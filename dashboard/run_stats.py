@@ -1,7 +1,7 @@
 """What the dashboard derives from a run's logged values: spike onsets and the compare view's summary row.
 
 Both read every logged value (not the downsampled chart series): a summary must not depend on the zoom. The
-summary row is stability.summary's (what `stability report` prints), so the dashboard and the report agree.
+summary row is stability.report.summary's (what `stability report` prints), so the dashboard and the report agree.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from stability import metrics as M
-from stability import summary
+from stability.report import summary
 
 
 def loss_full(store, run: str) -> pd.DataFrame:
@@ -60,12 +60,12 @@ def _first_nonfinite(loss: pd.DataFrame) -> int | None:
 
 SUMMARY_COLUMNS = ["run", "ln", "precision", "status", "steps", "spikes", "divergence_step",
                    "max_embedding_grad_norm", "overflow_count", "final_loss"]
-"""The compare table's columns computed by stability.summary (the ones `stability report` prints too)."""
+"""The compare table's columns computed by stability.report.summary (the ones `stability report` prints too)."""
 
 
 def run_summary(store, run: str, events: pd.DataFrame, meta: dict | None = None) -> dict:
     """One row of the compare table: SUMMARY_COLUMNS of the run's `stability report` row (computed by
-    stability.summary, so the two always agree), plus `overflow_steps` from the same reads.
+    stability.report.summary, so the two always agree), plus `overflow_steps` from the same reads.
     `events`: the run's events (queries.run_events)."""
     reads = summary.RunReads(store, run)
     row = summary.run_summary(store, run, meta or {}, columns=SUMMARY_COLUMNS, reads=reads, events=events)

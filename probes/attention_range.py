@@ -2,7 +2,7 @@
 
 What is measured (the definitions) and how it is computed in bounded memory: `probes/attention_scores.py`.
 
-- **Hook points** (`stability.model.Attention.score_probe` / `prob_probe`, or any module whose name ends in
+- **Hook points** (`stability.reference.model.Attention.score_probe` / `prob_probe`, or any module whose name ends in
   `score_probe` / `prob_probe`): a forward hook sees the scores the model computed anyway, *before* the mask, and
   the probabilities after it. The mask is the boolean argument (True = attend) of the module that holds the hook
   point (`Attention.forward(x, cos, sin, mask)`), read by a forward pre-hook on it; without one, every pair counts.

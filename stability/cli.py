@@ -9,10 +9,7 @@ import sys
 
 from stability import __version__
 from stability import commands as _commands
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+from stability.errors import UsageError
 
 
 def _command_modules():

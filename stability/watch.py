@@ -17,7 +17,7 @@ finishes, before the loop clips them. With a GradScaler pass `scaler=`: the grad
 end of the backward and their norms are divided by the scale. With gradient accumulation pass
 `accumulation=N` (the gradients are read after the N-th backward of a step).
 
-The reference trainer (stability/train.py) drives the same `Guard` with explicit calls, because it knows when
+The reference trainer (stability/reference/train.py) drives the same `Guard` with explicit calls, because it knows when
 its gradients are final (after `unscale_`, averaged over ranks); the Hugging Face and Lightning callbacks
 (stability/integrations/) drive it from their frameworks' events. "Off" parts are null objects.
 """
@@ -361,14 +361,14 @@ def default_run_name(model) -> str:
 
 def open_sink(store, name: str, meta: dict):
     """The run's writer: one per process, or one run for all ranks under torch.distributed (rank_sink)."""
-    from stability.distributed import is_initialized
+    from stability.distributed.launch import is_initialized
 
     if store is None:
         return None, name
     if is_initialized():
         import torch.distributed as dist
 
-        from stability import rank_sink
+        from stability.distributed import rank_sink
 
         name = rank_sink.agree(name)
         return rank_sink.open_run(store, name, dict(meta, world_size=dist.get_world_size())), name
@@ -438,7 +438,7 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
     Every setting is checked before anything starts; a bad one raises ValueError with one line naming it.
     """
     import probes as probes_pkg
-    from stability.distributed import is_initialized
+    from stability.distributed.launch import is_initialized
 
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")

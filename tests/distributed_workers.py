@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from stability import metrics as M
-from stability.config import ModelConfig, TrainConfig
+from stability.reference.config import ModelConfig, TrainConfig
 
 
 def tiny_config(steps: int, **kw) -> TrainConfig:
@@ -73,8 +73,8 @@ def poison_step(trainer, step: int) -> None:
 def run_jobs(store: str, out: str, jobs: list[dict]) -> dict:
     """Each job: {"run", "steps", "rollback": bool, "kill": [rank, step], "poison": [rank, step]}. Writes what
     every rank saw to out/<run>-rank<r>.json (a killed job ends the launch, so results go to files, not returns)."""
-    from stability.distributed import exit_on_sigterm, init_from_env, rank
-    from stability.session import SessionOptions, build_trainer
+    from stability.distributed.launch import exit_on_sigterm, init_from_env, rank
+    from stability.reference.session import SessionOptions, build_trainer
 
     init_from_env()
     exit_on_sigterm()
@@ -104,7 +104,7 @@ def compare_reductions(path: Path, me: int) -> None:
     import torch
 
     from probes.distributed import reduce_packed
-    from stability.allreduce_packed import reduce_packed_allreduce
+    from stability.distributed.allreduce_packed import reduce_packed_allreduce
 
     g = torch.Generator().manual_seed(100 + me)
     sums = torch.randn(50, generator=g, dtype=torch.float64)

@@ -129,7 +129,7 @@ def test_train_flags_build_a_notifier_and_a_busy_port_is_a_usage_error(server, c
     import argparse
 
     from stability.alerting import cli_args
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     srv = server()
     p = argparse.ArgumentParser()

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stability.alerting import AlertingConfig, Notifier
-from stability.config import ModelConfig, TrainConfig
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.detector import DetectorConfig, GateConfig, OnlineDetector, label_spikes
-from stability.session import SessionOptions, build_trainer
+from stability.reference.session import SessionOptions, build_trainer
 from test_alerting_webhook import RecordingServer, validate
 
 RAMP_FROM = 60        # the learning rate grows 20 % a step from here (a schedule gone wrong): the run blows up

@@ -10,7 +10,7 @@ from stability.alerting.incidents import (
 )
 from stability.alerting.loss_spike import LossSpikeWatch
 from stability.detector.labeller import label_spikes
-from stability.detector.synthetic import planted_run
+from stability.evaluation.synthetic import planted_run
 
 
 def tracker(**kw):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from dashboard.store_path import ENV_SAMPLE_RUNS, default_store
-from stability.cli import UsageError, main
+from stability.cli import main
+from stability.errors import UsageError
 from stability.commands import dashboard as cmd
 
 REPO = Path(__file__).resolve().parents[1]

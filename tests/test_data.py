@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from stability.data import (EOP, GMASK, IGNORE, MASK, PAD, SOP, BlankInfillingLoader, POISSON_LAMBDA, decode,
+from stability.reference.data import (EOP, GMASK, IGNORE, MASK, PAD, SOP, BlankInfillingLoader, POISSON_LAMBDA, decode,
                             encode)
 
 

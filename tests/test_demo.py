@@ -32,7 +32,7 @@ from test_dashboard_browser import (
     wait_until,
 )
 
-from stability.config import ModelConfig, TrainConfig
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.store import RunStore
 
 SAMPLE_RUNS = Path(__file__).resolve().parents[1] / "sample_runs"
@@ -115,7 +115,7 @@ def test_the_demo_tells_the_story(demo):
     # The protected run: rolled back, and its held-out loss within 5 % of a calm run of the same recipe.
     events = _cli_json("events", protected, "--store", str(store))["events"]
     assert [e for e in events if e["kind"] == "rollback"], events
-    from stability.session import SessionOptions, build_trainer
+    from stability.reference.session import SessionOptions, build_trainer
 
     calm = build_trainer(dataclasses.replace(RECIPE, lr=CALM_LR),
                          SessionOptions(monitor=False, detect=False, progress=False)).fit()

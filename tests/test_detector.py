@@ -17,9 +17,9 @@ from stability.detector import (
     label_spikes,
     spike_score,
 )
-from stability.detector.baselines import GradNormThreshold, LossZAlarm, SpikeScoreAlarm
+from stability.evaluation.baselines import GradNormThreshold, LossZAlarm, SpikeScoreAlarm
 from stability.detector.robust import RollingMeanStd, RollingWindow
-from stability.detector.synthetic import planted_run
+from stability.evaluation.synthetic import planted_run
 
 
 def run_all(det, series):
@@ -421,7 +421,7 @@ def test_baselines_score_what_they_should():
 
 
 def test_fast_gate_replay_equals_the_gate():
-    from stability.detector.evaluate import Trace, gate_alerts, gate_alerts_slow
+    from stability.evaluation.evaluate import Trace, gate_alerts, gate_alerts_slow
 
     rng = np.random.default_rng(0)
     for trial in range(30):

@@ -5,7 +5,7 @@ import pytest
 
 from stability.detector import DetectorConfig, OnlineDetector
 from stability.detector.alert import GateConfig
-from stability.detector.ceiling import (
+from stability.evaluation.ceiling import (
     BUILD_UP,
     SCHEDULE,
     SINGLE,
@@ -17,10 +17,10 @@ from stability.detector.ceiling import (
     schedule_changes,
     score_kinds,
 )
-from stability.detector.evaluate import Case, add_traces, evaluate, score_run
+from stability.evaluation.evaluate import Case, add_traces, evaluate, score_run
 from stability.detector.labeller import Incident, LabelConfig, label_spikes
 from stability.detector.online import K_EMB, K_LOSS
-from stability.detector.synthetic import planted_run
+from stability.evaluation.synthetic import planted_run
 
 
 def _inc(onset, end, diverged=False):
@@ -124,7 +124,7 @@ def test_embedding_drop_feature_and_ceiling_find_a_planted_collapse():
 def test_attention_max_leaves_nan_out_whatever_the_key_order():
     # An FP16 overflow can log NaN for one layer's attention maximum. max() over [nan, 5] and [5, nan] differ,
     # and key order follows string hashes that change between processes: the result must not.
-    from stability.detector.series import RunSeries
+    from stability.evaluation.series import RunSeries
 
     def run(first_nan: bool):
         recs = []

@@ -8,8 +8,8 @@ import pytest
 
 from stability import metrics as M
 from stability.cli import main
-from stability.detector.suite import SuiteModel, SuiteRun, _write, load_suite
-from stability.detector.synthetic import planted_run
+from stability.evaluation.suite import SuiteModel, SuiteRun, _write, load_suite
+from stability.evaluation.synthetic import planted_run
 from stability.store import RunStore
 
 
@@ -169,7 +169,7 @@ def test_eval_json_on_a_planted_suite(tmp_path, capsys):
 @pytest.mark.slow
 def test_generate_a_tiny_suite_end_to_end(tmp_path):
     """Real training: one base run and one phase of a tiny reference model, stored compactly and reloadable."""
-    from stability.detector.suite import MANIFEST, SUITE_FILE, generate
+    from stability.evaluation.suite import MANIFEST, SUITE_FILE, generate
 
     model = SuiteModel(d_model=32, n_layer=1, n_head=2, batch_size=4, seq_len=32, base_steps=30,
                        base_lr={"pre": 1e-3}, keep_base=10)
@@ -188,8 +188,8 @@ def test_generate_a_tiny_suite_end_to_end(tmp_path):
     assert not any(k.startswith("grad_norm/layers") for k in keys)  # only what the detector reads
     assert not (tmp_path / ".scratch").exists()
     # The learning rate follows the phase's schedule, then grows 10 % a step from phase step 6 (the ramp hook).
-    from stability.detector.suite import train_config
-    from stability.train import lr_at
+    from stability.evaluation.suite import train_config
+    from stability.reference.train import lr_at
 
     cfg = train_config(runs[0], model)
     expected = [lr_at(t, cfg) * 1.1 ** max(0, t - 6) for t in range(12)]

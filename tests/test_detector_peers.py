@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from stability.detector.alert import GateConfig
-from stability.detector.evaluate import trace
+from stability.evaluation.evaluate import trace
 from stability.detector.online import NONFINITE_SCORE
-from stability.detector.peers import CONFIGS, PEERS, make_peer
-from stability.detector.series import RunSeries
+from stability.evaluation.peers import CONFIGS, PEERS, make_peer
+from stability.evaluation.series import RunSeries
 
 LOSS, GRAD, EMB = "loss", "grad_norm/total", "grad_norm/embedding"
 NAMES = ("zclip", "olmo_core_monitor", "olmo_core_skip_step", "megatron_spiky_loss", "llm_foundry_kill_loss_spike",

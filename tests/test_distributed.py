@@ -18,14 +18,15 @@ import torch
 from distributed_workers import run_jobs, tiny_config
 
 from stability import metrics as M
-from stability.cli import UsageError, build_parser
-from stability.data import BlankInfillingLoader
-from stability.data_parallel import shard
-from stability.distributed import WorkerFailed, _argv_for, launch, maybe_launch
-from stability.model import GLM
-from stability.rank_sink import RankSink
-from stability.rank_view import per_rank, stragglers
-from stability.session import SessionOptions, build_trainer
+from stability.cli import build_parser
+from stability.errors import UsageError
+from stability.reference.data import BlankInfillingLoader
+from stability.distributed.data_parallel import shard
+from stability.distributed.launch import WorkerFailed, _argv_for, launch, maybe_launch
+from stability.reference.model import GLM
+from stability.distributed.rank_sink import RankSink
+from stability.distributed.rank_view import per_rank, stragglers
+from stability.reference.session import SessionOptions, build_trainer
 from stability.store import RunStore
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from stability.cli import main
 from stability.detector import OnlineDetector
-from stability.detector.synthetic import planted_run
+from stability.evaluation.synthetic import planted_run
 from stability.evaluation.benchmark import (
     DETECTOR,
     PEER_NAMES,
@@ -90,7 +90,7 @@ def test_calm_controls_of_the_committed_zoo_raise_no_alert():
 @pytest.mark.slow
 def test_a_calm_recipe_trained_here_gives_no_alert():
     """Real training: the attention-growth recipe's calm control (QK-LayerNorm, safe learning rate), shortened."""
-    from stability.detector.series import from_long
+    from stability.evaluation.series import from_long
     from stability.evaluation.zoo_train import train_run
 
     import pandas as pd

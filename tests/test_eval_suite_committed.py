@@ -1,4 +1,4 @@
-"""The committed evaluation suite holds every configuration of `stability.detector.suite.SUITE`, and the committed
+"""The committed evaluation suite holds every configuration of `stability.evaluation.suite.SUITE`, and the committed
 result file (the README's and docs/detector.md's tables) is what `stability eval` computes from it today."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stability.cli import main
-from stability.detector.suite import MANIFEST, SUITE, load_suite
+from stability.evaluation.suite import MANIFEST, SUITE, load_suite
 
 DATA = Path(__file__).resolve().parent / "data"
 SUITE_DIR = DATA / "eval_suite"

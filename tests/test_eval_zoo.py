@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stability.detector.labeller import Incident
-from stability.detector.series import RunSeries
+from stability.evaluation.series import RunSeries
 from stability.evaluation.buildup import BUILD_UP, INJECTED, SUDDEN, BuildUpConfig, incident_kind
 from stability.evaluation.language import entropy_rate, markov_stream
 from stability.evaluation.zoo import MANIFEST, ZOO, ZOO_FILE, ZooRun, load_zoo

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stability.config import LN_VARIANTS, ModelConfig
-from stability.data import BlankInfillingLoader
-from stability.model import GLM, deepnorm_alpha, deepnorm_beta
+from stability.reference.config import LN_VARIANTS, ModelConfig
+from stability.reference.data import BlankInfillingLoader
+from stability.reference.model import GLM, deepnorm_alpha, deepnorm_beta
 
 
 def tiny(ln="pre", **kw):
@@ -89,7 +89,7 @@ def test_score_probe_sees_pre_softmax_scores(batch):
     q, k, _ = attn.qkv(x).split(32, dim=-1)
     q = q.view(4, 32, 2, 16).transpose(1, 2)
     k = k.view(4, 32, 2, 16).transpose(1, 2)
-    from stability.model import apply_rotary
+    from stability.reference.model import apply_rotary
     ref = apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-2, -1) / 4.0
     assert len(seen) == 1 and seen[0].shape == (4, 2, 32, 32)
     assert torch.allclose(seen[0], ref, atol=1e-5)
@@ -109,7 +109,7 @@ def test_fp32_softmax_matches_plain_attention_in_fp32(batch):
 def test_fp32_softmax_keeps_fp16_scores_finite():
     # q.k^T = 16 * 112^2 ~ 200,000 overflows fp16 (max 65504): the plain fp16 softmax sees inf and returns NaN;
     # GLM-130B's scaling divides q by sqrt(d) * (layer+1) = 16 first and multiplies back in fp32.
-    from stability.model import Attention, rotary_tables
+    from stability.reference.model import Attention, rotary_tables
 
     outputs = {}
     for fp32_softmax in (False, True):

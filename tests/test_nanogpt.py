@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stability.nanogpt import NanoGPT, NanoGPTConfig
+from stability.reference.nanogpt import NanoGPT, NanoGPTConfig
 
 
 def tiny(**kw):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stability.cli import UsageError
+from stability.errors import UsageError
 from stability.policies import (
     EmbeddingGradShrink, LRBackoff, PolicyConfig, PolicyFileError, Rollback, SkipStep, build_policies,
     load_policy_file,

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from stability import metrics as M
-from stability.config import ModelConfig
-from stability.data import BlankInfillingLoader
+from stability.reference.config import ModelConfig
+from stability.reference.data import BlankInfillingLoader
 from stability.detector import Alert
-from stability.model import GLM
+from stability.reference.model import GLM
 from stability.policies import EGSConfig, EmbeddingGradShrink, shrink_gradient
 
 

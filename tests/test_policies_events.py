@@ -6,10 +6,10 @@ import pytest
 
 from stability import metrics as M
 from stability.cli import main
-from stability.config import ModelConfig, TrainConfig
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.detector import Alert
 from stability.policies import EGSConfig, EmbeddingGradShrink, Rollback, RollbackConfig, SkipStep, SkipStepConfig
-from stability.session import SessionOptions, build_trainer
+from stability.reference.session import SessionOptions, build_trainer
 from stability.store import RunStore
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from stability import metrics as M
-from stability.config import ModelConfig, TrainConfig
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.detector import Alert
 from stability.policies import LRBackoff, LRBackoffConfig, SkipStep, SkipStepConfig
 from stability.policies.skip_step import grad_norm
-from stability.train import Trainer
+from stability.reference.train import Trainer
 
 
 def test_skip_decisions_on_a_hand_written_norm_sequence():

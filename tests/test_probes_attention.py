@@ -304,15 +304,15 @@ def test_sdpa_is_not_intercepted_on_unsampled_steps():
 
 # --- the reference GLM through its hook points ----------------------------------------------------------------
 def _glm(fp32_softmax=False):
-    from stability.config import ModelConfig
-    from stability.model import GLM
+    from stability.reference.config import ModelConfig
+    from stability.reference.model import GLM
 
     torch.manual_seed(0)
     return GLM(ModelConfig(d_model=32, n_layer=2, n_head=2, max_seq_len=64, fp32_softmax=fp32_softmax))
 
 
 def _glm_step(model, config):
-    from stability.data import BlankInfillingLoader
+    from stability.reference.data import BlankInfillingLoader
 
     batch = BlankInfillingLoader(2, 16, seed=0).next()
     mon = probes.Monitor(model, config)
@@ -327,7 +327,7 @@ def _glm_step(model, config):
 
 @pytest.mark.parametrize("fp32_softmax", [False, True])
 def test_glm_score_probe_gives_the_range_over_the_blank_infilling_mask(fp32_softmax):
-    from stability.model import apply_rotary
+    from stability.reference.model import apply_rotary
 
     model = _glm(fp32_softmax)
     inputs, probs = {}, {}

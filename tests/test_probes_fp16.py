@@ -114,8 +114,8 @@ def test_activations_that_would_overflow_fp16_are_seen_in_fp32():
 
 @pytest.mark.slow
 def test_reference_trainer_fp16_records_skips_and_scale_drops():
-    from stability.config import ModelConfig, TrainConfig
-    from stability.train import NullSink, Trainer
+    from stability.reference.config import ModelConfig, TrainConfig
+    from stability.reference.train import NullSink, Trainer
 
     class Capture(NullSink):
         def __init__(self):

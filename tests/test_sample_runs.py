@@ -10,9 +10,9 @@ import pytest
 from stability import metrics as M
 from stability.cli import main as cli_main
 from stability.commands import sample_runs as sr
-from stability.config import LN_VARIANTS
+from stability.reference.config import LN_VARIANTS
 from stability.store import RunStore
-from stability.summary import COLUMNS, embedding_to_rest, fmt, run_summary, study_table, to_markdown
+from stability.report.summary import COLUMNS, embedding_to_rest, fmt, run_summary, study_table, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_runs"
@@ -236,7 +236,7 @@ def _tiny_study(tmp_path):
 
 
 def test_variant_grid_figure_puts_each_run_in_its_variant_panel(tmp_path):
-    from stability.study_plots import FLOOR, emb_grad_figure, loss_figure
+    from stability.report.study_plots import FLOOR, emb_grad_figure, loss_figure
 
     store = _tiny_study(tmp_path)
     table = study_table(store)
@@ -258,7 +258,7 @@ def test_render_png_writes_an_image(tmp_path):
 
     if not (shutil.which("chromium") or shutil.which("chromium-browser")):
         pytest.skip("chromium not found on PATH")
-    from stability.study_plots import loss_figure, render_png
+    from stability.report.study_plots import loss_figure, render_png
 
     store = _tiny_study(tmp_path / "s")
     path = render_png(loss_figure(store, study_table(store)), tmp_path / "f.png")

@@ -18,7 +18,7 @@ from dashboard.run_stats import SUMMARY_COLUMNS
 from dashboard.synthetic import write_run
 from dashboard.views.compare import summary_table
 from stability import metrics as M
-from stability import summary
+from stability.report import summary
 from stability.cli import main
 from stability.store import RunStore
 

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from stability.config import ModelConfig, TrainConfig
-from stability.session import SessionOptions, build_trainer
-from stability.train import lr_at
+from stability.reference.config import ModelConfig, TrainConfig
+from stability.reference.session import SessionOptions, build_trainer
+from stability.reference.train import lr_at
 
 
 def _bare(cfg):

@@ -65,7 +65,7 @@ def _train(store: str, mode: str, rank: int) -> None:
 def test_a_data_parallel_loop_gives_one_run_with_the_single_process_norms(tmp_path):
     from test_watch import BLOCKS, Tiny, loss_of, reference_norms
 
-    from stability.distributed import launch
+    from stability.distributed.launch import launch
 
     launch(_worker, 2, (str(tmp_path),))
     torch.manual_seed(0)

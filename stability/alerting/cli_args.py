@@ -34,9 +34,9 @@ def add_arguments(parser, *, metrics: bool = True, format_alias: bool = False) -
 def from_args(args, run: str = "", **extra) -> AlertingConfig:
     """The config from flags added by `add_arguments`, the environment and the config file.
 
-    Raises `stability.cli.UsageError` (one line, exit code 2) on bad input; never quotes a secret.
+    Raises `stability.errors.UsageError` (one line, exit code 2) on bad input; never quotes a secret.
     """
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     try:
         return load_config(
@@ -58,7 +58,7 @@ def notifier_from_args(args, run: str, stream=None):
     A port already in use is a UsageError naming --metrics-port.
     """
     from stability.alerting.notifier import Notifier
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     cfg = from_args(args, run=run)
     try:

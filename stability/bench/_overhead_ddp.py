@@ -43,10 +43,10 @@ def _step(trainer, store_sink) -> tuple[float, float]:
 
 def worker(cfg_dict: dict, reps: int, block: int, warmup: int, every: int, folder: str) -> dict:
     import probes
-    from stability import rank_sink
-    from stability.config import TrainConfig
-    from stability.distributed import exit_on_sigterm, init_from_env
-    from stability.train import Trainer
+    from stability.distributed import rank_sink
+    from stability.reference.config import TrainConfig
+    from stability.distributed.launch import exit_on_sigterm, init_from_env
+    from stability.reference.train import Trainer
 
     init_from_env()
     exit_on_sigterm()
@@ -86,7 +86,7 @@ def run_ddp(args) -> dict:
     import torch
 
     from stability.bench.overhead import _config
-    from stability.distributed import launch
+    from stability.distributed.launch import launch
 
     nproc = args.nproc
     cfg = _config(args)

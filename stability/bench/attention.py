@@ -1,6 +1,6 @@
 """`stability bench attention --json`: what the attention probes cost on a model whose attention is fused SDPA.
 
-The nanoGPT-style model (`stability.nanogpt`, every block calling `F.scaled_dot_product_attention(...,
+The nanoGPT-style model (`stability.reference.nanogpt`, every block calling `F.scaled_dot_product_attention(...,
 is_causal=True)`) trains with AdamW in arms that take turns in one process, each repetition in a rotated order:
 
 - bare: no monitor;
@@ -55,7 +55,7 @@ class _Run:
     def __init__(self, args, seq_len, batch_size, n_embd, n_head, n_layer):
         import torch
 
-        from stability.nanogpt import NanoGPT, NanoGPTConfig
+        from stability.reference.nanogpt import NanoGPT, NanoGPTConfig
 
         torch.manual_seed(0)
         self.cfg = NanoGPTConfig(vocab_size=args.vocab_size, block_size=seq_len + 1, n_layer=n_layer,
@@ -173,7 +173,7 @@ def run(args) -> dict:
     import probes
 
     if min(args.reps, args.block, args.seq_len, args.mem_seq_len, args.batch_size) < 1 or args.warmup < 0:
-        from stability.cli import UsageError
+        from stability.errors import UsageError
 
         raise UsageError("--reps, --block, --seq-len, --mem-seq-len and --batch-size must be >= 1")
     torch.set_num_threads(args.threads)

@@ -42,7 +42,7 @@ def add_arguments(parser):
 
 
 def _config(args):
-    from stability.config import ModelConfig, TrainConfig
+    from stability.reference.config import ModelConfig, TrainConfig
 
     m = {k: v for k, v in (("d_model", args.d_model), ("n_layer", args.n_layer)) if v}
     t = {k: v for k, v in (("batch_size", args.batch_size), ("seq_len", args.seq_len)) if v}
@@ -216,10 +216,10 @@ def _step_with(trainer, mon):
 def run(args) -> dict:
     import torch
 
-    from stability.train import Trainer
+    from stability.reference.train import Trainer
 
     if args.reps < 1 or args.block < 1 or args.every < 1 or args.nproc < 1:
-        from stability.cli import UsageError
+        from stability.errors import UsageError
 
         raise UsageError("--reps, --block, --every and --nproc must be >= 1")
     if args.nproc > 1:

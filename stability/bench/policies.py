@@ -45,10 +45,10 @@ def _step(trainer):
 def run(args) -> dict:
     import torch
 
-    from stability.config import TrainConfig
+    from stability.reference.config import TrainConfig
     from stability.detector import OnlineDetector
     from stability.policies import Rollback, RollbackConfig
-    from stability.train import Trainer
+    from stability.reference.train import Trainer
 
     cfg = TrainConfig(steps=10**9, threads=args.threads)
     trainer = Trainer(cfg, detector=OnlineDetector(), progress=False)

@@ -153,7 +153,7 @@ def _ratios(times: dict[str, list[float]]) -> dict[str, float]:
 def _plain(args, folder: str) -> dict:
     from stability.bench.overhead import _TensorBoardPeer, _WandbPeer
 
-    from stability.alerting.bench import _Endpoint
+    from stability.bench._alerting import _Endpoint
 
     loop = _PlainLoop(args)
     hanging = _Endpoint(hang=True)
@@ -260,7 +260,7 @@ def run(args) -> dict:
     import torch
 
     if args.reps < 1 or args.block < 1 or args.warmup < 0 or args.weights_every < 0:
-        from stability.cli import UsageError
+        from stability.errors import UsageError
 
         raise UsageError("--reps and --block must be >= 1, --warmup and --weights-every >= 0")
     if args.threads:

@@ -16,7 +16,7 @@ def add_store_argument(parser) -> None:
 
 def open_store(args, *, write: bool = False):
     """A RunStore for args.store; UsageError if it is missing (read) or not writable (write)."""
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.store import RunStore, StoreError
 
     root = Path(args.store)

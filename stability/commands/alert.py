@@ -46,8 +46,8 @@ def run(args) -> int:
 def _bench(args) -> int:
     import json
 
-    from stability.alerting import bench
-    from stability.cli import UsageError
+    from stability.bench import _alerting as bench
+    from stability.errors import UsageError
 
     if args.steps < 1 or args.alerts < 1:
         raise UsageError("--steps and --alerts must be >= 1")
@@ -56,7 +56,7 @@ def _bench(args) -> int:
 
 
 def _test(args) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     cfg = cli_args.from_args(args, run=args.run)
     if not cfg.has_webhook:

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def resolve_store(store: str | None) -> Path:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     if store is None:
         from dashboard.store_path import default_store
@@ -66,7 +66,7 @@ def launch(store: Path, port: int, host: str = "127.0.0.1", **popen_kw) -> subpr
 
 
 def run(args) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be between 1 and 65535")

@@ -101,7 +101,7 @@ def train_live(spec: LiveRun) -> None:
     from stability.alerting import AlertingConfig, Notifier
     from stability.commands.policies_demo import UNSTABLE_LR
     from stability.policies import build_policies
-    from stability.session import SessionOptions, build_trainer
+    from stability.reference.session import SessionOptions, build_trainer
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or the demo stopping us: the run ends as `stopped`
         signal.signal(sig, _interrupt_once)
@@ -269,7 +269,7 @@ def narrate(s: dict) -> None:
 
 
 def run(args) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.commands.policies_demo import UNSTABLE_LR
     from stability.commands.train import check_writable_store
 

@@ -28,7 +28,7 @@ def add_arguments(parser):
 def detector_config(args):
     from dataclasses import replace
 
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.detector.online import DetectorConfig
 
     try:

@@ -59,13 +59,13 @@ def add_arguments(parser):
     leg.add_argument("--workers", type=int, default=2, help="--legacy --generate: training processes (2)")
     leg.add_argument("--missing", action="store_true", help="--legacy --generate: only runs the suite lacks")
     from stability.commands.spikes import add_label_arguments
-    from stability.detector.comparison import SUITE_LABELS
+    from stability.evaluation.comparison import SUITE_LABELS
 
     add_label_arguments(parser, SUITE_LABELS)
 
 
 def run(args) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     if args.horizon < 1:
         raise UsageError(f"--horizon must be >= 1, got {args.horizon}")
@@ -171,10 +171,10 @@ def format_benchmark(result: dict) -> str:
 
 
 def run_legacy(args) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.commands.spikes import label_config
-    from stability.detector.comparison import compare
-    from stability.detector.suite import SUITE, generate, load_suite
+    from stability.evaluation.comparison import compare
+    from stability.evaluation.suite import SUITE, generate, load_suite
 
     suite = Path(args.suite) if args.suite else default_suite()
     if args.fa_budget < 0:
@@ -197,7 +197,7 @@ def run_legacy(args) -> int:
     result = {"suite": str(suite), "runs": len(runs),
               **compare(runs, horizon=args.horizon, fa_budget=args.fa_budget, label_cfg=label_config(args))}
     if args.realworld:
-        from stability.detector.realworld import analyse
+        from stability.evaluation.realworld import analyse
 
         result["realworld"] = analyse(args.realworld)
     return _emit(result, args, format_table)

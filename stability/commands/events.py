@@ -34,7 +34,7 @@ def _clean(x):
 
 
 def load_events(store, run: str, kinds=None) -> list[dict]:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.store import StoreError
 
     try:

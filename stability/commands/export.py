@@ -23,7 +23,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.store import StoreError
 
     if args.to is not None:
@@ -52,7 +52,7 @@ def run(args) -> int:
 
 
 def _tensorboard(args, root: Path) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.store import StoreError
     from stability.store.tensorboard_export import export_tensorboard
 

@@ -30,7 +30,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.store import StoreError
     from stability.store.importing import import_runs
 

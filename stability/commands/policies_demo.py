@@ -48,7 +48,7 @@ def add_arguments(parser):
 
 
 def demo_config(lr: float, steps: int, seed: int):
-    from stability.config import ModelConfig, TrainConfig
+    from stability.reference.config import ModelConfig, TrainConfig
 
     # Small shapes so the four runs take a few minutes on two CPU cores; one thread is fastest on a busy machine.
     return TrainConfig(model=ModelConfig(d_model=64, n_layer=4, n_head=4, ln="post"), lr=lr, warmup=200,
@@ -101,7 +101,7 @@ def count_spikes(losses, gap: int = 20) -> int:
 def run_one(name: str, lr: float, policy_cfg, args) -> dict:
     from stability.detector import label_spikes
     from stability.policies import build_policies
-    from stability.session import SessionOptions, build_trainer
+    from stability.reference.session import SessionOptions, build_trainer
 
     cfg = demo_config(lr, args.steps, args.seed)
     policies = build_policies(policy_cfg) if policy_cfg is not None else []
@@ -139,7 +139,7 @@ def summarize(rows: list[dict]) -> None:
 
 
 def run(args) -> int:
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     if args.steps < 50:
         raise UsageError(f"--steps must be >= 50 for the demonstration, got {args.steps}")

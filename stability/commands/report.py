@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stability.cli import UsageError
+from stability.errors import UsageError
 
 NAME = "report"
 HELP = "per-run study table (spikes, divergence, embedding grad norms, attention max, overflows, final loss)"
@@ -23,7 +23,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from stability.store import RunStore
-    from stability.summary import study_table, to_markdown
+    from stability.report.summary import study_table, to_markdown
 
     if not Path(args.store).is_dir():
         raise UsageError(f"--store {args.store}: no such folder")
@@ -34,14 +34,14 @@ def run(args) -> int:
             raise UsageError(f"--run {missing[0]}: no such run in {args.store}")
     df = study_table(store, args.run)
     if args.plots:
-        from stability.study_plots import write_study_plots
+        from stability.report.study_plots import write_study_plots
 
         for path in write_study_plots(store, df, args.plots):
             print(f"wrote {path}", file=sys.stderr)
     if args.leads:
         import pandas as pd
 
-        from stability.summary import LEAD_COLUMNS, spike_leads
+        from stability.report.summary import LEAD_COLUMNS, spike_leads
 
         frames = [spike_leads(store, r) for r in df["run"]]
         frames = [f for f in frames if len(f)]

@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stability.cli import UsageError
-from stability.config import LN_VARIANTS
+from stability.errors import UsageError
+from stability.reference.config import LN_VARIANTS
 
 NAME = "sample-runs"
 HELP = "train the LN-variant study (each LayerNorm variant with and without EGS) into a run store"
@@ -89,7 +89,7 @@ PLAN: tuple[SampleRun, ...] = (
 
 
 def train_config(r: SampleRun, recipe: Recipe = RECIPE, steps: int | None = None):
-    from stability.config import ModelConfig, TrainConfig
+    from stability.reference.config import ModelConfig, TrainConfig
 
     return TrainConfig(
         model=ModelConfig(d_model=recipe.d_model, n_layer=recipe.n_layer, n_head=recipe.n_head, ln=r.ln),

@@ -32,7 +32,7 @@ def add_label_arguments(parser, d=None) -> None:
 
 
 def label_config(args):
-    from stability.cli import UsageError
+    from stability.errors import UsageError
     from stability.detector.labeller import LabelConfig
 
     try:
@@ -44,8 +44,8 @@ def label_config(args):
 
 def read_run(args, keys=None):
     """The run as a RunSeries; UsageError naming the run and store if it is not there."""
-    from stability.cli import UsageError
-    from stability.detector.series import load_run
+    from stability.errors import UsageError
+    from stability.evaluation.series import load_run
 
     store = open_store(args)
     if not store.has_run(args.run):

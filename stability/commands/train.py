@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from stability.cli import UsageError
-from stability.config import LN_VARIANTS, PRECISIONS, ModelConfig, TrainConfig
+from stability.errors import UsageError
+from stability.reference.config import LN_VARIANTS, PRECISIONS, ModelConfig, TrainConfig
 
 NAME = "train"
 HELP = "train the reference GLM model (blank infilling on the shipped corpus), monitored and recorded"
@@ -59,7 +59,7 @@ def add_arguments(p):
     r.add_argument("--no-monitor", action="store_true", help="train bare: no probes (loss and lr still logged)")
     r.add_argument("--no-detect", action="store_true", help="do not run the online spike detector")
     r.add_argument("--quiet", action="store_true", help="no progress output")
-    from stability import distributed
+    from stability.distributed import launch as distributed
     from stability.alerting import cli_args as alert_args
 
     from stability.policies import cli as policy_cli
@@ -87,7 +87,7 @@ def session_options(args):
     import dataclasses
 
     from stability.policies import cli as policy_cli
-    from stability.session import SessionOptions
+    from stability.reference.session import SessionOptions
 
     check_writable_store(args.store)
     # A bad policy file or value is refused here, before any training starts.
@@ -99,9 +99,9 @@ def session_options(args):
 
 
 def run(args) -> int:
-    from stability.session import build_trainer
+    from stability.reference.session import build_trainer
 
-    from stability import distributed
+    from stability.distributed import launch as distributed
 
     cfg = config_from_args(args)
     opts = session_options(args)
@@ -109,7 +109,7 @@ def run(args) -> int:
     if launched is not None:
         return launched
     from stability.alerting import cli_args as alert_args
-    from stability.session import default_run_name
+    from stability.reference.session import default_run_name
 
     opts.run = opts.run or default_run_name(cfg)
     if distributed.is_main():  # one rank pages and serves /metrics

@@ -1,4 +1,4 @@
-"""Loss-spike labels, the online spike detector, baselines and their evaluation.
+"""Loss-spike labels and the online spike detector (baselines and the evaluation harness: `stability.evaluation`).
 
     det = OnlineDetector(DetectorConfig())
     alerts = det.update(step, {"loss": 2.3, "grad_norm/embedding": 5.1, ...})   # flat keys
@@ -6,12 +6,6 @@
 """
 
 from stability.detector.alert import CRITICAL, WARNING, Alert, AlertGate, GateConfig
-from stability.detector.baselines import (
-    BASELINES,
-    GradNormThreshold,
-    LossZAlarm,
-    SpikeScoreAlarm,
-)
 from stability.detector.labeller import (
     Incident,
     LabelConfig,
@@ -20,10 +14,8 @@ from stability.detector.labeller import (
     spike_score,
 )
 from stability.detector.online import SIGNALS, DetectorConfig, OnlineDetector
-from stability.detector.series import RunSeries
 
 __all__ = [
-    "BASELINES",
     "CRITICAL",
     "SIGNALS",
     "WARNING",
@@ -31,14 +23,10 @@ __all__ = [
     "AlertGate",
     "DetectorConfig",
     "GateConfig",
-    "GradNormThreshold",
     "Incident",
     "LabelConfig",
     "Labels",
-    "LossZAlarm",
     "OnlineDetector",
-    "RunSeries",
-    "SpikeScoreAlarm",
     "label_spikes",
     "spike_score",
 ]

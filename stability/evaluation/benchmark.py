@@ -1,14 +1,14 @@
 """`stability eval`: the detector and every peer's rule on the instability zoo, side by side.
 
-Protocol (definitions of recall, precision, false alarms and lead in `stability.detector.evaluate`):
+Protocol (definitions of recall, precision, false alarms and lead in `stability.evaluation.evaluate`):
 - Runs: the zoo (mechanisms 1-6, `stability.evaluation.zoo`) and the re-warm / ramp suite (mechanism 7,
-  `stability.detector.suite`, reused as it is). Splits by seed *and* by recipe: the zoo's held-out recipes and seeds
+  `stability.evaluation.suite`, reused as it is). Splits by seed *and* by recipe: the zoo's held-out recipes and seeds
   are never seen in tuning; of the suite, LayerNorm variants pre/sandwich with seed 0 tune, post/deepnorm with
   seed 1 are held out (the other half is not used).
 - Labels: the shared post hoc labeller (`SUITE_LABELS`); incident kinds from the signals before the onset
   (`stability.evaluation.buildup`). Headline figures count build-up incidents; the windows of the other incidents
   are neither calm nor scored. Injected bad batches (mechanism 6) are reported apart, on all their incidents.
-- Methods: our detector (its calibrated risk) and each peer rule of `stability.detector.peers`, each traced once
+- Methods: our detector (its calibrated risk) and each peer rule of `stability.evaluation.peers`, each traced once
   per run; for every method and false-alarm budget (2 and 10 per 10k calm steps) the alert threshold is the one
   with the most recall within the budget on the tuning split, and the figures are measured on the held-out split.
   Peers are also reported at their published default (threshold 1.0).
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from stability.detector.alert import GateConfig
-from stability.detector.comparison import SUITE_LABELS, operating_points
-from stability.detector.evaluate import Case, Trace, curve, evaluate, pick_threshold, prepare, threshold_grid, trace
+from stability.evaluation.comparison import SUITE_LABELS, operating_points
+from stability.evaluation.evaluate import Case, Trace, curve, evaluate, pick_threshold, prepare, threshold_grid, trace
 from stability.detector.evidence import FEATURES, Evidence, EvidenceConfig
 from stability.detector.online import NONFINITE_SCORE, SIGNAL_OF, DetectorConfig
 from stability.detector.risk import RiskModel, fit_logistic
-from stability.detector.series import RunSeries
+from stability.evaluation.series import RunSeries
 from stability.evaluation.buildup import BUILD_UP, KINDS, BuildUpConfig, incident_kind
 from stability.evaluation.zoo import HELDOUT, TUNE, UNPREDICTABLE
 
@@ -51,7 +51,7 @@ def load_runs(zoo_dir: str | Path, suite_dir: str | Path | None) -> list[RunSeri
 
     runs = load_zoo(zoo_dir)
     if suite_dir is not None and (Path(suite_dir) / "suite.parquet").exists():
-        from stability.detector.suite import load_suite
+        from stability.evaluation.suite import load_suite
 
         for r in load_suite(suite_dir):
             cfg = r.meta.get("config") or {}
@@ -189,7 +189,7 @@ def _summary(cases, key, gate, horizon, ignore) -> dict:
 def peer_factories(gate: GateConfig) -> dict:
     """{peer name: factory(series)} at their published thresholds (llm-foundry's window is 5 % of the run's
     planned length: the recipe's steps, what its trainer knows)."""
-    from stability.detector.peers import make_peer
+    from stability.evaluation.peers import make_peer
 
     return {n: (lambda series, n=n: make_peer(n, gate, total_steps=_planned_steps(series))) for n in PEER_NAMES}
 
@@ -197,9 +197,9 @@ def peer_factories(gate: GateConfig) -> dict:
 def slow_drift(root, gate: GateConfig | None = None) -> dict:
     """Mechanism 8: the detector (shipped) and every peer (published defaults) on the real W&B runs in `root`:
     per method, runs with an alert, alerts per run, and how many runs it warned before the drift became visible
-    (see `stability.detector.realworld`)."""
+    (see `stability.evaluation.realworld`)."""
     from stability.detector.online import OnlineDetector
-    from stability.detector.realworld import analyse
+    from stability.evaluation.realworld import analyse
 
     gate = gate or GateConfig()
     methods = {DETECTOR: lambda series: OnlineDetector(), **peer_factories(gate)}

@@ -19,9 +19,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stability.detector import runset
+from stability.evaluation import runset
 # What the detectors read, and lr to read the schedule: the same metrics as the re-warm suite keeps.
-from stability.detector.suite import KEEP_LAYERS, KEEP_METRICS
+from stability.evaluation.suite import KEEP_LAYERS, KEEP_METRICS
 
 
 ZOO_VERSION = 1
@@ -204,7 +204,7 @@ def _write(out: Path, frame, runs, results: dict, old: dict) -> None:
 
 def load_zoo(path: str | Path):
     """Every zoo run as a RunSeries; meta holds its recipe (`config`), `split`, `mechanism` and `calm`."""
-    from stability.detector.series import from_long
+    from stability.evaluation.series import from_long
 
     frame, manifest = _read(Path(path))
     if frame is None:

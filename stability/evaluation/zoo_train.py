@@ -60,7 +60,7 @@ def _stream(data: str, seed: int) -> tuple[np.ndarray, int]:
 
         # The language itself depends on the data seed: a different chain per seed, not only a different order.
         return markov_stream(200_000, vocab=64, successors=6, seed=seed), 64
-    from stability.corpus import load_corpus_bytes
+    from stability.reference.corpus import load_corpus_bytes
 
     return np.frombuffer(load_corpus_bytes(), dtype=np.uint8).astype(np.int64), 256
 
@@ -72,9 +72,9 @@ def build(r):
 
     torch.manual_seed(r.seed)
     if r.arch == "glm":
-        from stability.config import ModelConfig
-        from stability.data import BlankInfillingLoader
-        from stability.model import GLM
+        from stability.reference.config import ModelConfig
+        from stability.reference.data import BlankInfillingLoader
+        from stability.reference.model import GLM
 
         cfg = ModelConfig(d_model=r.d_model, n_layer=r.n_layer, n_head=r.n_head, ln=r.ln,
                           max_seq_len=2 * r.seq_len)
@@ -88,7 +88,7 @@ def build(r):
             return loader.batch_at(step)
 
         return model, loss_fn, batch_fn
-    from stability.nanogpt import NanoGPT, NanoGPTConfig
+    from stability.reference.nanogpt import NanoGPT, NanoGPTConfig
 
     stream, vocab = _stream(r.data, r.seed)
     model = NanoGPT(NanoGPTConfig(vocab_size=vocab, block_size=r.seq_len, n_layer=r.n_layer, n_head=r.n_head,
@@ -112,7 +112,7 @@ def train_run(r) -> tuple[dict[tuple[int, str, str], float], str]:
     import torch
 
     import probes
-    from stability.train import autocast_context
+    from stability.reference.train import autocast_context
 
     torch.set_num_threads(1)
     model, loss_fn, batch_fn = build(r)

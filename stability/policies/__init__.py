@@ -9,7 +9,7 @@
   LRBackoff            scale the learning rate down on alerts, back up after a calm period
 
 Each is an object with any of `attach(trainer)`, `before_update(trainer, step) -> bool`,
-`after_step(trainer, step, record, alerts)` and `close()` (see `stability.train.Trainer`).
+`after_step(trainer, step, record, alerts)` and `close()` (see `stability.reference.train.Trainer`).
 """
 
 from stability.policies.checkpoint_ring import CheckpointRing, clone_state

@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
 
 def config_from_args(args) -> PolicyConfig:
     """The policy file (if any) with the flags applied on top. UsageError on a bad file or value."""
-    from stability.cli import UsageError
+    from stability.errors import UsageError
 
     try:
         cfg = load_policy_file(args.policy) if getattr(args, "policy", None) else PolicyConfig()
