@@ -73,13 +73,12 @@ def poison_step(trainer, step: int) -> None:
 def run_jobs(store: str, out: str, jobs: list[dict]) -> dict:
     """Each job: {"run", "steps", "rollback": bool, "kill": [rank, step], "poison": [rank, step]}. Writes what
     every rank saw to out/<run>-rank<r>.json (a killed job ends the launch, so results go to files, not returns)."""
-    from stability.distributed.launch import exit_on_sigterm, init_from_env, rank
+    from stability.distributed.group import exit_on_sigterm, init_from_env, rank
     from stability.reference.session import SessionOptions, build_trainer
 
     init_from_env()
     exit_on_sigterm()
     me = rank()
-    compare_reductions(Path(out) / f"reductions-rank{me}.json", me)
     for job in jobs:
         seen, rollback = Seen(), RollbackOnDip()
         policies = [rollback, seen] if job.get("rollback") else [seen]
@@ -97,20 +96,3 @@ def run_jobs(store: str, out: str, jobs: list[dict]) -> dict:
             "world": trainer.dp.world if trainer.dp is not None else 1,
         }))
     return {"rank": me}
-
-
-def compare_reductions(path: Path, me: int) -> None:
-    """The all-gather reduction the monitor uses and the two-all-reduce one, on the same rank-dependent vectors."""
-    import torch
-
-    from probes.distributed import reduce_packed
-    from stability.distributed.allreduce_packed import reduce_packed_allreduce
-
-    g = torch.Generator().manual_seed(100 + me)
-    sums = torch.randn(50, generator=g, dtype=torch.float64)
-    maxes = torch.randn(40, generator=g, dtype=torch.float64)
-    maxes[3] = float("nan") if me == 1 else 1.0
-    maxes[4] = float("inf") if me == 0 else -1.0
-    a = reduce_packed(sums.clone(), maxes.clone())
-    b = reduce_packed_allreduce(sums.clone(), maxes.clone())
-    path.write_text(json.dumps({"gather": [t.tolist() for t in a], "allreduce": [t.tolist() for t in b]}))

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.server import streamlit_argv
 from dashboard.store_path import ENV_SAMPLE_RUNS, default_store
 from stability.cli import main
-from stability.errors import UsageError
 from stability.commands import dashboard as cmd
+from stability.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def test_defaults_bind_loopback_and_open_the_sample_runs(monkeypatch):
 
 
 def test_streamlit_runs_headless_without_usage_stats_on_the_given_address(tmp_path):
-    argv = cmd.streamlit_argv(tmp_path, 8123)
+    argv = streamlit_argv(tmp_path, 8123)
     opts = dict(zip(argv[argv.index("run") + 2::2], argv[argv.index("run") + 3::2]))
     assert argv[:4] == [sys.executable, "-m", "streamlit", "run"]
     assert Path(argv[4]) == REPO / "dashboard" / "app.py"

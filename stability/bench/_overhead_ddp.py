@@ -44,8 +44,8 @@ def _step(trainer, store_sink) -> tuple[float, float]:
 def worker(cfg_dict: dict, reps: int, block: int, warmup: int, every: int, folder: str) -> dict:
     import probes
     from stability.distributed import rank_sink
+    from stability.distributed.group import exit_on_sigterm, init_from_env
     from stability.reference.config import TrainConfig
-    from stability.distributed.launch import exit_on_sigterm, init_from_env
     from stability.reference.train import Trainer
 
     init_from_env()
@@ -81,15 +81,14 @@ def worker(cfg_dict: dict, reps: int, block: int, warmup: int, every: int, folde
     return {"rank": trainer.rank, "median_step_s": med, "median_cpu_s": med_cpu, "rows_written": written}
 
 
-def run_ddp(args) -> dict:
-    """`stability bench overhead --nproc N`: the arms above in N ranks. Reads the overhead bench's flags."""
+def run_ddp(args, cfg) -> dict:
+    """`stability bench overhead --nproc N`: the arms above in N ranks, from the overhead bench's flags and the
+    training config it built from them (`cfg`, adjusted here to an even share per rank)."""
     import torch
 
-    from stability.bench.overhead import _config
     from stability.distributed.launch import launch
 
     nproc = args.nproc
-    cfg = _config(args)
     if cfg.batch_size % nproc:
         cfg.batch_size = max(nproc, cfg.batch_size // nproc * nproc)  # an even share per rank
     if not args.threads:

@@ -81,7 +81,9 @@ def build_run(store, name: str, rows: int, layers: int) -> dict:
 
 def first_paint(store_dir: str, run: str, points: int) -> dict:
     """What the run view does before it can draw: same functions, no Streamlit cache."""
+    from dashboard import cache
     from dashboard import queries as q
+    from dashboard import run_stats
     from dashboard.run_figure import run_figure
     from dashboard.smoothing import DEFAULT as DEFAULT_SMOOTHING
     from dashboard.smoothing import Smoothing
@@ -89,7 +91,7 @@ def first_paint(store_dir: str, run: str, points: int) -> dict:
     store = q.open_store(store_dir)  # a new store: nothing cached
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    q.list_runs(store, store_dir)
+    q.list_runs(store)
     # As the run view does: the series beside the events and their spike labels (queries.guarded_parallel).
     timed: dict = {}
 
@@ -101,9 +103,9 @@ def first_paint(store_dir: str, run: str, points: int) -> dict:
 
     def events_then_spikes():
         events = q.run_events(store, run)  # read once, for the table and the labels (queries.events_and_spikes)
-        return events, timing("spikes", q.spikes, store, run, events)
+        return events, timing("spikes", run_stats.spikes, store, run, events)
 
-    (series, e1), (events_info, e2) = q.guarded_parallel(
+    (series, e1), (events_info, e2) = cache.guarded_parallel(
         (timing, "series", q.run_series, store, run, None, None, points),
         (events_then_spikes,),
     )
@@ -146,6 +148,7 @@ def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> tupl
     import numpy as np
 
     from dashboard import queries as q
+    from dashboard import run_stats
     from dashboard.synthetic import columns
     from stability.store import RunStore, WriterConfig
 
@@ -170,7 +173,7 @@ def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> tupl
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
-            runs = q.list_runs(store, store_dir)
+            runs = q.list_runs(store)
             live = list(runs.loc[runs["live"], "run"])
             for name in live:
                 q.run_counts(store, name)
@@ -178,7 +181,7 @@ def live_refresh(store_dir: str, n_runs: int = 10, seconds: float = 6.0) -> tupl
             t1 = time.perf_counter()
             for name in live:
                 q.compare_series(store, name)
-                q.run_summary(store, name, q.run_events(store, name))
+                run_stats.run_summary(store, name, q.run_events(store, name))
             times.append(t1 - t0)
             compare.append(time.perf_counter() - t1)
     finally:
@@ -262,7 +265,7 @@ def _median(v):
 def browser_first_paint(store_dir: str, run: str, chromium: str, repeat: int = 3) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from stability.commands.dashboard import launch
+    from dashboard.server import launch
 
     port = _free_port()
     proc = launch(Path(store_dir), port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

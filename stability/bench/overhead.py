@@ -222,11 +222,11 @@ def run(args) -> dict:
         from stability.errors import UsageError
 
         raise UsageError("--reps, --block, --every and --nproc must be >= 1")
+    cfg = _config(args)
     if args.nproc > 1:
         from stability.bench._overhead_ddp import run_ddp
 
-        return run_ddp(args)
-    cfg = _config(args)
+        return run_ddp(args, cfg)
     trainer = Trainer(cfg, progress=False)
     folder = tempfile.mkdtemp(prefix="stability-bench-")
     arms: dict[str, object] = {"bare": _Bare(), "ours": _OursPeer(trainer.model, args.every)}

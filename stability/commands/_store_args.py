@@ -1,4 +1,4 @@
-"""The `--store DIR` option every run-reading or run-writing subcommand shares."""
+"""The `--store DIR` option of every subcommand that reads or writes runs, and opening the store it names."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from pathlib import Path
 ENV = "STABILITY_STORE"
 
 
-def add_store_argument(parser) -> None:
-    default = os.environ.get(ENV)
-    parser.add_argument("--store", metavar="DIR", default=default, required=default is None,
-                        help=f"run store folder (default: ${ENV})")
+def add_store_argument(parser, help: str = f"run store folder (default: ${ENV})", *, default: str | None = None,
+                       env: bool = True, required: bool | None = None) -> None:
+    """`--store DIR`: $STABILITY_STORE when set and `env`, else `default`; required when neither gives a folder,
+    unless `required` says otherwise (an optional store: the command does without one)."""
+    value = os.environ.get(ENV, default) if env else default
+    required = value is None if required is None else required
+    parser.add_argument("--store", metavar="DIR", default=value, required=required, help=help)
 
 
 def open_store(args, *, write: bool = False):

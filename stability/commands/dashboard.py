@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from dashboard.server import launch
+from stability.commands._store_args import add_store_argument
 
 NAME = "dashboard"
 HELP = "open the browser dashboard on a run store (live and archived runs, compare, alerts)"
@@ -19,7 +21,7 @@ DEFAULT_PORT = 8501
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--store", metavar="DIR", help="run store folder (default: the built-in sample runs)")
+    add_store_argument(parser, "run store folder (default: the built-in sample runs)", env=False, required=False)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the dashboard to the network)")
@@ -38,31 +40,6 @@ def resolve_store(store: str | None) -> Path:
     if not p.is_dir():
         raise UsageError(f"--store {store}: not a folder")
     return p.resolve()
-
-
-def streamlit_argv(store: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The `streamlit run` command line: headless, no usage statistics, no file watching, bound to `host`."""
-    import dashboard
-
-    app = Path(dashboard.__file__).resolve().parent / "app.py"
-    return [
-        sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.headless", "true",
-        "--server.address", host,
-        "--server.port", str(port),
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "minimal",
-        "--theme.base", "light",
-        "--", "--store", str(store),
-    ]
-
-
-def launch(store: Path, port: int, host: str = "127.0.0.1", **popen_kw) -> subprocess.Popen:
-    """Start the server as a child process (used by `stability dashboard` and by the demo)."""
-    env = dict(os.environ, STABILITY_STORE=str(store), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    return subprocess.Popen(streamlit_argv(store, port, host), env=env, **popen_kw)
 
 
 def run(args) -> int:

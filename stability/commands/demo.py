@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from stability.commands._store_args import add_store_argument
+
 NAME = "demo"
 HELP = "the story in a minute: an unstable recipe trained with and without policies, live in the dashboard"
 DESCRIPTION = (
@@ -60,8 +62,8 @@ def recipe(lr: float, steps: int = STEPS, seed: int = 0):
 
 
 def add_arguments(p):
-    p.add_argument("--store", metavar="DIR", default=".demo-store",
-                   help="demo store folder, seeded from sample_runs/ (default: .demo-store)")
+    add_store_argument(p, "demo store folder, seeded from sample_runs/ (default: .demo-store)", default=".demo-store",
+                       env=False)
     p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
     p.add_argument("--steps", type=int, default=STEPS, help=f"steps of each live run (default {STEPS})")
     p.add_argument("--pace", type=float, default=PACE,
@@ -269,9 +271,9 @@ def narrate(s: dict) -> None:
 
 
 def run(args) -> int:
-    from stability.errors import UsageError
     from stability.commands.policies_demo import UNSTABLE_LR
     from stability.commands.train import check_writable_store
+    from stability.errors import UsageError
 
     if args.steps < 50:
         raise UsageError(f"--steps must be >= 50 for the story to unfold, got {args.steps}")
@@ -295,7 +297,7 @@ def run(args) -> int:
     try:
         say(f"webhook receiver on {receiver.url}; each page it gets prints here as `page: ...`")
         if not args.no_dashboard:
-            from stability.commands.dashboard import launch
+            from dashboard.server import launch
 
             dash = launch(store, args.port)
             if not _wait_healthy(dash, args.port):

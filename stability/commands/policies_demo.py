@@ -21,6 +21,8 @@ import math
 import sys
 import time
 
+from stability.commands._store_args import add_store_argument
+
 NAME = "policies-demo"
 HELP = "train an unstable configuration with and without EGS / rollback / LR back-off (the README table)"
 
@@ -41,7 +43,7 @@ PLAN = {  # name -> (learning rate, policies or None)
 def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--store", metavar="DIR", help="also record the runs (events, metrics) in this store")
+    add_store_argument(parser, "also record the runs (events, metrics) in this store", env=False, required=False)
     parser.add_argument("--runs", nargs="+", metavar="NAME", choices=list(PLAN), default=list(PLAN),
                         help="which runs (default: all; calm-baseline is always run, last)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

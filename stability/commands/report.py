@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from stability.commands._store_args import add_store_argument
 from stability.errors import UsageError
 
 NAME = "report"
@@ -12,7 +13,7 @@ HELP = "per-run study table (spikes, divergence, embedding grad norms, attention
 
 
 def add_arguments(p):
-    p.add_argument("--store", metavar="DIR", required=True, help="run store folder (e.g. sample_runs)")
+    add_store_argument(p, "run store folder (e.g. sample_runs)", env=False)
     p.add_argument("--out", metavar="FILE", help="write to FILE (.md or .csv); default: Markdown on stdout")
     p.add_argument("--run", action="append", metavar="NAME", help="only these runs (repeatable)")
     p.add_argument("--leads", action="store_true",
@@ -22,8 +23,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from stability.store import RunStore
     from stability.report.summary import study_table, to_markdown
+    from stability.store import RunStore
 
     if not Path(args.store).is_dir():
         raise UsageError(f"--store {args.store}: no such folder")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from stability.commands._store_args import add_store_argument
 from stability.errors import UsageError
 from stability.reference.config import LN_VARIANTS, PRECISIONS, ModelConfig, TrainConfig
 
@@ -13,17 +13,10 @@ NAME = "train"
 HELP = "train the reference GLM model (blank infilling on the shipped corpus), monitored and recorded"
 
 
-def add_store_argument(parser, required: bool = False):
-    parser.add_argument("--store", metavar="DIR", required=required,
-                        default=None if required else os.environ.get("STABILITY_STORE", "runs"),
-                        help="run store folder (default: $STABILITY_STORE or ./runs)")
-
-
 def check_writable_store(path: str) -> Path:
     """The --store folder, created if missing; a UsageError (one line, exit 2) before any training starts if a
     file cannot really be written in it (RunStore.ensure_writable's probe)."""
-    from stability.store import StoreError
-    from stability.store.store import RunStore
+    from stability.store import RunStore, StoreError
 
     try:
         RunStore(path).ensure_writable()
@@ -53,19 +46,18 @@ def add_arguments(p):
     t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     r = p.add_argument_group("recording")
-    add_store_argument(r)
+    add_store_argument(r, "run store folder (default: $STABILITY_STORE or ./runs)", default="runs")
     r.add_argument("--run", metavar="NAME", help="run name (default: derived from the config and time)")
     r.add_argument("--log-every", type=int, default=1, help="monitor and log every N steps")
     r.add_argument("--no-monitor", action="store_true", help="train bare: no probes (loss and lr still logged)")
     r.add_argument("--no-detect", action="store_true", help="do not run the online spike detector")
     r.add_argument("--quiet", action="store_true", help="no progress output")
-    from stability.distributed import launch as distributed
     from stability.alerting import cli_args as alert_args
-
+    from stability.commands import _nproc
     from stability.policies import cli as policy_cli
 
     policy_cli.add_arguments(p.add_argument_group("policies"))
-    distributed.add_arguments(p.add_argument_group("distributed"))
+    _nproc.add_arguments(p.add_argument_group("distributed"))
     alert_args.add_arguments(p)
 
 
@@ -99,20 +91,19 @@ def session_options(args):
 
 
 def run(args) -> int:
-    from stability.reference.session import build_trainer
-
-    from stability.distributed import launch as distributed
+    from stability.alerting import cli_args as alert_args
+    from stability.commands._nproc import maybe_launch
+    from stability.distributed.group import is_main
+    from stability.reference.session import build_trainer, default_run_name
 
     cfg = config_from_args(args)
     opts = session_options(args)
-    launched = distributed.maybe_launch(args)  # --nproc N: N workers run this command; or join their group
+    # --nproc N: N workers run this command; or join their group
+    launched = maybe_launch(args, add_arguments, lambda: default_run_name(cfg))
     if launched is not None:
         return launched
-    from stability.alerting import cli_args as alert_args
-    from stability.reference.session import default_run_name
-
     opts.run = opts.run or default_run_name(cfg)
-    if distributed.is_main():  # one rank pages and serves /metrics
+    if is_main():  # one rank pages and serves /metrics
         opts.notifier = alert_args.notifier_from_args(args, run=opts.run)
     trainer = build_trainer(cfg, opts)
     m = trainer.model
@@ -121,7 +112,7 @@ def run(args) -> int:
               f"{cfg.precision}, lr {cfg.lr:g}, warm-up {cfg.warmup}, {cfg.steps} steps -> store {opts.store}",
               file=sys.stderr)
     result = trainer.fit()
-    if not distributed.is_main():
+    if not is_main():
         return 0 if result.status in ("finished", "stopped") else 1
     print(f"run {result.run}: {result.status} after {result.steps} steps in {result.wall_time:.1f} s "
           f"({result.steps / max(result.wall_time, 1e-9):.2f} steps/s); final train loss {result.final_loss:.4f}, "

@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from stability import metrics as M
-from stability.distributed.launch import collective_timeout
+from stability.distributed.group import collective_timeout
 
 
 def agree(value, group=None):

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from stability.detector.alert import GateConfig
-from stability.evaluation.comparison import SUITE_LABELS, operating_points
-from stability.evaluation.evaluate import Case, Trace, curve, evaluate, pick_threshold, prepare, threshold_grid, trace
 from stability.detector.evidence import FEATURES, Evidence, EvidenceConfig
 from stability.detector.online import NONFINITE_SCORE, SIGNAL_OF, DetectorConfig
 from stability.detector.risk import RiskModel, fit_logistic
-from stability.evaluation.series import RunSeries
 from stability.evaluation.buildup import BUILD_UP, KINDS, BuildUpConfig, incident_kind
+from stability.evaluation.comparison import SUITE_LABELS
+from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, operating_points, pick_threshold, prepare,
+                                          threshold_grid, trace)
+from stability.evaluation.series import RunSeries
 from stability.evaluation.zoo import HELDOUT, TUNE, UNPREDICTABLE
 
 DETECTOR = "detector"

@@ -26,15 +26,16 @@ import numpy as np
 import pandas as pd
 
 from stability.detector.alert import GateConfig
+from stability.detector.online import K_EMB, K_LOSS, K_TOTAL, P_ATTN
 from stability.evaluation.evaluate import (
     Case,
     RunScore,
     Trace,
     curve,
     evaluate,
+    operating_points,
     threshold_grid,
 )
-from stability.detector.online import K_EMB, K_LOSS, K_TOTAL, P_ATTN
 
 SCHEDULE, SINGLE, BUILD_UP = "schedule", "single_step", "build_up"
 KINDS = (SCHEDULE, SINGLE, BUILD_UP)
@@ -179,8 +180,6 @@ def _trace(series: pd.Series, label: str, steps: np.ndarray) -> Trace:
 def ceiling(cases: list[Case], gate: GateConfig, horizon: int, budgets=(2.0, 10.0, 50.0),
             cfg: CeilingConfig = CeilingConfig()) -> dict:
     """Per feature: the best recall within each false-alarm budget, its threshold chosen on `cases` themselves."""
-    from stability.evaluation.comparison import operating_points
-
     per_case = [features(c, cfg) for c in cases]
     names = sorted({n for f in per_case for n in f})
     result = {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from stability.detector.alert import GateConfig
+from stability.detector.labeller import LabelConfig
+from stability.detector.online import DetectorConfig
 from stability.evaluation.ceiling import BUILD_UP, anatomy, ceiling, curve_kinds, score_kinds
 from stability.evaluation.evaluate import (
     DETECTOR,
@@ -16,13 +18,12 @@ from stability.evaluation.evaluate import (
     curve,
     evaluate,
     gate_alerts,
+    operating_points,
     pick_threshold,
     prepare,
     score_run,
     threshold_grid,
 )
-from stability.detector.labeller import LabelConfig
-from stability.detector.online import DetectorConfig
 from stability.evaluation.series import RunSeries
 
 TUNE, HELDOUT = "tune", "heldout"
@@ -126,19 +127,6 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, fa_budget: float = 2.0,
                               for v, r in zip(variants, variant_results)],
         "detector_hit_signals_heldout": hit_signals,
     }
-
-
-OPERATING_BUDGETS = (2.0, 10.0, 50.0)
-
-
-def operating_points(points: list[dict], budgets=OPERATING_BUDGETS) -> list[dict]:
-    """Best point of a curve within each false-alarm budget, picked on the curve's own split (an upper bound,
-    not a tuned result: it shows the trade-off, the tuned figures are in `methods`)."""
-    out = []
-    for b in budgets:
-        p = pick_threshold(points, b)
-        out.append({"fa_budget_per_10k": b, **(p or {})})
-    return out
 
 
 def _rank(s: dict):

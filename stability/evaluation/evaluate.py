@@ -21,6 +21,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from stability.detector.alert import AlertGate, GateConfig
+from stability.detector.labeller import LabelConfig, Labels, label_spikes
+from stability.detector.online import (
+    K_LOSS,
+    NONFINITE_SCORE,
+    DetectorConfig,
+    OnlineDetector,
+)
 from stability.evaluation.baselines import (
     GradNormThreshold,
     GradNormThresholdConfig,
@@ -28,13 +35,6 @@ from stability.evaluation.baselines import (
     LossZConfig,
     SpikeScoreAlarm,
     SpikeScoreConfig,
-)
-from stability.detector.labeller import LabelConfig, Labels, label_spikes
-from stability.detector.online import (
-    K_LOSS,
-    NONFINITE_SCORE,
-    DetectorConfig,
-    OnlineDetector,
 )
 from stability.evaluation.series import RunSeries
 
@@ -258,3 +258,16 @@ def pick_threshold(points: list[dict], fa_budget: float) -> dict | None:
         return None
     return max(ok, key=lambda p: (p["recall"] or 0.0, p["median_lead"] or 0.0, p["precision"] or 0.0,
                                   p["threshold"]))
+
+
+OPERATING_BUDGETS = (2.0, 10.0, 50.0)
+
+
+def operating_points(points: list[dict], budgets=OPERATING_BUDGETS) -> list[dict]:
+    """Best point of a curve within each false-alarm budget, picked on the curve's own split (an upper bound,
+    not a tuned result: it shows the trade-off, the tuned figures are in `methods`)."""
+    out = []
+    for b in budgets:
+        p = pick_threshold(points, b)
+        out.append({"fa_budget_per_10k": b, **(p or {})})
+    return out

@@ -43,7 +43,7 @@ def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
     store, detector, policies and alerting); one run for all ranks under torch.distributed."""
     meta = dict(run_metadata(cfg), **opts.meta)
     notifier = opts.notifier
-    from stability.distributed.launch import is_initialized
+    from stability.distributed.group import is_initialized
 
     if is_initialized():
         import torch.distributed as dist

@@ -1,10 +1,14 @@
-"""Reading segments into Arrow and clustering metric rows by series, without sorting strings.
+"""Segments in and out of Arrow (publishing a segment by atomic rename), and clustering metric rows by series
+without sorting strings.
 
 Metric segments are read with `metric` and `layer` dictionary-encoded (Parquet stores them so), so grouping
 rows by series is an integer sort on dictionary indices: cheap, where sorting by the strings is not.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -79,3 +83,19 @@ def lex_rank(dictionary: pa.Array) -> np.ndarray:
 def sort_events(t: pa.Table) -> pa.Table:
     return t.sort_by([("step", "ascending"), ("time", "ascending")]) if "time" in t.column_names \
         else t.sort_by([("step", "ascending")])
+
+
+def write_segment(seg_dir: Path, name: str, table: pa.Table, compression: str = "snappy", fsync: bool = False):
+    """Write `table` to a hidden temporary file, then publish it under `name` by an atomic rename."""
+    tmp = seg_dir / f".{name}.tmp"
+    # Row groups of 128k rows: small enough that min/max statistics let a reader skip other series.
+    # Dictionary encoding only where it pays (names); trying it on steps and values costs time for nothing.
+    pq.write_table(table, tmp, compression=compression, row_group_size=131072,
+                   use_dictionary=["metric", "layer"] if "metric" in table.column_names else True)
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.rename(tmp, seg_dir / name)

@@ -16,10 +16,9 @@ import os
 import duckdb
 
 from stability.store import layout
-from stability.store.arrowio import cluster_by_series, concat, read_segment, sort_events
+from stability.store.arrowio import cluster_by_series, concat, read_segment, sort_events, write_segment
 from stability.store.compact import one_line, quarantine, read_covered
 from stability.store.schema import attach_read_only
-from stability.store.writer import write_segment
 
 
 def _level(s: layout.Segment, fanout: int) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import os
 import sys
 import threading
 import time
@@ -21,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stability import metrics as M
 from stability.store import layout, meta
-from stability.store.arrowio import as_dict_metrics, cluster_by_series, concat
+from stability.store.arrowio import as_dict_metrics, cluster_by_series, concat, write_segment
 from stability.store.batch import MetricBatcher, columns_table, event_json, to_float
 from stability.store.schema import CHECKPOINTS_SCHEMA, EVENTS_SCHEMA
 
@@ -380,19 +378,3 @@ def _flush_at_exit(ref):
         if w is not None and not w.closed:
             w.flush(timeout=10.0)
     return run
-
-
-def write_segment(seg_dir: Path, name: str, table: pa.Table, compression: str = "snappy", fsync: bool = False):
-    """Write `table` to a hidden temporary file, then publish it under `name` by an atomic rename."""
-    tmp = seg_dir / f".{name}.tmp"
-    # Row groups of 128k rows: small enough that min/max statistics let a reader skip other series.
-    # Dictionary encoding only where it pays (names); trying it on steps and values costs time for nothing.
-    pq.write_table(table, tmp, compression=compression, row_group_size=131072,
-                   use_dictionary=["metric", "layer"] if "metric" in table.column_names else True)
-    if fsync:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    os.rename(tmp, seg_dir / name)
