@@ -1,8 +1,7 @@
 """Every read the dashboard makes from the run store, in one place.
 
-Plain functions take a `RunStore` (the benchmark and tests call them directly); the `cached_*` wrappers take the
-store folder as a string and sit behind `st.cache_data`. A run's cache key carries its *version* (last step and
-last write from its metadata), so an archived run is read once and a live run is re-read as soon as it grows.
+Plain functions that take a `RunStore` (the benchmark and tests call them directly); cache.py puts them behind
+Streamlit's caches for the pages.
 
 Every user input (run name, step window, kinds) reaches the store as a parameter of its API, never as SQL text.
 Errors are caught per run: a corrupt or half-written run becomes an `error` string on that run alone.
@@ -12,26 +11,20 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import streamlit as st
 
 from dashboard import xaxis
 from dashboard.figures import bin_layers
-from dashboard.run_stats import SpikeInfo, loss_full, run_summary, spikes  # noqa: F401  (read through here)
+from dashboard.run_stats import spikes
 from stability import metrics as M
+from stability.store import layout
 
 LIVE_WINDOW_S = 60.0
 """A running run written to within this many seconds is live (a closed run is archived at once)."""
-LIST_TTL_S = 0.5
-"""How long the run list (and with it every run's version) may be stale: bounds the live delay with run_every."""
-DATA_TTL_S = 600.0
-"""Data is keyed by run version, so it can stay cached long; the TTL only bounds memory for old versions."""
-MAX_ENTRIES = 256
 
 # Metrics the run view draws, with the layers it draws them for (None: every layer). Non-finite gradient
 # counts are per layer, `total` being the whole model; some sources log the run-wide count without a layer.
@@ -59,19 +52,6 @@ def open_store(store_dir: str | Path):
     return RunStore(str(store_dir))
 
 
-def run_folders(store_dir: str | Path) -> list[str]:
-    """Names of run folders in the store, including ones whose metadata cannot be read."""
-    root = Path(store_dir)
-    if not root.is_dir():
-        return []
-    out = []
-    for p in sorted(root.iterdir()):
-        if p.is_dir() and not p.name.startswith(".") and any(
-                (p / n).exists() for n in ("run.json", "segments", "run.duckdb")):
-            out.append(p.name)
-    return out
-
-
 # --- plain queries (take a store) ------------------------------------------------------------------------
 def _unix(v) -> float:
     """Seconds since the epoch from whatever the store gives (float, int, Timestamp, ISO string)."""
@@ -88,7 +68,7 @@ def _unix(v) -> float:
         return float("nan")
 
 
-def list_runs(store, store_dir: str | Path, now: float | None = None) -> pd.DataFrame:
+def list_runs(store, now: float | None = None) -> pd.DataFrame:
     """One row per run folder: metadata, live flag, and `error` ("" when readable)."""
     now = time.time() if now is None else now
     rows: dict[str, dict] = {}
@@ -97,7 +77,7 @@ def list_runs(store, store_dir: str | Path, now: float | None = None) -> pd.Data
         meta = store.list_runs()
     except Exception:  # one bad run.json must not hide the others: read them one by one
         recs = []
-        for name in run_folders(store_dir):
+        for name in store.run_folders():
             try:
                 recs.append(store.run_info(name))
             except Exception as e:
@@ -114,11 +94,11 @@ def list_runs(store, store_dir: str | Path, now: float | None = None) -> pd.Data
             "started": _unix(rec.get("started")), "error": str(rec.get("error") or ""),
             "live": is_live(status, last_write, now),
         }
-    for name in run_folders(store_dir):
+    for name in store.run_folders():
         if name not in rows:
             rows[name] = {"run": name, "status": "", "ln": "", "precision": "", "last_step": None,
                           "last_write": float("nan"), "started": float("nan"), "live": False,
-                          "error": errors.get(name, "run metadata (run.json) is missing or unreadable")}
+                          "error": errors.get(name, f"run metadata ({layout.RUN_JSON}) is missing or unreadable")}
     df = pd.DataFrame(list(rows.values()), columns=[c for c in RUN_COLUMNS if c not in ("spikes", "alerts")])
     df["error"] = df["error"].fillna("").astype(str)  # "" = readable
     return df.sort_values(["live", "last_write", "run"], ascending=[False, False, True], na_position="last",
@@ -255,119 +235,3 @@ def run_axis(store, run: str, kind: str, config: dict | None = None) -> xaxis.XA
         return xaxis.build(kind, config, None, None)  # nothing to read
     got = store.series_many(run, [(M.STEP_TIME, M.NO_LAYER), (M.TOKENS_PER_S, M.NO_LAYER)], max_points=AXIS_POINTS)
     return xaxis.build(kind, config, got.get((M.STEP_TIME, M.NO_LAYER)), got.get((M.TOKENS_PER_S, M.NO_LAYER)))
-
-
-# --- cached wrappers (Streamlit) -------------------------------------------------------------------------
-@st.cache_resource(show_spinner=False)
-def cached_store(store_dir: str):
-    return open_store(store_dir)
-
-
-@st.cache_data(ttl=LIST_TTL_S, max_entries=8, show_spinner=False)
-def cached_runs(store_dir: str) -> pd.DataFrame:
-    return list_runs(cached_store(store_dir), store_dir)
-
-
-def problems(store_dir: str, run: str) -> list[str]:
-    return run_problems(cached_store(store_dir), run)
-
-
-def run_version(row) -> tuple:
-    """What changes when a run gets new data: part of every cache key of that run's data."""
-    return (row.get("last_step"), row.get("last_write"), row.get("status"))
-
-
-def coarse_version(row, every_s: float) -> tuple:
-    """Like run_version, but a live run's changes only every `every_s` seconds: for what is costly to redo on
-    each redraw (spike labels over every logged loss, the runs table's per-run figures)."""
-    if not row.get("live"):
-        return run_version(row)
-    lw = row.get("last_write")
-    bucket = int(lw // every_s) if lw is not None and lw == lw else None
-    return (row.get("status"), bucket, True)
-
-
-@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_counts(store_dir: str, run: str, version: tuple) -> dict:
-    return run_counts(cached_store(store_dir), run)
-
-
-@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_events(store_dir: str, run: str, version: tuple) -> pd.DataFrame:
-    return run_events(cached_store(store_dir), run)
-
-
-@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_spikes(store_dir: str, run: str, version: tuple, _events: pd.DataFrame | None = None) -> SpikeInfo:
-    """`_events`: the run's events if the page has read them already (not part of the cache key)."""
-    store = cached_store(store_dir)
-    return spikes(store, run, run_events(store, run) if _events is None else _events)
-
-
-def events_and_spikes(store_dir: str, run: str, version: tuple, spike_version: tuple) -> tuple[tuple, tuple]:
-    """The run's events, then its spike onsets from those same events (the events are read once, not once
-    for the table and again for the labels): ((events, error), (spikes, error)), each as `guarded` gives it."""
-    events = guarded(cached_events, store_dir, run, version)
-    return events, guarded(cached_spikes, store_dir, run, spike_version, events[0])
-
-
-@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_series(store_dir: str, run: str, version: tuple, step_min: int | None, step_max: int | None,
-                  max_points: int) -> dict:
-    return run_series(cached_store(store_dir), run, step_min, step_max, max_points)
-
-
-@st.cache_data(ttl=LIST_TTL_S, max_entries=8, show_spinner=False)
-def cached_configs(store_dir: str) -> dict[str, dict]:
-    return run_configs(cached_store(store_dir))
-
-
-@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_axis(store_dir: str, run: str, version: tuple, kind: str) -> xaxis.XAxis:
-    return run_axis(cached_store(store_dir), run, kind, cached_configs(store_dir).get(run, {}))
-
-
-@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_compare(store_dir: str, run: str, version: tuple) -> dict:
-    return compare_series(cached_store(store_dir), run)
-
-
-@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_summary(store_dir: str, run: str, version: tuple, meta: dict) -> dict:
-    store = cached_store(store_dir)
-    return run_summary(store, run, run_events(store, run), meta)
-
-
-@st.cache_data(ttl=DATA_TTL_S, max_entries=MAX_ENTRIES, show_spinner=False)
-def cached_loss_overview(store_dir: str, run: str, version: tuple, max_points: int = 300) -> pd.DataFrame:
-    return cached_store(store_dir).series(run, M.LOSS, layer=M.NO_LAYER, max_points=max_points)
-
-
-def guarded(fn, *args, **kw):
-    """(result, None) or (None, 'error text'): one run's failure must not take down the page."""
-    try:
-        return fn(*args, **kw), None
-    except Exception as e:
-        return None, f"{type(e).__name__}: {e}"
-
-
-def guarded_parallel(*calls: tuple) -> list[tuple]:
-    """`guarded` for several (fn, *args) at once, each in its own thread with the page's script context.
-
-    The run view's series queries spend their time inside DuckDB (no GIL) while spike labelling is Python:
-    side by side, a first paint waits for the slower of the two instead of their sum.
-    """
-    from streamlit.runtime.scriptrunner import add_script_run_ctx
-
-    results: list = [None] * len(calls)
-
-    def work(i, call):
-        results[i] = guarded(*call)
-
-    threads = [add_script_run_ctx(threading.Thread(target=work, args=(i, c), daemon=True))
-               for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dashboard import queries as q
+from dashboard.run_stats import run_summary, spikes
 from dashboard.synthetic import columns
 from stability import metrics as M
 from stability.store import RunStore
@@ -35,7 +36,7 @@ def written(run: str, n_layers: int = 4):
 
 
 def test_list_runs_marks_only_the_unreadable_run(store, store_dir):
-    runs = q.list_runs(store, store_dir).set_index("run")
+    runs = q.list_runs(store).set_index("run")
     assert set(runs.index) == {*ds.GOOD, "garbage-meta", "truncated"}
     assert "unreadable" in runs.loc["garbage-meta", "error"]
     assert (runs.drop(index="garbage-meta")["error"] == "").all()
@@ -51,16 +52,16 @@ def test_a_running_run_is_live_until_a_minute_without_writes(tmp_path):
     w.flush()
     try:
         now = time.time()
-        assert q.list_runs(st, tmp_path, now=now).set_index("run").loc["now", "live"]
-        assert not q.list_runs(st, tmp_path, now=now + 61).set_index("run").loc["now", "live"]
+        assert q.list_runs(st, now=now).set_index("run").loc["now", "live"]
+        assert not q.list_runs(st, now=now + 61).set_index("run").loc["now", "live"]
     finally:
         w.close()
-    assert not q.list_runs(st, tmp_path).set_index("run").loc["now", "live"]
+    assert not q.list_runs(st).set_index("run").loc["now", "live"]
 
 
 def test_summary_matches_the_values_written(store):
     for run in ds.GOOD:
-        got = q.run_summary(store, run, q.run_events(store, run), {"ln": "x"})
+        got = run_summary(store, run, q.run_events(store, run), {"ln": "x"})
         w = written(run)
         _, emb = w(M.GRAD_NORM, M.LAYER_EMBEDDING)
         _, loss = w(M.LOSS)
@@ -83,7 +84,7 @@ def test_stored_spike_events_take_precedence_over_the_labeller(tmp_path):
     w.event(33, M.EV_SPIKE, severity="critical")
     w.event(90, M.EV_DIVERGENCE, severity="critical")
     w.close()
-    info = q.spikes(st, "r", q.run_events(st, "r"))
+    info = spikes(st, "r", q.run_events(st, "r"))
     assert (info.steps, info.divergence_step, info.source) == ([33], 90, "events")
 
 
@@ -122,7 +123,7 @@ def test_a_run_json_that_breaks_the_whole_listing_only_marks_its_own_run(tmp_pat
     w.close()
     (tmp_path / "odd" / "segments").mkdir(parents=True)
     (tmp_path / "odd" / "run.json").write_text("[1, 2]")  # valid JSON, not an object
-    runs = q.list_runs(q.open_store(tmp_path), tmp_path).set_index("run")
+    runs = q.list_runs(q.open_store(tmp_path)).set_index("run")
     assert runs.loc["good", "error"] == "" and runs.loc["good", "last_step"] == 0
     assert runs.loc["odd", "error"] != ""
 

@@ -13,7 +13,7 @@ import pytest
 
 from stability.cli import main
 from stability.store import RunStore, StoreError
-from stability.store.store import StoreNotWritable
+from stability.store.admin import StoreNotWritable
 
 PROC = Path("/proc")
 no_proc = pytest.mark.skipif(not sys.platform.startswith("linux") or not PROC.is_dir(), reason="needs Linux /proc")

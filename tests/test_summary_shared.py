@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 
 from dashboard import queries as q
+from dashboard.run_stats import run_summary
 from dashboard.run_stats import SUMMARY_COLUMNS
 from dashboard.synthetic import write_run
 from dashboard.views.compare import summary_table
 from stability import metrics as M
-from stability.report import summary
 from stability.cli import main
+from stability.report import summary
 from stability.store import RunStore
 
 SHARED = [c for c in SUMMARY_COLUMNS if c != "run"]
@@ -56,8 +57,8 @@ def store(tmp_path_factory):
 
 def _dashboard_row(store, run: str) -> dict:
     """The row as the Compare view builds it: the listing's ln/precision/status and the run's events."""
-    meta = q.list_runs(store, store.root).set_index("run").loc[run]
-    row = q.run_summary(store, run, q.run_events(store, run),
+    meta = q.list_runs(store).set_index("run").loc[run]
+    row = run_summary(store, run, q.run_events(store, run),
                         {k: meta.get(k) or "" for k in ("ln", "precision", "status")})
     return summary_table([row]).iloc[0].to_dict()
 
@@ -124,7 +125,7 @@ def test_compare_reads_only_the_rows_its_columns_need(store):
 
     store.metrics = counting
     try:
-        q.run_summary(store, "pre-ln-spiky", q.run_events(store, "pre-ln-spiky"))
+        run_summary(store, "pre-ln-spiky", q.run_events(store, "pre-ln-spiky"))
     finally:
         del store.metrics
     assert sum(n for _, _, n in calls) < len(real("pre-ln-spiky", metrics=list(summary.SUMMARY_METRICS))) / 4

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import live, nav, plot
+from dashboard import cache
 from dashboard import queries as q
 from dashboard.figures import alerts_timeline_figure
 from dashboard.views.common import empty_store
@@ -17,7 +18,7 @@ MAX_ROWS = 2000
 
 def render(store_dir: str) -> None:
     st.header("Alerts and actions")
-    runs = q.cached_runs(store_dir)
+    runs = cache.cached_runs(store_dir)
     if runs.empty:
         empty_store(store_dir)
         return
@@ -31,7 +32,7 @@ def render(store_dir: str) -> None:
 
 
 def collect(store_dir: str, kinds: tuple, run_filter: tuple, severities: tuple) -> tuple[pd.DataFrame, dict]:
-    runs = q.cached_runs(store_dir)
+    runs = cache.cached_runs(store_dir)
     frames, errors = [], {}
     for meta in runs.to_dict("records"):
         if run_filter and meta["run"] not in run_filter:
@@ -39,7 +40,7 @@ def collect(store_dir: str, kinds: tuple, run_filter: tuple, severities: tuple) 
         if meta["error"]:
             errors[meta["run"]] = meta["error"]
             continue
-        ev, err = q.guarded(q.cached_events, store_dir, meta["run"], q.run_version(meta))
+        ev, err = cache.guarded(cache.cached_events, store_dir, meta["run"], cache.run_version(meta))
         if err:
             errors[meta["run"]] = err
             continue

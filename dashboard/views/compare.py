@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import grouping, live, nav, plot
-from dashboard import queries as q
+from dashboard import cache
 from dashboard.compare_figure import compare_figure
 from dashboard.smoothing import Smoothing
 from dashboard.views.common import chart_controls, empty_store
@@ -21,7 +21,7 @@ SUMMARY_COLUMNS = ["run", "ln", "precision", "status", "steps", "spikes", "diver
 
 def render(store_dir: str) -> None:
     st.header("Compare")
-    runs = q.cached_runs(store_dir)
+    runs = cache.cached_runs(store_dir)
     readable = runs[runs["error"] == ""]
     if readable.empty:
         empty_store(store_dir)
@@ -34,7 +34,7 @@ def render(store_dir: str) -> None:
         st.session_state[nav.COMPARE_KEY] = names[:DEFAULT_RUNS]
     chosen = st.multiselect("Runs", names, key=nav.COMPARE_KEY)
     nav.defaults("compare")
-    configs = q.cached_configs(store_dir)
+    configs = cache.cached_configs(store_dir)
     c1, c2, c3 = st.columns([1.4, 2, 1.2])
     by = c1.selectbox("Group runs by", grouping.BY, key=nav.GROUP_KEY, format_func=GROUP_LABELS.get,
                       help="Each group is drawn as the mean of its runs (aligned on step) with a band.")
@@ -76,7 +76,7 @@ BAND_LABELS = {"minmax": "min-max", "std": "± std"}
 
 def panel(store_dir: str, chosen: tuple, grouped: tuple | None = None, band: str = "minmax",
           view: tuple = (Smoothing(), "step", False, True, ("loss", "grad"))) -> None:
-    runs = q.cached_runs(store_dir)
+    runs = cache.cached_runs(store_dir)
     smoothing, x_kind, log_loss, log_grad, smooth_rows = view
     items, summary, axes, lacking = [], [], {}, []
     for run in chosen:
@@ -84,17 +84,17 @@ def panel(store_dir: str, chosen: tuple, grouped: tuple | None = None, band: str
         if meta.empty:
             continue
         meta = meta.iloc[0].to_dict()
-        version = q.coarse_version(meta, REFRESH_S)
-        data, err = q.guarded(q.cached_compare, store_dir, run, version)
-        row, err2 = q.guarded(q.cached_summary, store_dir, run, version,
+        version = cache.coarse_version(meta, REFRESH_S)
+        data, err = cache.guarded(cache.cached_compare, store_dir, run, version)
+        row, err2 = cache.guarded(cache.cached_summary, store_dir, run, version,
                               {k: meta.get(k) or "" for k in ("ln", "precision", "status")})
         if err or err2:
             st.error(f"**{run}** cannot be read and is left out: {err or err2}", icon="⚠️")
             continue
-        for damaged in q.problems(store_dir, run):
+        for damaged in cache.problems(store_dir, run):
             st.warning(f"**{run}**: damaged data skipped: {damaged}", icon="⚠️")
         if x_kind != "step":
-            axis, _ = q.guarded(q.cached_axis, store_dir, run, version, x_kind)
+            axis, _ = cache.guarded(cache.cached_axis, store_dir, run, version, x_kind)
             if axis is None or not axis.usable:
                 lacking.append(f"{run} ({axis.missing if axis else 'unreadable'})")
             else:

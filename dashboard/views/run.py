@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import live, nav, plot
+from dashboard import cache
 from dashboard import queries as q
 from dashboard.run_figure import run_figure
 from dashboard.smoothing import Smoothing
@@ -31,7 +32,7 @@ def focus_window(step: int, last_step: int | None) -> tuple[int, int]:
 
 
 def render(store_dir: str) -> None:
-    runs = q.cached_runs(store_dir)
+    runs = cache.cached_runs(store_dir)
     if runs.empty:
         st.header("Run")
         empty_store(store_dir)
@@ -91,7 +92,7 @@ def _forget_focus() -> None:
     st.session_state["_stale_zoom"] = st.session_state.get(CHART_KEY)
 
 
-@st.cache_resource(ttl=q.DATA_TTL_S, max_entries=32, show_spinner=False)
+@st.cache_resource(ttl=cache.DATA_TTL_S, max_entries=32, show_spinner=False)
 def figure(store_dir, run, version, window, fetch, max_points, focus, view, axis_version, _series, _events,
            _spikes, _axis):
     """The figure's JSON text, built once per run version and view controls, so a redraw with no new data costs
@@ -141,7 +142,7 @@ def fetch_window(window: tuple, zoom: tuple | None, last_step: int | None) -> tu
 def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int | None,
           view: tuple = (Smoothing(), "step", False, True, ("loss", "grad")), redrawing: bool = False) -> None:
     """The charts and the event table (the part that redraws while live)."""
-    runs = q.cached_runs(store_dir)
+    runs = cache.cached_runs(store_dir)
     meta = runs[runs["run"] == run]
     if meta.empty:
         st.warning(f"Run {run} is no longer in the store.")
@@ -149,10 +150,10 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
     meta = meta.iloc[0].to_dict()
     if redrawing and not meta["live"]:
         st.rerun()  # the run ended: redraw the whole page once (badges, status) and stop redrawing
-    version = q.run_version(meta)
-    axis_version = q.coarse_version(meta, SPIKE_REFRESH_S)
-    axis, axis_err = (XAxis(), None) if view[1] == "step" else q.guarded(
-        q.cached_axis, store_dir, run, axis_version, view[1])
+    version = cache.run_version(meta)
+    axis_version = cache.coarse_version(meta, SPIKE_REFRESH_S)
+    axis, axis_err = (XAxis(), None) if view[1] == "step" else cache.guarded(
+        cache.cached_axis, store_dir, run, axis_version, view[1])
     axis = axis or XAxis()
     # A zoomed chart asks for its range at full resolution; the figure keeps its uirevision, so the user's
     # zoom stays where it is while the finer data arrives.
@@ -170,9 +171,9 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
     early = not st.session_state.get(FRAME_KEY) and not redrawing and read_key not in _READ
     if early:
         plot.show(placeholder_figure(), key=CHART_KEY, report_zoom=True)
-    (series, err), (events_spikes, _) = q.guarded_parallel(
-        (q.cached_series, store_dir, run, version, fetch[0], fetch[1], max_points),
-        (q.events_and_spikes, store_dir, run, version, q.coarse_version(meta, SPIKE_REFRESH_S)),
+    (series, err), (events_spikes, _) = cache.guarded_parallel(
+        (cache.cached_series, store_dir, run, version, fetch[0], fetch[1], max_points),
+        (cache.events_and_spikes, store_dir, run, version, cache.coarse_version(meta, SPIKE_REFRESH_S)),
     )
     (events, ev_err), (info, sp_err) = events_spikes
     if not err:
@@ -183,7 +184,7 @@ def panel(store_dir: str, run: str, window: tuple, max_points: int, focus: int |
         _rerun_if(early)
         st.error(f"Cannot read the metrics of {run}: {err}", icon="⚠️")
         return
-    for damaged in q.problems(store_dir, run):
+    for damaged in cache.problems(store_dir, run):
         st.warning(f"Part of this run is damaged and was skipped: {damaged}", icon="⚠️")
     for e in (ev_err, sp_err):
         if e:

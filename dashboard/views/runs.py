@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import live, nav, plot
-from dashboard import queries as q
+from dashboard import cache
 from dashboard.figures import runs_overview_figure
 from dashboard.views.common import age, badge, empty_store, filter_runs
 
@@ -15,7 +15,7 @@ MAX_OVERVIEW_RUNS = 12
 
 def render(store_dir: str) -> None:
     st.header("Runs")
-    runs = q.cached_runs(store_dir)
+    runs = cache.cached_runs(store_dir)
     if runs.empty:
         empty_store(store_dir)
         return
@@ -34,12 +34,12 @@ TABLE_REFRESH_S = 10.0
 
 
 def table(store_dir: str, text: str, statuses, lns, precs, live_only: bool) -> None:
-    runs = filter_runs(q.cached_runs(store_dir), text, statuses, lns, precs, live_only)
+    runs = filter_runs(cache.cached_runs(store_dir), text, statuses, lns, precs, live_only)
     rows = []
     for r in runs.to_dict("records"):
-        counts, err = ({}, r["error"]) if r["error"] else q.guarded(
-            q.cached_counts, store_dir, r["run"], q.coarse_version(r, TABLE_REFRESH_S))
-        damaged = [] if err else q.problems(store_dir, r["run"])
+        counts, err = ({}, r["error"]) if r["error"] else cache.guarded(
+            cache.cached_counts, store_dir, r["run"], cache.coarse_version(r, TABLE_REFRESH_S))
+        damaged = [] if err else cache.problems(store_dir, r["run"])
         rows.append({
             "state": "⚠ error" if err else ("⚠ damaged" if damaged else badge(r)), "run": r["run"],
             "status": r["status"], "ln": r["ln"],
@@ -72,8 +72,8 @@ def table(store_dir: str, text: str, statuses, lns, precs, live_only: bool) -> N
         losses = {}
         meta = {m["run"]: m for m in runs.to_dict("records")}
         for r in good[:MAX_OVERVIEW_RUNS]:
-            df_loss, err = q.guarded(q.cached_loss_overview, store_dir, r["run"],
-                                     q.coarse_version(meta[r["run"]], TABLE_REFRESH_S))
+            df_loss, err = cache.guarded(cache.cached_loss_overview, store_dir, r["run"],
+                                     cache.coarse_version(meta[r["run"]], TABLE_REFRESH_S))
             if df_loss is not None:
                 losses[r["run"]] = df_loss
         if losses:
