@@ -38,10 +38,6 @@ from stability import metrics as M
 
 Record = dict[tuple[str, str], float]
 
-# Proposed names (FP16 headroom): recorded once `stability.metrics` defines them.
-_ACT_OVERFLOW = getattr(M, "ACT_OVERFLOW", None)
-_ATTN_FP16_FRACTION = getattr(M, "ATTN_FP16_FRACTION", None)
-
 
 @dataclass
 class MonitorConfig:
@@ -282,21 +278,19 @@ class Monitor:
                 out[key] = values[key]
         if self.config.attention:
             finish_attention(values, self.config.per_head, out)
-            if _ATTN_FP16_FRACTION is not None:
-                # The raw range where it was measured: a non-fused fp16 kernel forms masked products too.
-                for (metric, layer), v in list(out.items()):
-                    if metric == M.ATTN_SCORE_MAX:
-                        hi = out.get((M.ATTN_RAW_SCORE_MAX, layer), v)
-                        lo = out.get((M.ATTN_RAW_SCORE_MIN, layer), out.get((M.ATTN_SCORE_MIN, layer), v))
-                        out[(_ATTN_FP16_FRACTION, layer)] = max(abs(hi), abs(lo)) / M.FP16_MAX
+            # The raw range where it was measured: a non-fused fp16 kernel forms masked products too.
+            for (metric, layer), v in list(out.items()):
+                if metric == M.ATTN_SCORE_MAX:
+                    hi = out.get((M.ATTN_RAW_SCORE_MAX, layer), v)
+                    lo = out.get((M.ATTN_RAW_SCORE_MIN, layer), out.get((M.ATTN_SCORE_MIN, layer), v))
+                    out[(M.ATTN_FP16_FRACTION, layer)] = max(abs(hi), abs(lo)) / M.FP16_MAX
         acts = finish_activations(values)
         if acts:
             out.update(((M.ACT_ABSMAX, layer), v) for layer, v in acts.items())
             out[(M.ACT_ABSMAX, M.LAYER_TOTAL)] = _nanmax(acts.values())
-            if _ACT_OVERFLOW is not None:
-                over = {layer: float(not v <= M.FP16_MAX) for layer, v in acts.items()}
-                out.update(((_ACT_OVERFLOW, layer), v) for layer, v in over.items())
-                out[(_ACT_OVERFLOW, M.LAYER_TOTAL)] = sum(over.values())
+            over = {layer: float(not v <= M.FP16_MAX) for layer, v in acts.items()}
+            out.update(((M.ACT_OVERFLOW, layer), v) for layer, v in over.items())
+            out[(M.ACT_OVERFLOW, M.LAYER_TOTAL)] = sum(over.values())
         return out
 
 

@@ -41,7 +41,7 @@ STEP_TIME = "step_time"
 # Per rank: seconds from the forward until this rank's gradients were ready (the straggler's is the largest).
 COMPUTE_TIME = "compute_time"
 
-# Held-out loss of the reference trainer (evaluated every `eval_every` steps and at the end).
+# Held-out loss of the reference trainer (evaluated at the end of a run).
 VAL_LOSS = "val_loss"
 
 # Derived by the detector and stored so the dashboard and alerting can show it.

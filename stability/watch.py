@@ -347,12 +347,8 @@ def _unscaled(scaler) -> bool:
 
 # -- building it for a user's loop ----------------------------------------------------------------------------
 def host_metadata() -> dict:
-    """Where and with what a run was trained (stored with its config)."""
-    from stability.store.meta import git_revision
-
-    rev = git_revision(str(Path(__file__).resolve().parent))
-    return dict(host=socket.gethostname(), pid=os.getpid(), git_rev=rev[:7] if rev else None,
-                torch=torch.__version__)
+    """Where and with what a run was trained (stored with its config; the git revision is run.json's `git`)."""
+    return dict(host=socket.gethostname(), pid=os.getpid(), torch=torch.__version__)
 
 
 def default_run_name(model) -> str:
@@ -361,7 +357,7 @@ def default_run_name(model) -> str:
 
 def open_sink(store, name: str, meta: dict):
     """The run's writer: one per process, or one run for all ranks under torch.distributed (rank_sink)."""
-    from stability.distributed.launch import is_initialized
+    from stability.distributed.group import is_initialized
 
     if store is None:
         return None, name
@@ -438,7 +434,7 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
     Every setting is checked before anything starts; a bad one raises ValueError with one line naming it.
     """
     import probes as probes_pkg
-    from stability.distributed.launch import is_initialized
+    from stability.distributed.group import is_initialized
 
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")

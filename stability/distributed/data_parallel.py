@@ -25,10 +25,6 @@ from torch import nn
 from stability import metrics as M
 from stability.reference.data import IGNORE, Batch
 
-# Proposed canonical name (not yet in stability.metrics): seconds from the start of a step until this rank's
-# gradients were ready, i.e. its own work without waiting for the others.
-COMPUTE_TIME = getattr(M, "COMPUTE_TIME", "compute_time")
-
 LOCAL_ONLY = frozenset({(M.STEP_TIME, M.NO_LAYER), (M.TOKENS_PER_S, M.NO_LAYER)})
 """Record entries measured by each rank's own clock: they differ between ranks, so decisions never see them."""
 
@@ -118,7 +114,7 @@ class DataParallel:
             (M.TOKENS_PER_S, M.NO_LAYER): local.n_tokens / max(t_step, 1e-9),
         }
         if self._ready is not None:
-            rec[(COMPUTE_TIME, M.NO_LAYER)] = self._ready - self._t0
+            rec[(M.COMPUTE_TIME, M.NO_LAYER)] = self._ready - self._t0
         # loss_term = sum / normalizer; this rank's own mean over its targets is sum / its targets.
         rec[(M.LOSS, M.NO_LAYER)] = loss_term * self._normalizer / max(1, local.n_targets)
         return rec

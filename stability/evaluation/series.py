@@ -69,17 +69,6 @@ def from_long(name: str, df: pd.DataFrame, meta: dict | None = None) -> RunSerie
     return RunSeries(name, np.asarray(steps, dtype=np.int64), records, dict(meta or {}))
 
 
-def from_columns(name: str, steps, columns: dict[str, np.ndarray], meta: dict | None = None) -> RunSeries:
-    """Build from aligned arrays; NaN in a column means "not logged at this step" here."""
-    steps = np.asarray(steps, dtype=np.int64)
-    order = np.argsort(steps, kind="stable")
-    records = []
-    cols = {k: np.asarray(v, dtype=np.float64)[order] for k, v in columns.items()}
-    for i in range(len(steps)):
-        records.append({k: float(v[i]) for k, v in cols.items() if not np.isnan(v[i])})
-    return RunSeries(name, steps[order], records, dict(meta or {}))
-
-
 def load_run(store, run: str, keys=None) -> RunSeries:
     """Read one run (global rank) from a `stability.store.RunStore` or a store folder."""
     if not hasattr(store, "metrics"):

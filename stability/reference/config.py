@@ -70,8 +70,6 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 1
     """Monitor and log every N steps."""
-    eval_every: int = 0
-    """Evaluate held-out loss every N steps; 0 = only at the end."""
     threads: int = 0
     """torch intra-op threads; 0 leaves torch's default."""
 
