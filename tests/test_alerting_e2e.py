@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stability.alerting import AlertingConfig, Notifier
-from stability.reference.config import ModelConfig, TrainConfig
 from stability.detector import DetectorConfig, GateConfig, OnlineDetector, label_spikes
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.reference.session import SessionOptions, build_trainer
 from test_alerting_webhook import RecordingServer, validate
 

@@ -152,8 +152,8 @@ def test_compare_view_overlays_runs_and_tabulates_them(monkeypatch, store_dir):
     summary = table(at, "compare_table").set_index("run")
     assert summary.loc["pre-ln-fp16", "spikes"] == 2 and summary.loc["sandwich-bf16", "overflow_steps"] == 0
     assert summary.loc["post-ln-fp16", "ln"] == "post"
-    from stability.store import RunStore
     from stability.report.summary import study_table
+    from stability.store import RunStore
 
     report = study_table(RunStore(store_dir, read_only=True), list(ds.GOOD)).set_index("run")
     for col in ("final_loss", "spikes", "max_embedding_grad_norm", "overflow_count", "steps"):

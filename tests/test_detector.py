@@ -17,8 +17,8 @@ from stability.detector import (
     label_spikes,
     spike_score,
 )
-from stability.evaluation.baselines import GradNormThreshold, LossZAlarm, SpikeScoreAlarm
 from stability.detector.robust import RollingMeanStd, RollingWindow
+from stability.evaluation.baselines import GradNormThreshold, LossZAlarm, SpikeScoreAlarm
 from stability.evaluation.synthetic import planted_run
 
 

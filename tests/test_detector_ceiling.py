@@ -5,6 +5,8 @@ import pytest
 
 from stability.detector import DetectorConfig, OnlineDetector
 from stability.detector.alert import GateConfig
+from stability.detector.labeller import Incident, LabelConfig, label_spikes
+from stability.detector.online import K_EMB, K_LOSS
 from stability.evaluation.ceiling import (
     BUILD_UP,
     SCHEDULE,
@@ -18,8 +20,6 @@ from stability.evaluation.ceiling import (
     score_kinds,
 )
 from stability.evaluation.evaluate import Case, add_traces, evaluate, score_run
-from stability.detector.labeller import Incident, LabelConfig, label_spikes
-from stability.detector.online import K_EMB, K_LOSS
 from stability.evaluation.synthetic import planted_run
 
 

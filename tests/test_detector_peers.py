@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from stability.detector.alert import GateConfig
-from stability.evaluation.evaluate import trace
 from stability.detector.online import NONFINITE_SCORE
+from stability.evaluation.evaluate import trace
 from stability.evaluation.peers import CONFIGS, PEERS, make_peer
 from stability.evaluation.series import RunSeries
 

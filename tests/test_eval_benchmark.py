@@ -9,7 +9,6 @@ import pytest
 
 from stability.cli import main
 from stability.detector import OnlineDetector
-from stability.evaluation.synthetic import planted_run
 from stability.evaluation.benchmark import (
     DETECTOR,
     PEER_NAMES,
@@ -18,6 +17,7 @@ from stability.evaluation.benchmark import (
     prepare_cases,
     reliability,
 )
+from stability.evaluation.synthetic import planted_run
 from stability.evaluation.zoo import ZOO_FILE, ZooRun, load_zoo
 
 DATA = Path(__file__).resolve().parent / "data"

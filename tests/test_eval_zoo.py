@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from stability.detector.labeller import Incident
-from stability.evaluation.series import RunSeries
 from stability.evaluation.buildup import BUILD_UP, INJECTED, SUDDEN, BuildUpConfig, incident_kind
 from stability.evaluation.language import entropy_rate, markov_stream
+from stability.evaluation.series import RunSeries
 from stability.evaluation.zoo import MANIFEST, ZOO, ZOO_FILE, ZooRun, load_zoo
 
 DATA = Path(__file__).resolve().parent / "data"

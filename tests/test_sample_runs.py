@@ -11,8 +11,8 @@ from stability import metrics as M
 from stability.cli import main as cli_main
 from stability.commands import sample_runs as sr
 from stability.reference.config import LN_VARIANTS
-from stability.store import RunStore
 from stability.report.summary import COLUMNS, embedding_to_rest, fmt, run_summary, study_table, to_markdown
+from stability.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_runs"

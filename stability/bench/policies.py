@@ -45,9 +45,9 @@ def _step(trainer):
 def run(args) -> dict:
     import torch
 
-    from stability.reference.config import TrainConfig
     from stability.detector import OnlineDetector
     from stability.policies import Rollback, RollbackConfig
+    from stability.reference.config import TrainConfig
     from stability.reference.train import Trainer
 
     cfg = TrainConfig(steps=10**9, threads=args.threads)

@@ -28,8 +28,8 @@ def add_arguments(parser):
 def detector_config(args):
     from dataclasses import replace
 
-    from stability.errors import UsageError
     from stability.detector.online import DetectorConfig
+    from stability.errors import UsageError
 
     try:
         cfg = DetectorConfig()

@@ -171,8 +171,8 @@ def format_benchmark(result: dict) -> str:
 
 
 def run_legacy(args) -> int:
-    from stability.errors import UsageError
     from stability.commands.spikes import label_config
+    from stability.errors import UsageError
     from stability.evaluation.comparison import compare
     from stability.evaluation.suite import SUITE, generate, load_suite
 

@@ -32,8 +32,8 @@ def add_label_arguments(parser, d=None) -> None:
 
 
 def label_config(args):
-    from stability.errors import UsageError
     from stability.detector.labeller import LabelConfig
+    from stability.errors import UsageError
 
     try:
         return LabelConfig(window=args.window, min_history=min(LabelConfig.min_history, args.window), z=args.z,

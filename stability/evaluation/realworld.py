@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from stability.detector.alert import GateConfig
+from stability.detector.labeller import LabelConfig, label_spikes, spike_score
+from stability.detector.online import K_LOSS, K_TOTAL, DetectorConfig
 from stability.evaluation.evaluate import (
     DETECTOR,
     METHOD_NAMES,
@@ -21,8 +23,6 @@ from stability.evaluation.evaluate import (
     make_method,
     trace,
 )
-from stability.detector.labeller import LabelConfig, label_spikes, spike_score
-from stability.detector.online import K_LOSS, K_TOTAL, DetectorConfig
 from stability.evaluation.series import RunSeries, from_long
 
 # Loss is logged every 10 steps: a baseline of 50 logged points spans 500 steps; spike points up to 200 steps

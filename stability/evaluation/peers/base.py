@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from stability.detector.alert import GateConfig
-from stability.evaluation.baselines import Baseline
 from stability.detector.online import NONFINITE_SCORE
+from stability.evaluation.baselines import Baseline
 
 
 @dataclass

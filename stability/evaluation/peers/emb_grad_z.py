@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 
 from stability.detector.online import K_EMB
-from stability.evaluation.peers.base import Peer, PeerConfig
 from stability.detector.robust import RollingWindow
+from stability.evaluation.peers.base import Peer, PeerConfig
 
 
 @dataclass
