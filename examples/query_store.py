@@ -2,7 +2,7 @@
 
     python examples/query_store.py runs        # a store folder
 
-tests/test_export_query_recipe.py runs this file on a real store and checks every result against pandas.
+tests/store/test_export_query_recipe.py runs this file on a real store and checks every result against pandas.
 """
 
 import json

@@ -170,6 +170,16 @@ def test_the_walker_sees_a_circle_closed_inside_a_function(tmp_path):
     assert cycles(graph) == []
 
 
+def test_the_test_folders_do_not_shadow_the_packages():
+    # tests/probes/ and tests/dashboard/ are packages of `tests`, not the top-level `probes` and `dashboard`.
+    import dashboard
+    import probes
+    import stability
+
+    for pkg in (dashboard, probes, stability):
+        assert Path(pkg.__file__).resolve().parent == ROOT / pkg.__name__
+
+
 def test_the_dashboard_and_the_store_never_import_torch():
     # A fresh interpreter (other tests in this process have imported torch): every dashboard module except the
     # Streamlit script itself, the store, the command that serves the dashboard, the detector whose labeller the

@@ -1,0 +1,122 @@
+"""`stability eval` on the instability zoo: the benchmark's risk is the online detector's, its reliability table
+matches a count by hand, a calm recipe raises no alert, and the committed result is what the command computes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stability.cli import main
+from stability.detector import OnlineDetector
+from stability.evaluation.benchmark import (
+    DETECTOR,
+    PEER_NAMES,
+    detector_trace,
+    evidence_matrix,
+    prepare_cases,
+    reliability,
+)
+from stability.evaluation.synthetic import planted_run
+from stability.evaluation.zoo import ZOO_FILE, ZooRun, load_zoo
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ZOO_DIR = DATA / "zoo"
+RESULTS = DATA / "zoo_results.json"
+committed = pytest.mark.skipif(not (ZOO_DIR / ZOO_FILE).exists(), reason="zoo not generated")
+
+
+def _online(series, surges=None):
+    det = OnlineDetector()
+    risks, alerts = [], []
+    for s, r in zip(series.steps.tolist(), series.records):
+        alerts += det.update(s, r)
+        risks.append(det.risk)
+        if surges is not None:
+            surges.append(det.surge)
+    return np.array(risks), alerts, det
+
+
+def test_benchmark_risk_is_the_online_detectors_risk():
+    run = planted_run(n=900, seed=3, surge_at=600, lag=15, surge_factor=40)
+    surges = []
+    risks, _, det = _online(run, surges)
+    X, crit = evidence_matrix(run)
+    tr = detector_trace(det.model, X, crit, run.steps)
+    # The benchmark's score is the risk, and 1.0 (an alert at any threshold) where the surge rule fires.
+    assert any(surges) and not all(surges)
+    assert np.allclose(tr.scores, np.where(surges, 1.0, risks), rtol=1e-12, atol=1e-15)
+
+
+def test_reliability_table_matches_a_count_by_hand():
+    runs = [planted_run(n=800, seed=s, surge_at=500 if s % 2 else None, lag=15) for s in range(4)]
+    for r in runs:
+        r.meta["bad_steps"] = []
+    cases, kinds = prepare_cases(runs, 50)
+    evid = {c.series.name: evidence_matrix(c.series) for c in cases}
+    ignore = {c.series.name: [] for c in cases}
+    model = OnlineDetector().model
+    table, summary = reliability(cases, evid, ignore, model, 50, bins=(0.0, 0.05, 0.2, 1.0))
+    # By hand: the online risk at each labelled step outside incidents; y = an onset 1..50 steps later.
+    preds, ys = [], []
+    for c in cases:
+        risks, _, _ = _online(c.series)
+        lab = c.labels
+        for i, s in enumerate(c.series.steps.tolist()):
+            if s < lab.first_labelled_step or any(inc.onset <= s <= inc.end for inc in lab.incidents):
+                continue
+            if any(inc.diverged and s >= inc.onset for inc in lab.incidents):
+                continue
+            preds.append(risks[i])
+            ys.append(float(any(0 < inc.onset - s <= 50 for inc in lab.incidents)))
+    preds, ys = np.array(preds), np.array(ys)
+    assert summary["steps"] == len(preds) and summary["base_rate"] == pytest.approx(ys.mean(), abs=1e-4)
+    for row, (lo, hi) in zip(table, [(0.0, 0.05), (0.05, 0.2), (0.2, 1.0)]):
+        m = (preds >= lo) & ((preds < hi) if hi < 1 else (preds <= hi))
+        assert row["steps"] == int(m.sum())
+        if m.any():
+            assert row["predicted"] == pytest.approx(preds[m].mean(), abs=1e-4)
+            assert row["observed"] == pytest.approx(ys[m].mean(), abs=1e-4)
+
+
+@committed
+def test_calm_controls_of_the_committed_zoo_raise_no_alert():
+    calm = [r for r in load_zoo(ZOO_DIR) if r.meta["calm"]]
+    assert len(calm) >= 30
+    noisy = {r.name: [a.step for a in _online(r)[1]] for r in calm}
+    assert sum(len(v) for v in noisy.values()) <= 1, noisy  # at most one alert over all calm controls
+
+
+@pytest.mark.slow
+def test_a_calm_recipe_trained_here_gives_no_alert():
+    """Real training: the attention-growth recipe's calm control (QK-LayerNorm, safe learning rate), shortened."""
+    from stability.evaluation.series import from_long
+    from stability.evaluation.zoo_train import train_run
+
+    import pandas as pd
+
+    r = ZooRun("attn_logit_growth", "attn-nano-mkv", "heldout", calm=True, seed=21, data="markov", d_model=32,
+               n_layer=2, steps=150, qk_layernorm=True, lr=3e-3)
+    values, status = train_run(r)
+    assert status == "finished"
+    df = pd.DataFrame([(s, m, l, v) for (s, m, l), v in values.items()], columns=["step", "metric", "layer", "value"])
+    series = from_long("calm", df)
+    risks, alerts, det = _online(series)
+    assert alerts == [] and risks.max() < det.threshold
+
+
+@pytest.mark.slow
+@committed
+def test_committed_zoo_results_are_reproduced(capsys):
+    assert main(["eval", "--json"]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    committed_result = json.loads(RESULTS.read_text())
+    for key in ("splits", "incident_kinds", "detector", "baselines", "reliability", "targets"):
+        assert fresh[key] == committed_result[key], key
+    assert set(fresh["baselines"]) == set(PEER_NAMES)
+    for m in (fresh["detector"], *fresh["baselines"].values()):
+        for b in ("2", "10"):
+            held = m["at_budget"][b]["heldout"]
+            assert {"recall", "precision", "false_alarms_per_10k", "median_lead"} <= set(held["overall"])
+            assert set(held["per_mechanism"]) == set(fresh["detector"]["at_budget"]["2"]["heldout"]["per_mechanism"])
+    assert DETECTOR not in fresh["baselines"]
