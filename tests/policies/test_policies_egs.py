@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from stability import metrics as M
-from stability.detector import Alert
-from stability.policies import EGSConfig, EmbeddingGradShrink, shrink_gradient
 from stability.reference.config import ModelConfig
 from stability.reference.data import BlankInfillingLoader
+from stability.detector import Alert
 from stability.reference.model import GLM
+from stability.policies import EGSConfig, EmbeddingGradShrink, shrink_gradient
 
 
 @pytest.fixture(autouse=True, scope="module")

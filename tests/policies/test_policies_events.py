@@ -6,9 +6,9 @@ import pytest
 
 from stability import metrics as M
 from stability.cli import main
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.detector import Alert
 from stability.policies import EGSConfig, EmbeddingGradShrink, Rollback, RollbackConfig, SkipStep, SkipStepConfig
-from stability.reference.config import ModelConfig, TrainConfig
 from stability.reference.session import SessionOptions, build_trainer
 from stability.store import RunStore
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from stability import metrics as M
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.detector import Alert, OnlineDetector
 from stability.policies import CheckpointRing, Rollback, RollbackConfig
 from stability.policies.checkpoint_ring import clone_state
-from stability.reference.config import ModelConfig, TrainConfig
 from stability.reference.train import Trainer
 
 

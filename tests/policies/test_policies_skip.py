@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from stability import metrics as M
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.detector import Alert
 from stability.policies import LRBackoff, LRBackoffConfig, SkipStep, SkipStepConfig
 from stability.policies.skip_step import grad_norm
-from stability.reference.config import ModelConfig, TrainConfig
 from stability.reference.train import Trainer
 
 
