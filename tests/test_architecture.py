@@ -26,7 +26,7 @@ FLOORS: list[dict[str, tuple[str, ...]]] = [
     {"detector": ("stability.detector",), "reference lab": ("stability.reference",)},
     {"policies": ("stability.policies",), "alerting": ("stability.alerting",),
      "distributed": ("stability.distributed",)},
-    {"pipeline": ("stability.watch", "stability.loop_hooks", "stability.loop_state")},
+    {"pipeline": ("stability.watch", "stability.guard", "stability.loop_hooks", "stability.loop_state")},
     {"reference runs": ("stability.reference.train", "stability.reference.session"),
      "integrations": ("stability.integrations",)},
     {"evaluation": ("stability.evaluation",), "report": ("stability.report", "stability.study")},
