@@ -32,6 +32,9 @@ def add_arguments(p):
     m.add_argument("--n-layer", type=int, default=ModelConfig.n_layer)
     m.add_argument("--n-head", type=int, default=ModelConfig.n_head)
     m.add_argument("--fp32-softmax", action="store_true", help="GLM-130B's scaled scores with softmax in fp32")
+    m.add_argument("--tie-embeddings", action="store_true", help="tie the output head to the input embedding")
+    m.add_argument("--qk-init-std", type=float, default=0.0,
+                   help="init std of the query/key projections (default 0: the model's own)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=TrainConfig.steps)
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -44,6 +47,11 @@ def add_arguments(p):
     t.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
     t.add_argument("--grad-clip", type=float, default=TrainConfig.grad_clip, help="0 turns clipping off")
     t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    t.add_argument("--adam-eps", type=float, default=TrainConfig.adam_eps)
+    t.add_argument("--embedding-eps", type=float, default=0.0,
+                   help="Adam epsilon of the input embedding (default 0: --adam-eps)")
+    t.add_argument("--no-clip-embedding", action="store_true",
+                   help="gradient clipping leaves the input embedding out")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     r = p.add_argument_group("recording")
     add_store_argument(r, "run store folder (default: $STABILITY_STORE or ./runs)", default="runs")
@@ -66,11 +74,14 @@ def config_from_args(args) -> TrainConfig:
         raise UsageError(f"--steps must be >= 0, got {args.steps}")
     try:
         model = ModelConfig(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, ln=args.ln,
-                            fp32_softmax=args.fp32_softmax)
+                            fp32_softmax=args.fp32_softmax, tie_embeddings=args.tie_embeddings,
+                            qk_init_std=args.qk_init_std)
         return TrainConfig(model=model, steps=args.steps, lr=args.lr, warmup=args.warmup,
                            precision=args.precision, init_loss_scale=args.init_loss_scale, seed=args.seed,
                            batch_size=args.batch_size, seq_len=args.seq_len, grad_clip=args.grad_clip,
-                           weight_decay=args.weight_decay, log_every=args.log_every, threads=args.threads)
+                           weight_decay=args.weight_decay, adam_eps=args.adam_eps,
+                           embedding_eps=args.embedding_eps, clip_embedding=not args.no_clip_embedding,
+                           log_every=args.log_every, threads=args.threads)
     except ValueError as e:
         raise UsageError(str(e))
 

@@ -29,6 +29,9 @@ class ModelConfig:
     rope_base: float = 10000.0
     tie_embeddings: bool = False
     """Untied by default, so the input embedding's gradient is its own (what the detector watches)."""
+    qk_init_std: float = 0.0
+    """Init std of the query and key projections; 0 = the model's own (0.02, DeepNorm's Xavier). A larger one
+    pushes attention scores (which grow as its square) towards FP16's 65504: the study's FP32-softmax test."""
 
     def __post_init__(self):
         if self.ln not in LN_VARIANTS:
@@ -40,6 +43,8 @@ class ModelConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if (self.d_model // self.n_head) % 2:
             raise ValueError("head dimension must be even for rotary embeddings")
+        if self.qk_init_std < 0:
+            raise ValueError(f"qk_init_std must be >= 0, got {self.qk_init_std}")
         if self.d_ff < 0:
             raise ValueError(f"d_ff must be >= 0, got {self.d_ff}")
         if self.d_ff == 0:
@@ -62,6 +67,13 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     """Clip the total gradient norm to this value; 0 turns clipping off."""
+    clip_embedding: bool = True
+    """False: clipping leaves the input embedding out (its gradient neither sets the clip factor nor is
+    clipped), the study's test of whether EGS acts through global-norm clipping."""
+    adam_eps: float = 1e-8
+    embedding_eps: float = 0.0
+    """Adam epsilon of the input embedding (with tied embeddings: also the head); 0 = adam_eps. Under Adam,
+    EGS alone (g -> alpha g) is the same as eps -> eps / alpha on the embedding: the study's ablation."""
     batch_size: int = 16
     seq_len: int = 128
     precision: str = "fp32"
@@ -93,6 +105,9 @@ class TrainConfig:
             raise ValueError(f"log_every must be positive, got {self.log_every}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if not self.adam_eps > 0 or self.embedding_eps < 0:
+            raise ValueError(f"adam_eps must be positive and embedding_eps >= 0, got {self.adam_eps}, "
+                             f"{self.embedding_eps}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -157,6 +157,8 @@ class GLM(nn.Module):
                 nn.init.xavier_normal_(block.attn.out.weight, gain=beta)
                 nn.init.xavier_normal_(block.ffn.inp.weight, gain=beta)
                 nn.init.xavier_normal_(block.ffn.out.weight, gain=beta)
+            if self.cfg.qk_init_std:
+                nn.init.normal_(block.attn.qkv.weight[: 2 * self.cfg.d_model], std=self.cfg.qk_init_std)
         if not self.cfg.tie_embeddings:
             nn.init.normal_(self.head.weight, std=std)
 

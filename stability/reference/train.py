@@ -41,6 +41,19 @@ def autocast_context(precision: str):
     return nullcontext()
 
 
+def param_groups(model: GLM, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: matrices decay, vectors (norms, biases) don't; the input embedding gets a group of its own
+    only when its epsilon differs, so that a default run's optimizer is the one it always was."""
+    emb = model.embedding.weight
+    own = cfg.embedding_eps > 0 and cfg.embedding_eps != cfg.adam_eps
+    decay = [p for p in model.parameters() if p.dim() >= 2 and not (own and p is emb)]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if own:
+        groups.append({"params": [emb], "weight_decay": cfg.weight_decay, "eps": cfg.embedding_eps})
+    return groups
+
+
 __all__ = ["Trainer", "RunResult", "NullSink", "lr_at", "run_metadata"]
 
 
@@ -108,11 +121,11 @@ class Trainer:
 
             self.dp = DataParallel(self.model)
         self.rank = self.dp.rank if self.dp is not None else 0
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=cfg.betas)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.lr, betas=cfg.betas,
+                                           eps=cfg.adam_eps)
+        emb = self.model.embedding.weight
+        self.clip_params = [p for p in self.model.parameters() if cfg.clip_embedding or p is not emb]
+        """What global-norm clipping measures and scales (without the embedding if cfg.clip_embedding is off)."""
         # A disabled scaler is a no-op pass-through, so the loop has one shape for every precision.
         self.scaler = torch.amp.GradScaler("cpu", init_scale=cfg.init_loss_scale, enabled=cfg.precision == "fp16")
         self.loader = BlankInfillingLoader(cfg.batch_size, cfg.seq_len, seed=cfg.seed)
@@ -219,7 +232,7 @@ class Trainer:
         if not skip:
             if cfg.grad_clip:
                 # Non-finite norms are left to the GradScaler (fp16) or recorded as they are (fp32/bf16).
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.clip_params, cfg.grad_clip)
             self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss, batch, lr, skip, logged
