@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from stability import metrics as M
 from stability.study import results as R
 from stability.summary import fmt, to_markdown
 
@@ -30,9 +31,13 @@ def compute(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     manifest = load_manifest(study_dir)
     store = RunStore(study_dir / "runs")
-    stored = set(store.list_runs()["run"])
-    rows = [R.run_row(store, r["name"], r["part"], r["labels"]) for r in manifest["runs"] if r["name"] in stored]
-    missing = [r["name"] for r in manifest["runs"] if r["name"] not in stored]
+    listing = store.list_runs()
+    metas = {row["run"]: row for row in listing.to_dict("records")}
+    # A run still being written (a study that is still running) is left for a later report.
+    done = {n for n, m in metas.items() if m.get("status") != M.ST_RUNNING}
+    rows = [R.run_row(store, r["name"], r["part"], r["labels"], metas[r["name"]]) for r in manifest["runs"]
+            if r["name"] in done]
+    missing = [r["name"] for r in manifest["runs"] if r["name"] not in done]
     df = pd.DataFrame(rows, columns=R.RUN_COLUMNS)
     cost = {}
     timings = manifest.get("timings", {})
@@ -55,7 +60,7 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def _pm(mean, lo, hi) -> str:
-    if mean is None:
+    if mean is None or mean != mean:  # no seed ended finite
         return "–"
     return f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]"
 

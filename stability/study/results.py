@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from stability import metrics as M
-from stability.summary import run_summary
+from stability.summary import run_config, run_summary
 
 RUN_COLUMNS = ["run", "part", "arm", "ln", "depth", "lr", "seed", "status", "steps", "init_loss", "final_loss",
                "val_loss", "spikes", "divergence_step", "loss_scale_drops", "min_loss_scale", "skipped_steps",
@@ -36,12 +36,15 @@ def _value(x):
     return x
 
 
-def run_row(store, run: str, part: str, labels: dict) -> dict:
-    """The per-run numbers of one study run."""
-    s = run_summary(store, run, columns=["status", "steps", "spikes", "divergence_step", "final_loss", "val_loss",
-                                         "skipped_steps", "overflow_count"])
+def run_row(store, run: str, part: str, labels: dict, meta: dict) -> dict:
+    """The per-run numbers of one study run; `meta` is its row of `store.list_runs()`."""
+    s = run_summary(store, run, meta, columns=["status", "steps", "spikes", "divergence_step", "final_loss",
+                                               "val_loss", "skipped_steps", "overflow_count"])
     loss = store.series(run, M.LOSS, max_points=10**9)
     scale = store.series(run, M.LOSS_SCALE, max_points=10**9)["value"].to_numpy(dtype=float)
+    if scale.size:
+        # The scale is logged after each update: a drop at step 0 is one from the initial scale.
+        scale = np.concatenate([[float(run_config(meta).get("init_loss_scale", scale[0]))], scale])
     attn = store.metrics(run, metrics=[M.ATTN_SCORE_MAX])
     a = attn["value"].to_numpy(dtype=float) if len(attn) else np.array([])
     finite = a[np.isfinite(a)]
@@ -61,7 +64,8 @@ def run_row(store, run: str, part: str, labels: dict) -> dict:
 def _final(row) -> float:
     """The loss a run ends at for the sensitivity: held-out loss, +inf if it ended non-finite or diverged."""
     v = row["val_loss"]
-    return float("inf") if v is None or row["status"] == M.ST_DIVERGED else float(v)
+    ok = v is not None and math.isfinite(float(v)) and row["status"] != M.ST_DIVERGED
+    return float(v) if ok else float("inf")
 
 
 def sensitivity(rows: pd.DataFrame) -> pd.DataFrame:
