@@ -1,10 +1,14 @@
-"""`stability sample-runs`: train the LN-variant study into a run store (the committed `sample_runs/`).
+"""`stability sample-runs`: train the committed sample runs (`sample_runs/`), the store the dashboard opens first.
 
-Every run is one `stability train` command (the reference GLM model, monitor and online detector on, EGS through
-`--egs`), in one shared recipe where instability shows: a high peak learning rate, a short
-warm-up and no gradient clipping. The set: each LayerNorm variant without and with Embedding Gradient Shrink
-(always on, alpha 0.1) at seed 0, more seeds for the variants that break down, and BF16 / FP16 runs (FP16 with a
-GradScaler, so that overflow counts and the loss scale are real).
+Every run is one `stability train` command (the reference GLM model, monitor and online detector on, policies
+through their flags), chosen so that the dashboard's first start tells the product's story:
+- the LayerNorm variants side by side, without and with Embedding Gradient Shrink (always on, alpha 0.1), in one
+  recipe where instability shows (a high peak learning rate, a short warm-up, no clipping), with three seeds of
+  Post-LN (it breaks down in two of them);
+- FP16 with a GradScaler, so that the loss scale, its drops and the skipped steps are real: the grid's Pre-LN,
+  and `stability study`'s GLM-130B regime (FP16 from a 2^16 loss scale, clipping at 1.0, FP32 softmax, DeepNorm);
+- one unstable recipe (the demo's) without policies, where the detector alerts before a labelled spike, and with
+  rollback and LR back-off, which rescue it.
 
     stability sample-runs --out sample_runs             # the whole set (skips runs already there)
     stability sample-runs --out sample_runs --force     # retrain everything
@@ -18,25 +22,24 @@ CPU time reported per run is approximate (children are timed as they are reaped)
 
 from __future__ import annotations
 
-import os
-import resource
 import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from stability.errors import UsageError
-from stability.reference.config import LN_VARIANTS
+from stability.cli import UsageError
+from stability.config import LN_VARIANTS
+from stability.study.runner import train_all
 
 NAME = "sample-runs"
-HELP = "train the LN-variant study (each LayerNorm variant with and without EGS) into a run store"
+HELP = "train the sample runs (LN variants, FP16, an unstable recipe with and without policies) into a run store"
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """The shared model, data and schedule of the study: every run uses it (a run may change the precision)."""
+    """Model, data and schedule of a group of runs. The default is the LN-variant grid's: a recipe where
+    instability shows (a high peak learning rate, a short warm-up, no gradient clipping)."""
     d_model: int = 64
     n_layer: int = 4
     n_head: int = 4
@@ -48,10 +51,10 @@ class Recipe:
     at 7e-3 when probed beforehand), well within what Pre-LN takes (it trains at 3e-2)."""
     warmup: int = 10
     grad_clip: float = 0.0
-    """Off: clipping hides the very gradient surges the study is about."""
+    """Off: clipping hides the very gradient surges the grid is about."""
     precision: str = "fp32"
-    """The grid is FP32: BF16 and FP16 autocast are 3-8x slower than FP32 on a CPU at this size, so mixed
-    precision gets three runs of its own (PLAN)."""
+    """The grid is FP32: FP16 autocast is 3-8x slower than FP32 on a CPU at this size."""
+    fp32_softmax: bool = False
     log_every: int = 1
     """Every step: the monitor then records param_norm / update_ratio every 10 steps (its default)."""
 
@@ -64,55 +67,64 @@ class SampleRun:
     seed: int = 0
     precision: str | None = None
     """None = the recipe's."""
+    recipe: Recipe = field(default_factory=Recipe)
+    tag: str = ""
+    """Name instead of the LN variant, for runs outside the LN grid."""
+    policies: tuple[str, ...] = ()
+    """More `stability train` policy flags (rollback, LR back-off)."""
 
     @property
     def name(self) -> str:
         egs = "-egs" if self.egs != "off" else ""
         prec = f"-{self.precision}" if self.precision else ""
-        return f"{self.ln}{egs}{prec}-s{self.seed}"
+        return f"{self.tag or self.ln}{egs}{prec}-s{self.seed}"
 
 
 RECIPE = Recipe()
-EXTRA_SEEDS = {"pre": (1,), "post": (1, 2), "deepnorm": (1, 2)}
-"""More seeds, with and without EGS: two more for the variants that break down in the recipe, one more for
-Pre-LN (its seed 0 has a spike). The store stays under 30 MB (about 1.3 MB per run)."""
+GLM_REGIME = Recipe(d_model=32, n_layer=4, n_head=2, batch_size=8, seq_len=32, steps=300, lr=1e-2, warmup=30,
+                    grad_clip=1.0, precision="fp16", fp32_softmax=True)
+"""`stability study`'s GLM-130B regime (FP16 with a loss scale from 2^16, clipping at 1.0, FP32 softmax, DeepNorm)
+at the learning rate where it trains: real loss-scale drops and skipped steps on a run that is cheap in FP16."""
+RESCUE = Recipe(d_model=64, n_layer=4, n_head=4, batch_size=8, seq_len=64, steps=300, lr=2e-2, warmup=200)
+"""`stability demo`'s unstable recipe (Post-LN, no clipping, the learning rate breaks the model after a 200-step
+warm-up): trained without policies it breaks down, with rollback and LR back-off it recovers."""
+RESCUE_POLICIES = ("--rollback", "--rollback-interval", "50", "--lr-backoff")
 
 PLAN: tuple[SampleRun, ...] = (
+    # The LN variants side by side, without and with EGS; two more seeds for Post-LN (it breaks down in two of
+    # three), grouped in the dashboard's Compare view by the -s<seed> suffix.
     *(SampleRun(ln, egs) for ln in LN_VARIANTS for egs in ("off", "always")),
-    *(SampleRun(ln, egs, seed) for ln, seeds in EXTRA_SEEDS.items() for seed in seeds for egs in ("off", "always")),
-    # Mixed precision (slow on a CPU, so only these): does the Post-LN breakdown depend on it, and real FP16
-    # loss-scale and overflow records (GradScaler) on the variant that trains.
-    SampleRun("post", "off", 0, precision="bf16"),
-    SampleRun("post", "off", 0, precision="fp16"),
+    *(SampleRun("post", egs, seed) for seed in (1, 2) for egs in ("off", "always")),
+    # FP16 with a GradScaler: the grid's Pre-LN on FP16 (loss scale between 2^14 and 2^15), and GLM-130B's regime.
     SampleRun("pre", "off", 0, precision="fp16"),
+    SampleRun("deepnorm", "off", 0, recipe=GLM_REGIME, tag="glm-regime"),
+    # One recipe, without and with policies: the detector alerts before the labelled spike of the unprotected run.
+    SampleRun("post", "off", 0, recipe=RESCUE, tag="unstable-unprotected"),
+    SampleRun("post", "off", 0, recipe=RESCUE, tag="unstable-protected", policies=RESCUE_POLICIES),
 )
 
 
-def train_config(r: SampleRun, recipe: Recipe = RECIPE, steps: int | None = None):
-    from stability.reference.config import ModelConfig, TrainConfig
+def train_config(r: SampleRun, steps: int | None = None):
+    from stability.config import ModelConfig, TrainConfig
 
+    c = r.recipe
     return TrainConfig(
-        model=ModelConfig(d_model=recipe.d_model, n_layer=recipe.n_layer, n_head=recipe.n_head, ln=r.ln),
-        steps=steps or recipe.steps, lr=recipe.lr, warmup=recipe.warmup, grad_clip=recipe.grad_clip,
-        precision=r.precision or recipe.precision, batch_size=recipe.batch_size, seq_len=recipe.seq_len,
-        seed=r.seed, log_every=recipe.log_every, threads=1)
+        model=ModelConfig(d_model=c.d_model, n_layer=c.n_layer, n_head=c.n_head, ln=r.ln, fp32_softmax=c.fp32_softmax),
+        steps=steps or c.steps, lr=c.lr, warmup=c.warmup, grad_clip=c.grad_clip,
+        precision=r.precision or c.precision, batch_size=c.batch_size, seq_len=c.seq_len,
+        seed=r.seed, log_every=c.log_every, threads=1)
 
 
-def train_argv(r: SampleRun, out: str | Path, recipe: Recipe = RECIPE, steps: int | None = None) -> list[str]:
+def train_argv(r: SampleRun, out: str | Path, steps: int | None = None) -> list[str]:
     """The `stability train` command line of one sample run (its flags fill the same TrainConfig as train_config)."""
-    c = train_config(r, recipe, steps)
+    c = train_config(r, steps)
     m = c.model
     return ["train", "--ln", m.ln, "--d-model", str(m.d_model), "--n-layer", str(m.n_layer), "--n-head",
             str(m.n_head), "--batch-size", str(c.batch_size), "--seq-len", str(c.seq_len), "--steps", str(c.steps),
             "--lr", repr(c.lr), "--warmup", str(c.warmup), "--grad-clip", repr(c.grad_clip), "--precision",
             c.precision, "--seed", str(c.seed), "--log-every", str(c.log_every), "--threads", "1",
-            "--egs", r.egs, "--store", str(out), "--run", r.name, "--quiet"]
-
-
-def _command(argv: list[str]) -> list[str]:
-    # The `stability` entry point next to this interpreter when installed, else the module.
-    exe = Path(sys.executable).with_name("stability")
-    return [str(exe), *argv] if exe.exists() else [sys.executable, "-m", "stability", *argv]
+            *(["--fp32-softmax"] if m.fp32_softmax else []), "--egs", r.egs, *r.policies,
+            "--store", str(out), "--run", r.name, "--quiet"]
 
 
 def add_arguments(p):
@@ -140,7 +152,7 @@ def run(args) -> int:
     if args.list:
         for r in plan:
             cfg = train_config(r, steps=args.steps)
-            print(f"{r.name:<22} ln={r.ln:<8} egs={r.egs:<6} seed={r.seed} {cfg.precision} d_model={cfg.model.d_model} "
+            print(f"{r.name:<26} ln={r.ln:<8} egs={r.egs:<6} seed={r.seed} {cfg.precision} d_model={cfg.model.d_model} "
                   f"steps={cfg.steps} lr={cfg.lr:g} warmup={cfg.warmup} clip={cfg.grad_clip:g}")
         return 0
     out = Path(args.out)
@@ -157,51 +169,16 @@ def run(args) -> int:
             shutil.rmtree(out / r.name)
         todo.append(r)
     t0 = time.perf_counter()
-    results = _train_all([(r, train_argv(r, out, steps=args.steps)) for r in todo], args.jobs)
+    results = train_all([(r.name, train_argv(r, out, steps=args.steps)) for r in todo], args.jobs)
     wall = time.perf_counter() - t0
     cpu = sum(r["cpu_s"] for r in results)
     print(f"{len(results)} runs in {wall / 60:.1f} min wall, {cpu / 60:.1f} min of CPU time (one thread per run; "
           f"on an idle machine the wall time is about CPU time / jobs)", file=sys.stderr)
-    failed = [r["run"] for r in results if r["returncode"] != 0]
+    # `stability train` exits 1 for a run that diverged (the unprotected run may): a result, not a failure.
+    from stability.store import RunStore
+
+    status = dict(RunStore(out).list_runs()[["run", "status"]].itertuples(index=False))
+    failed = [r["run"] for r in results if r["returncode"] not in (0, 1) or status.get(r["run"]) in (None, "failed")]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _train_all(work: list, jobs: int) -> list[dict]:
-    """Run the `stability train` commands, `jobs` at a time; one result dict per run, in completion order."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    pending, running, results = list(work), [], []
-    while pending or running:
-        while pending and len(running) < jobs:
-            r, argv = pending.pop(0)
-            running.append((r, subprocess.Popen(_command(argv), env=env, stdout=subprocess.PIPE,
-                                                 stderr=subprocess.PIPE, text=True), time.perf_counter()))
-        time.sleep(0.2)
-        for item in list(running):
-            r, proc, t0 = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            out, err = proc.communicate()
-            results.append(_report(r, proc.returncode, out, err, time.perf_counter() - t0, len(results) + 1,
-                                   len(work)))
-    return results
-
-
-def _report(r: SampleRun, code: int, out: str, err: str, wall: float, i: int, n: int) -> dict:
-    # CPU time of the finished child, read from the process table by pid would race; ru_utime of all children
-    # is cumulative, so take the difference.
-    global _children_cpu
-    now = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = now.ru_utime + now.ru_stime
-    cpu, _children_cpu = total - _children_cpu, total
-    line = (out.strip().splitlines() or [""])[-1]
-    print(f"[{i}/{n}] {r.name}: {line or 'no output'} (wall {wall:.0f} s, cpu {cpu:.0f} s)", file=sys.stderr,
-          flush=True)
-    if code != 0:
-        print("\n".join(err.strip().splitlines()[-15:]), file=sys.stderr)
-    return {"run": r.name, "returncode": code, "wall_s": wall, "cpu_s": cpu}
-
-
-_children_cpu = 0.0

@@ -48,20 +48,26 @@ def sensitivity_figure(res: dict) -> go.Figure:
 
 
 def arms_figure(res: dict, part: str = "regime") -> go.Figure:
-    """Held-out loss of every run of `part`, one column per arm, one marker per seed, one colour per lr."""
+    """Held-out loss of every run of `part`: one panel per learning rate (own y axis), one column per arm, one
+    marker per seed (a run that ended non-finite is left out, and counted in the table)."""
     rows = pd.DataFrame(res["runs"])
     rows = rows[rows["part"] == part]
-    fig = go.Figure()
-    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
-    for k, (lr, g) in enumerate(rows.groupby("lr")):
-        val = pd.to_numeric(g["val_loss"], errors="coerce").astype(float)
-        fig.add_trace(go.Scatter(x=g["arm"], y=val, mode="markers", name=f"lr {lr:g}",
-                                 marker={"color": palette[k % len(palette)], "size": 9, "opacity": 0.8},
-                                 text=g["run"], hovertemplate="%{text}: %{y:.3f}"))
-    fig.update_layout(width=1100, height=450, template="plotly_white", margin={"l": 70, "r": 20, "t": 60, "b": 90},
-                      title="GLM-130B's regime at toy scale (FP16, loss scale from 2^16, clip 1.0, AdamW (0.9, "
-                            "0.95), wd 0.1, DeepNorm): held-out loss per arm and seed",
-                      yaxis_title="held-out loss at the end", legend={"orientation": "h", "y": -0.25})
+    lrs = sorted(rows["lr"].unique()) if len(rows) else []
+    fig = make_subplots(rows=1, cols=max(1, len(lrs)), horizontal_spacing=0.07,
+                        subplot_titles=[f"peak lr {lr:g}" for lr in lrs])
+    for i, lr in enumerate(lrs, start=1):
+        g = rows[rows["lr"] == lr]
+        for seed, gs in g.groupby("seed"):
+            val = pd.to_numeric(gs["val_loss"], errors="coerce").astype(float)
+            fig.add_trace(go.Scatter(x=gs["arm"], y=val, mode="markers", name=f"seed {seed}", legendgroup=str(seed),
+                                     showlegend=i == 1, marker={"size": 9, "opacity": 0.8,
+                                                                "color": ("#1f77b4", "#d62728", "#2ca02c")[seed % 3]},
+                                     text=gs["run"], hovertemplate="%{text}: %{y:.3f}"), row=1, col=i)
+    fig.update_yaxes(title_text="held-out loss at the end", col=1)
+    fig.update_xaxes(tickangle=-35)
+    fig.update_layout(width=1200, height=480, template="plotly_white", margin={"l": 70, "r": 20, "t": 90, "b": 110},
+                      title="GLM-130B's regime at toy scale: FP16 (loss scale from 2^16), clip 1.0, AdamW (0.9, 0.95), "
+                            "wd 0.1, DeepNorm<br>held-out loss per arm and seed", legend={"orientation": "h", "y": -0.35})
     return fig
 
 

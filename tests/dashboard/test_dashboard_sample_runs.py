@@ -22,6 +22,7 @@ from tests.dashboard.test_dashboard_browser import (
 )
 
 from dashboard.views.runs import MAX_OVERVIEW_RUNS
+from stability.commands.sample_runs import PLAN
 from stability.store import RunStore
 
 SAMPLE_RUNS = Path(__file__).resolve().parents[2] / "sample_runs"
@@ -66,7 +67,7 @@ def _trace_x(page, name: str) -> list[float]:
 def test_every_view_draws_the_sample_runs(sample_page):
     base, page, store = sample_page
     runs = store.list_runs()["run"].tolist()
-    assert len(runs) == len([p for p in SAMPLE_RUNS.iterdir() if p.is_dir()]) >= 20
+    assert len(runs) == len([p for p in SAMPLE_RUNS.iterdir() if p.is_dir()]) == len(PLAN)
 
     plots = open_view(page, base + "?view=runs")
     assert plots[0]["traces"] == min(len(runs), MAX_OVERVIEW_RUNS)  # one loss line per run in the overview

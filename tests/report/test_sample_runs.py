@@ -45,7 +45,7 @@ def test_sample_run_opens_lists_its_variant_and_has_the_canonical_metrics(sample
     row = runs[runs["run"] == plan.name].iloc[0]
     assert row["status"] in (M.ST_FINISHED, M.ST_DIVERGED)
     assert row["ln"] == plan.ln and row["ln"] in LN_VARIANTS
-    assert row["precision"] == (plan.precision or sr.RECIPE.precision)
+    assert row["precision"] == sr.train_config(plan).precision
     cfg = row["config"]
     assert cfg["seed"] == plan.seed and cfg["egs"] == plan.egs and cfg["policies"]["egs"]["mode"] == plan.egs
     names = set(map(tuple, samples.metric_names(plan.name)[["metric", "layer"]].itertuples(index=False)))
@@ -53,7 +53,7 @@ def test_sample_run_opens_lists_its_variant_and_has_the_canonical_metrics(sample
     assert not missing, missing
     assert {m for m, _ in names} <= set(M.ALL_METRICS)
     loss = samples.series(plan.name, M.LOSS, max_points=100_000)
-    steps = sr.RECIPE.steps
+    steps = plan.recipe.steps
     # Logged at every step from 0 (a diverged run may stop early).
     assert loss["step"].tolist() == list(range(len(loss))) and 0 < len(loss) <= steps
     egs = samples.series(plan.name, M.EGS_ACTIVE, max_points=100_000)
@@ -61,8 +61,8 @@ def test_sample_run_opens_lists_its_variant_and_has_the_canonical_metrics(sample
 
 
 def test_fp16_run_has_a_real_loss_scale(samples):
-    fp16 = [r.name for r in sr.PLAN if r.precision == "fp16"]
-    assert fp16
+    fp16 = [r.name for r in sr.PLAN if sr.train_config(r).precision == "fp16"]
+    assert len(fp16) >= 2
     for name in fp16:
         scale = samples.series(name, M.LOSS_SCALE, max_points=100_000)["value"].to_numpy()
         assert len(scale) and scale.min() > 0 and np.all(np.log2(scale) == np.round(np.log2(scale)))
@@ -173,15 +173,22 @@ def test_cell_format(v, want):
 
 # --- the command -----------------------------------------------------------------------------------------------
 
-def test_plan_covers_every_variant_with_and_without_egs_and_extra_seeds():
+def test_plan_covers_every_variant_with_and_without_egs_fp16_and_a_rescued_recipe():
     names = [r.name for r in sr.PLAN]
     assert len(names) == len(set(names))
-    main = {(r.ln, r.egs) for r in sr.PLAN if r.seed == 0 and r.precision is None}
-    assert main == {(ln, egs) for ln in LN_VARIANTS for egs in ("off", "always")}
-    for ln in sr.EXTRA_SEEDS:
-        assert len({r.seed for r in sr.PLAN if r.ln == ln and r.precision is None}) >= 2
+    grid = [r for r in sr.PLAN if r.recipe == sr.RECIPE and r.precision is None]
+    assert {(r.ln, r.egs) for r in grid if r.seed == 0} == {(ln, egs) for ln in LN_VARIANTS for egs in ("off", "always")}
+    assert {r.seed for r in grid if r.ln == "post"} == {0, 1, 2}
     assert any(r.precision == "fp16" for r in sr.PLAN)
-    cfgs = [sr.train_config(r) for r in sr.PLAN if r.precision is None]
+    # GLM-130B's regime as `stability study` runs it: FP16 from a 2^16 loss scale, clipping at 1.0, FP32 softmax.
+    glm = sr.train_config(next(r for r in sr.PLAN if r.recipe == sr.GLM_REGIME))
+    assert (glm.precision, glm.init_loss_scale, glm.grad_clip, glm.betas, glm.weight_decay, glm.model.ln,
+            glm.model.fp32_softmax) == ("fp16", 2.0**16, 1.0, (0.9, 0.95), 0.1, "deepnorm", True)
+    # One recipe without and with policies, nothing else different.
+    pair = [r for r in sr.PLAN if r.recipe == sr.RESCUE]
+    assert len(pair) == 2 and sr.train_config(pair[0]) == sr.train_config(pair[1])
+    assert [bool(r.policies) for r in pair] == [False, True]
+    cfgs = [sr.train_config(r) for r in grid]
     # Same model, schedule and data for every run of the grid; only the variant, EGS and the seed differ.
     assert len({(c.lr, c.warmup, c.steps, c.grad_clip, c.batch_size, c.seq_len, c.precision, c.model.d_model)
                 for c in cfgs}) == 1
