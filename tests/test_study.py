@@ -16,7 +16,7 @@ from stability import metrics as M
 from stability.cli import build_parser
 from stability.cli import main as cli_main
 from stability.commands import train
-from stability.config import LN_VARIANTS
+from stability.reference.config import LN_VARIANTS
 from stability.policies import cli as policy_cli
 from stability.store import RunStore
 from stability.study import plans

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from stability.config import ModelConfig, TrainConfig
+from stability.reference.config import ModelConfig, TrainConfig
 from stability.policies.embedding_grad_shrink import EGSConfig, EmbeddingGradShrink
-from stability.session import SessionOptions, build_trainer
+from stability.reference.session import SessionOptions, build_trainer
 
 
 def _cfg(**kw):

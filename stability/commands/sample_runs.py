@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stability.cli import UsageError
-from stability.config import LN_VARIANTS
+from stability.errors import UsageError
+from stability.reference.config import LN_VARIANTS
 from stability.study.runner import train_all
 
 NAME = "sample-runs"
@@ -105,7 +105,7 @@ PLAN: tuple[SampleRun, ...] = (
 
 
 def train_config(r: SampleRun, steps: int | None = None):
-    from stability.config import ModelConfig, TrainConfig
+    from stability.reference.config import ModelConfig, TrainConfig
 
     c = r.recipe
     return TrainConfig(

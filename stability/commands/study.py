@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from stability.cli import UsageError
+from stability.errors import UsageError
 
 NAME = "study"
 HELP = "run the LN-variant study (learning-rate sensitivity, GLM-130B's FP16 regime, FP32 softmax)"

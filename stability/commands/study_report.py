@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stability.cli import UsageError
+from stability.errors import UsageError
 
 NAME = "study-report"
 HELP = "rebuild the LN-variant study's tables and figures from a study folder"

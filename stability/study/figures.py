@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from stability.config import LN_VARIANTS
+from stability.reference.config import LN_VARIANTS
 
 COLORS = {"pre": "#1f77b4", "post": "#d62728", "sandwich": "#2ca02c", "deepnorm": "#9467bd"}
 
@@ -73,7 +73,7 @@ def arms_figure(res: dict, part: str = "regime") -> go.Figure:
 
 def write_figures(study_dir: str | Path, out_dir: str | Path, res: dict | None = None) -> list[Path]:
     from stability.study.report import compute
-    from stability.study_plots import render_png
+    from stability.report.study_plots import render_png
 
     res = res or compute(study_dir)
     out_dir = Path(out_dir)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stability.config import LN_VARIANTS
+from stability.reference.config import LN_VARIANTS
 
 PARTS = ("sensitivity", "regime", "softmax")
 

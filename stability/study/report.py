@@ -15,7 +15,7 @@ import pandas as pd
 
 from stability import metrics as M
 from stability.study import results as R
-from stability.summary import fmt, to_markdown
+from stability.report.summary import fmt, to_markdown
 
 MANIFEST = "study.json"
 

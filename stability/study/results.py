@@ -3,7 +3,7 @@
 Every number is computed from the stored values (never from the training processes), so the tables can be rebuilt
 from a study folder with `stability study-report`.
 
-Per run (RUN_COLUMNS): the study-table columns of `stability.summary` (spikes by the detector's labeller, final
+Per run (RUN_COLUMNS): the study-table columns of `stability.report.summary` (spikes by the detector's labeller, final
 training loss, held-out loss, non-finite gradients and overflowing block outputs, steps the GradScaler skipped)
 plus the loss at initialisation (step 0, before any update), the loss-scale drops (logged steps where the
 GradScaler's scale went down), the smallest loss scale, and the attention-score overflows (layer-steps whose
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from stability import metrics as M
-from stability.summary import run_config, run_summary
+from stability.report.summary import run_config, run_summary
 
 RUN_COLUMNS = ["run", "part", "arm", "ln", "depth", "lr", "seed", "status", "steps", "init_loss", "final_loss",
                "val_loss", "spikes", "divergence_step", "loss_scale_drops", "min_loss_scale", "skipped_steps",
