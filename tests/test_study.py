@@ -126,6 +126,7 @@ def test_sensitivity_is_wortsman_et_al_by_hand():
     assert got["sensitivity"] == pytest.approx((s0 + s1) / 2)
     assert (got["sens_min"], got["sens_max"]) == (pytest.approx(min(s0, s1)), pytest.approx(max(s0, s1)))
     assert got["best_lr"] == 1e-2 and got["at_or_above_init"] == "4/10" and got["seeds"] == 2
+    assert got["trained_lrs"] == "6/10"  # 3.0, 2.5, 2.0 and 3.1, 2.6, 2.1 are below the 3.2 plateau
 
 
 def test_run_row_counts_loss_scale_drops_and_attention_overflows(tmp_path):

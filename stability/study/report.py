@@ -76,7 +76,7 @@ def markdown_tables(res: dict) -> dict[str, str]:
             [v for v in ("pre", "post", "sandwich", "deepnorm") if v in set(wide["ln"])])
         piv.columns = [f"{c} layers" for c in piv.columns]
         tables["sensitivity"] = to_markdown(piv.reset_index())
-        best = sens[["ln", "depth", "best_loss", "best_lr", "at_or_above_init", "seeds"]]
+        best = sens[["ln", "depth", "best_loss", "best_lr", "trained_lrs", "at_or_above_init", "seeds"]]
         tables["sensitivity_best"] = to_markdown(best)
     for part in ("regime", "softmax"):
         a = pd.DataFrame(res[part])
@@ -109,3 +109,20 @@ def write_results(study_dir: str | Path, out_dir: str | Path) -> list[Path]:
         md += [f"### {name}", "", table]
     paths[2].write_text("\n".join(md))
     return paths
+
+
+def update_markdown(path: str | Path, tables: dict[str, str]) -> list[str]:
+    """Replace each `<!-- study-NAME:start -->` ... `<!-- study-NAME:end -->` block of the file at `path` with
+    the table NAME; returns the names replaced (a table without markers in the file is left out)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    done = []
+    for name, table in tables.items():
+        start, end = f"<!-- study-{name}:start -->", f"<!-- study-{name}:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + start + "\n" + table.strip() + "\n" + end + rest.split(end, 1)[1]
+            done.append(name)
+    path.write_text(text, encoding="utf-8")
+    return done
+
