@@ -198,3 +198,15 @@ def test_a_fresh_run_of_the_small_plan_gives_the_committed_numbers(tmp_path):
         want = committed[row["run"]]
         for k in R.RUN_COLUMNS:
             assert _same(row[k], want[k], 1e-4), (row["run"], k, row[k], want[k])
+
+
+def test_study_report_refuses_a_folder_that_is_no_study_and_replaces_only_marked_blocks(tmp_path, capsys):
+    from stability.study.report import update_markdown
+
+    assert cli_main(["study-report", "--study", str(tmp_path)]) == 2
+    assert "not a study folder" in capsys.readouterr().err
+    md = tmp_path / "x.md"
+    md.write_text("a\n<!-- study-regime:start -->\nold\n<!-- study-regime:end -->\nb\n<!-- study-softmax:start -->\n")
+    assert update_markdown(md, {"regime": "| new |\n", "softmax": "| s |\n", "cost": "| c |\n"}) == ["regime"]
+    assert md.read_text() == ("a\n<!-- study-regime:start -->\n| new |\n<!-- study-regime:end -->\nb\n"
+                              "<!-- study-softmax:start -->\n")
