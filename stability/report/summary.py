@@ -271,6 +271,8 @@ def spike_leads(store, run: str, before: int = 20, window: int = 50) -> pd.DataF
         return pd.DataFrame(columns=LEAD_COLUMNS)
     grad = store.metrics(run, metrics=[M.GRAD_NORM])
     emb = grad[grad["layer"] == M.LAYER_EMBEDDING].set_index("step")["value"].astype(float)
+    # A rolled-back run logs the replayed steps again: the value a step ended with is its last one.
+    emb = emb[~emb.index.duplicated(keep="last")]
     rest = emb / embedding_to_rest(grad).reindex(emb.index)
     alerts = store.events(run, kinds=[M.EV_ALERT])
     rows = []
