@@ -7,7 +7,7 @@ through their flags), chosen so that the dashboard's first start tells the produ
   Post-LN (it breaks down in two of them);
 - FP16 with a GradScaler, so that the loss scale, its drops and the skipped steps are real: the grid's Pre-LN,
   and `stability study`'s GLM-130B regime (FP16 from a 2^16 loss scale, clipping at 1.0, FP32 softmax, DeepNorm);
-- one unstable recipe (the demo's) without policies, where the detector alerts before a labelled spike, and with
+- one unstable recipe (the demo's) without policies, where it spikes and ends on the plateau, and with the demo's
   rollback and LR back-off, which rescue it.
 
     stability sample-runs --out sample_runs             # the whole set (skips runs already there)
@@ -70,8 +70,8 @@ class SampleRun:
     recipe: Recipe = field(default_factory=Recipe)
     tag: str = ""
     """Name instead of the LN variant, for runs outside the LN grid."""
-    policies: tuple[str, ...] = ()
-    """More `stability train` policy flags (rollback, LR back-off)."""
+    policy: str = ""
+    """Name of a policy configuration in POLICIES, passed to `stability train --policy` as a JSON file."""
 
     @property
     def name(self) -> str:
@@ -88,7 +88,17 @@ at the learning rate where it trains: real loss-scale drops and skipped steps on
 RESCUE = Recipe(d_model=64, n_layer=4, n_head=4, batch_size=8, seq_len=64, steps=300, lr=2e-2, warmup=200)
 """`stability demo`'s unstable recipe (Post-LN, no clipping, the learning rate breaks the model after a 200-step
 warm-up): trained without policies it breaks down, with rollback and LR back-off it recovers."""
-RESCUE_POLICIES = ("--rollback", "--rollback-interval", "50", "--lr-backoff")
+
+
+def _demo_protection():
+    from stability.commands.demo import protection
+
+    return protection()
+
+
+POLICIES = {"demo-protection": _demo_protection}
+"""Policy configurations by name: the demo's protection (rollback with a checkpoint every 50 steps and LR back-off,
+both on an actual loss spike), the one definition in `stability.commands.demo`."""
 
 PLAN: tuple[SampleRun, ...] = (
     # The LN variants side by side, without and with EGS; two more seeds for Post-LN (it breaks down in two of
@@ -98,9 +108,10 @@ PLAN: tuple[SampleRun, ...] = (
     # FP16 with a GradScaler: the grid's Pre-LN on FP16 (loss scale between 2^14 and 2^15), and GLM-130B's regime.
     SampleRun("pre", "off", 0, precision="fp16"),
     SampleRun("deepnorm", "off", 0, recipe=GLM_REGIME, tag="glm-regime"),
-    # One recipe, without and with policies: the detector alerts before the labelled spike of the unprotected run.
+    # One recipe, without and with policies: the unprotected run spikes and ends on the plateau, the protected one
+    # is rolled back and recovers.
     SampleRun("post", "off", 0, recipe=RESCUE, tag="unstable-unprotected"),
-    SampleRun("post", "off", 0, recipe=RESCUE, tag="unstable-protected", policies=RESCUE_POLICIES),
+    SampleRun("post", "off", 0, recipe=RESCUE, tag="unstable-protected", policy="demo-protection"),
 )
 
 
@@ -115,15 +126,27 @@ def train_config(r: SampleRun, steps: int | None = None):
         seed=r.seed, log_every=c.log_every, threads=1)
 
 
-def train_argv(r: SampleRun, out: str | Path, steps: int | None = None) -> list[str]:
-    """The `stability train` command line of one sample run (its flags fill the same TrainConfig as train_config)."""
+def policy_file(name: str, folder: str | Path) -> Path:
+    """The policy configuration `name` written as JSON into `folder` (what `--policy` reads)."""
+    import json
+
+    path = Path(folder) / f"{name}.json"
+    path.write_text(json.dumps(POLICIES[name]().to_dict(), indent=1))
+    return path
+
+
+def train_argv(r: SampleRun, out: str | Path, steps: int | None = None, policy_dir: str | Path | None = None
+               ) -> list[str]:
+    """The `stability train` command line of one sample run (its flags fill the same TrainConfig as train_config);
+    a run with a policy gets its file written into `policy_dir`."""
     c = train_config(r, steps)
+    policy = ["--policy", str(policy_file(r.policy, policy_dir))] if r.policy else []
     m = c.model
     return ["train", "--ln", m.ln, "--d-model", str(m.d_model), "--n-layer", str(m.n_layer), "--n-head",
             str(m.n_head), "--batch-size", str(c.batch_size), "--seq-len", str(c.seq_len), "--steps", str(c.steps),
             "--lr", repr(c.lr), "--warmup", str(c.warmup), "--grad-clip", repr(c.grad_clip), "--precision",
             c.precision, "--seed", str(c.seed), "--log-every", str(c.log_every), "--threads", "1",
-            *(["--fp32-softmax"] if m.fp32_softmax else []), "--egs", r.egs, *r.policies,
+            *(["--fp32-softmax"] if m.fp32_softmax else []), "--egs", r.egs, *policy,
             "--store", str(out), "--run", r.name, "--quiet"]
 
 
@@ -169,7 +192,10 @@ def run(args) -> int:
             shutil.rmtree(out / r.name)
         todo.append(r)
     t0 = time.perf_counter()
-    results = train_all([(r.name, train_argv(r, out, steps=args.steps)) for r in todo], args.jobs)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as policy_dir:
+        results = train_all([(r.name, train_argv(r, out, args.steps, policy_dir)) for r in todo], args.jobs)
     wall = time.perf_counter() - t0
     cpu = sum(r["cpu_s"] for r in results)
     print(f"{len(results)} runs in {wall / 60:.1f} min wall, {cpu / 60:.1f} min of CPU time (one thread per run; "

@@ -25,12 +25,16 @@ FLOOR = 1e-10
 
 def variant_grid_figure(store, table: pd.DataFrame, metric: str, layer: str = M.NO_LAYER, *, smooth: int = 9,
                         log: bool = False, title: str = "", ytitle: str = "") -> go.Figure:
-    """One panel per LayerNorm variant, one line per run of the study grid (the table's most common precision):
+    """One panel per LayerNorm variant, one line per run of the study grid (the table's most common precision and
+    number of steps):
     EGS off blue, always red; seed 0 solid, seed 1 dotted, seed 2 dashed. Each line is a centred rolling mean over `smooth`
     steps (a rolling median on a log axis, where one huge value would otherwise dominate the mean)."""
     fig = make_subplots(rows=2, cols=2, subplot_titles=[f"{v}-LN" for v in VARIANT_ORDER], shared_xaxes="all",
                         shared_yaxes="all", horizontal_spacing=0.05, vertical_spacing=0.1)
-    grid = table[table["precision"] == table["precision"].mode().iloc[0]] if len(table) else table
+    # The grid: runs of the table's most common precision and length (other recipes in the store stay out).
+    grid = table
+    for col in ("precision", "steps"):
+        grid = grid[grid[col] == grid[col].mode().iloc[0]] if len(grid) else grid
     shown = set()
     for _, r in grid.iterrows():
         if r["ln"] not in VARIANT_ORDER:
