@@ -23,7 +23,7 @@ from stability.study import plans
 from stability.study import results as R
 from stability.study.report import markdown_tables
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "study" / "results.json"
 
 
