@@ -37,6 +37,7 @@ RUN_METRICS = (
 ALERT_KINDS = (
     M.EV_ALERT, M.EV_EGS_ON, M.EV_EGS_OFF, M.EV_ROLLBACK, M.EV_SKIP_STEP, M.EV_LR_BACKOFF, M.EV_ESCALATE,
     M.EV_DRY_RUN, M.EV_OVERFLOW_BURST, M.EV_DIVERGENCE, M.EV_CHECKPOINT_FAILED, M.EV_STALLED, M.EV_RESOLVED,
+    M.EV_PAGE,
 )
 EVENT_COLUMNS = ["run", "step", "time", "kind", "severity", "detail"]
 RUN_COLUMNS = ["run", "live", "status", "ln", "precision", "last_step", "spikes", "alerts", "last_write",

@@ -82,6 +82,7 @@ EV_CHECKPOINT_FAILED = "checkpoint_failed"
 EV_DRY_RUN = "dry_run"          # a policy that would have acted, in dry-run mode
 EV_STALLED = "stalled"
 EV_RESOLVED = "resolved"
+EV_PAGE = "page"                # notifier: a page sent to a webhook, or failed (detail: alert, summary, delivery)
 
 SEVERITIES = ("info", "warning", "critical")
 

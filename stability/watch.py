@@ -94,6 +94,7 @@ class Guard:
         self.sink = sink if sink is not None else NullSink()
         self.detector = detector if detector is not None else NullDetector()
         self.notifier = notifier if notifier is not None else NullNotifier()
+        self.notifier.record_pages(self.sink)  # each page sent, in the store beside the alert that caused it
         self.policies = list(policies)
         self.run_name = run_name
         self.every = every

@@ -12,6 +12,7 @@ from dashboard import cache
 from dashboard import queries as q
 from dashboard.figures import alerts_timeline_figure
 from dashboard.views.common import empty_store
+from stability import metrics as M
 
 MAX_ROWS = 2000
 
@@ -63,6 +64,7 @@ def panel(store_dir: str, kinds: tuple, run_filter: tuple, severities: tuple) ->
         st.info("No alerts or actions yet.")
         return
     plot.show(alerts_timeline_figure(ev), key="alerts_timeline")
+    pages_table(ev[ev["kind"] == M.EV_PAGE])
     shown = ev.head(MAX_ROWS)
     st.caption(f"{len(ev)} events, newest first" + (f" (first {MAX_ROWS} shown)" if len(ev) > MAX_ROWS else ""))
     st.dataframe(pd.DataFrame({
@@ -79,6 +81,34 @@ def panel(store_dir: str, kinds: tuple, run_filter: tuple, severities: tuple) ->
                  format_func=lambda i: "{} @ {}: {}".format(*targets[i]) if i < len(targets) else "")
     if c2.button("Open at step", key="alerts_open", on_click=_open_picked):
         st.rerun()  # the button sits in a fragment: rerun the whole app to switch views
+
+
+def pages_table(pages: pd.DataFrame) -> None:
+    """What the on-call engineer was sent: one row per page and target, with whether it arrived."""
+    if pages.empty:
+        return
+    shown = pages.head(MAX_ROWS)
+    d = shown["detail"]
+    st.subheader(f"Pages sent ({len(pages)})")
+    st.dataframe(pd.DataFrame({
+        "time (UTC)": pd.to_datetime(shown["time"], unit="s", utc=True), "run": shown["run"],
+        "step": shown["step"].astype("int64"), "severity": shown["severity"],
+        "page": [f"{x.get('title') or x.get('alert', '?')} ({x.get('notification', 'page')})" for x in d],
+        "delivery": [_delivery(x) for x in d], "format": [x.get("format", "") for x in d],
+        "summary": [x.get("summary", "") for x in d],
+        "open": [nav.run_link(r, s) for r, s in zip(shown["run"], shown["step"])],
+    }), hide_index=True, width="stretch", key="alerts_pages",
+        column_config={"open": st.column_config.LinkColumn("open", display_text="run at step ›")})
+
+
+def _delivery(d: dict) -> str:
+    """`delivered (HTTP 200)`, `failed: unreachable: ... (3 attempts)`, `dropped`."""
+    status = f"HTTP {d['http_status']}" if d.get("http_status") is not None else ""
+    if d.get("delivery") == "delivered":
+        return f"delivered ({status})" if status else "delivered"
+    if d.get("delivery") == "failed":
+        return f"failed: {d.get('error') or status} ({d.get('attempts', 0)} attempts)"
+    return str(d.get("delivery", "?"))
 
 
 def _open_picked() -> None:

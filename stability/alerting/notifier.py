@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 from stability.alerting.config import AlertingConfig
 from stability.alerting.incidents import Decision, IncidentPolicy, IncidentTracker
 from stability.alerting.loss_spike import LossSpikeWatch
+from stability.alerting.page_log import NullPageLog, PageLog
 from stability.alerting.payloads import KIND_TITLES, KINDS, AlertState, Notification, dashboard_link
 from stability.alerting.prometheus import PrometheusExporter
 from stability.alerting.redact import Redactor
@@ -79,11 +80,14 @@ class Notifier:
         if config.metrics_port is not None:
             self.exporter.start(config.metrics_port, config.metrics_addr)
         targets = targets_from_config(config)
+        self.pages = NullPageLog()
+        """Where each page sent (or failed) is recorded: the run's store once `record_pages()` is called."""
         self.sender = None
         if targets:
             self.sender = WebhookSender(
                 targets, queue_size=config.queue_size, timeout_s=config.timeout_s, deadline_s=config.deadline_s,
-                backoff_s=config.backoff_s, backoff_max_s=config.backoff_max_s, on_result=self._on_delivery)
+                backoff_s=config.backoff_s, backoff_max_s=config.backoff_max_s, on_result=self._on_delivery,
+                on_page=self._on_page)
         self._risk: float | None = None
         self._risk_peaks: deque[tuple[float, float]] = deque()  # (time, risk), decreasing risk: a peak-hold window
         self._last_step: int | None = None
@@ -166,6 +170,10 @@ class Notifier:
         self._dispatch(d, step, signal, score, message)
         return d
 
+    def record_pages(self, sink) -> None:
+        """Record every page as a `page` event through `sink` (the run's store writer), for the Alerts view."""
+        self.pages = PageLog(sink)
+
     @_never_raises
     def set_risk(self, value: float) -> None:
         """The detector's current spike risk (0..1): exported (peak-held for `risk_hold_s`), and gates resolution."""
@@ -228,12 +236,14 @@ class Notifier:
         now = time.time()
         with self._lock:     # the training thread and the stall watchdog both dispatch
             alerts = self._track_alerts(d, step, signal, score, message, now)
-        queued = self.sender.submit(Notification(
+        n = Notification(
             run=run, step=step, kind=d.kind, severity=d.severity, signal=signal, score=score, message=message,
             notification=d.action, incident=d.incident, suppressed=d.suppressed, resolved_kinds=d.resolved_kinds,
-            time=now, dashboard=dashboard_link(self.config.dashboard_url, run, step), alerts=alerts))
-        if not queued:
+            time=now, dashboard=dashboard_link(self.config.dashboard_url, run, step), alerts=alerts)
+        if not self.sender.submit(n):
             self.exporter.count_delivery("dropped")
+            for target in self.sender.targets:
+                self.pages.record(n, target, [])
 
     def _track_alerts(self, d: Decision, step, signal, score, message, now: float) -> tuple[AlertState, ...]:
         """Update the incident's open alerts with a sent decision; return them as this notification shows them."""
@@ -257,6 +267,9 @@ class Notifier:
 
     def _on_delivery(self, target: Target, res: DeliveryResult) -> None:
         self.exporter.count_delivery("delivered" if res.ok else "failed")
+
+    def _on_page(self, target: Target, n: Notification, results: list[DeliveryResult]) -> None:
+        self.pages.record(n, target, results)
 
     def _watch(self) -> None:
         interval = max(0.01, min(self.config.stall_after_s / 4, 5.0))
@@ -292,6 +305,9 @@ class NullNotifier:
         pass
 
     def set_risk(self, value) -> None:
+        pass
+
+    def record_pages(self, sink) -> None:
         pass
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -151,7 +151,8 @@ class WebhookSender:
 
     def __init__(self, targets: list[Target], *, queue_size: int = 256, timeout_s: float = 5.0,
                  deadline_s: float = 60.0, backoff_s: float = 0.5, backoff_max_s: float = 30.0,
-                 on_result: Callable[[Target, DeliveryResult], None] | None = None):
+                 on_result: Callable[[Target, DeliveryResult], None] | None = None,
+                 on_page: Callable[[Target, Notification, list[DeliveryResult]], None] | None = None):
         self.targets = list(targets)
         self._opts = dict(timeout_s=timeout_s, deadline_s=deadline_s, backoff_s=backoff_s,
                           backoff_max_s=backoff_max_s)
@@ -159,6 +160,8 @@ class WebhookSender:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._on_result = on_result
+        self._on_page = on_page
+        """Called once per notification and target when its delivery ends (the notifier records the page)."""
         self._failing: set[str] = set()       # target urls currently failing (logged once on entry)
         self._drop_reported = False
         self._error_reported = False
@@ -227,10 +230,15 @@ class WebhookSender:
                 self._queue.task_done()
 
     def _send(self, target: Target, n: Notification, enqueued: float) -> None:
-        for body in target.bodies(n):   # several only for PagerDuty resolving several kinds at once
-            self._deliver(target, body, enqueued)
+        # Several bodies only for PagerDuty resolving several kinds at once.
+        results = [self._deliver(target, body, enqueued) for body in target.bodies(n)]
+        if self._on_page is not None:
+            try:
+                self._on_page(target, n, results)
+            except Exception:
+                pass
 
-    def _deliver(self, target: Target, body: dict, enqueued: float) -> None:
+    def _deliver(self, target: Target, body: dict, enqueued: float) -> DeliveryResult:
         res = deliver(target, body, redact=self._redact, start=enqueued, stop=self._stop, **self._opts)
         self.stats["attempts"] += res.attempts
         if res.ok:
@@ -249,3 +257,4 @@ class WebhookSender:
                 self._on_result(target, res)
             except Exception:
                 pass
+        return res
