@@ -132,6 +132,15 @@ def test_the_demo_tells_the_story(demo):
     if alerts:  # the first alert of an incident is paged (repeats fold into reminders)
         assert any(f"Loss spike predicted: run {unprotected} step {min(alerts)}" in p for p in pages), pages
     assert any(protected in p for p in pages), pages
+    # ... and each run recorded what it sent as `page` events, delivered: what the Alerts view lists.
+    for run in (unprotected, protected):
+        recorded = _cli_json("events", run, "--store", str(store), "--kind", "page")["events"]
+        sent = [p for p in pages if f"run {run} " in p]
+        assert len(recorded) == len(sent) and all(e["detail"]["delivery"] == "delivered" for e in recorded), (
+            recorded, sent)
+    spike_pages = [e for e in _cli_json("events", unprotected, "--store", str(store), "--kind", "page")["events"]
+                   if e["detail"]["alert"] == "spike"]
+    assert [e["step"] for e in spike_pages] == [onset] and spike_pages[0]["severity"] == "critical", spike_pages
     # ... and the narration says what the store says.
     assert f"labelled spike at step {onset}" in out, out
     rollback = min(e["step"] for e in events if e["kind"] == "rollback")
@@ -177,6 +186,16 @@ def test_the_dashboard_shows_the_story(demo):
             assert plots[0]["points"] >= 2 * STEPS
             shot(page, "demo-compare.png", height=1300)
 
+            # The unprotected run: its labelled spike and every alert of the store drawn on the loss, where they are.
+            onset, alerts = _onset_and_alerts(store, unprotected)
+            open_view(page, base + f"?view=run&run={unprotected}")
+            js = f"() => Object.fromEntries({FIRST}._fullData.filter(t => t.name === 'alert' || t.name === 'spike')" \
+                 ".map(t => [t.name, Array.from(t.x)]))"
+            drawn = wait_until(lambda: (lambda d: d if d and d.get("spike") else None)(in_page(page, js)), 30,
+                               "the spike markers")
+            assert min(drawn["spike"]) == onset and sorted(drawn.get("alert", [])) == sorted(alerts), drawn
+            shot(page, "demo-unprotected-run.png", height=1650)
+
             plots = open_view(page, base + f"?view=run&run={protected}")
             assert plots[0]["points"] > STEPS
             shot(page, "demo-protected-run.png", height=1650)
@@ -190,14 +209,18 @@ def test_the_dashboard_shows_the_story(demo):
             # Every alert and policy action of the two runs is drawn, in its run's row and its kind's trace.
             rs = RunStore(store, read_only=True)
             expected = {(run, kind) for run in (unprotected, protected) for kind in rs.events(run)["kind"]
-                        if kind in ("alert", "rollback", "lr_backoff")}
+                        if kind in ("alert", "rollback", "lr_backoff", "page")}
             assert (protected, "rollback") in expected and (protected, "lr_backoff") in expected, expected
+            assert (unprotected, "page") in expected and (protected, "page") in expected, expected
             js = f"""() => {FIRST}._fullData.map(t => [t.name, Array.from(t.y || [])])"""
             wait_until(lambda: (lambda d: d if d and {(y, name) for name, ys in d for y in ys} == expected
                                 else None)(in_page(page, js)), 30, f"the Alerts view to draw {expected}")
             page.keyboard.press("Escape")
+            # The pages the two runs sent, as the notifier recorded them: the table's title counts them.
+            pages = sum(int((rs.events(run)["kind"] == "page").sum()) for run in (unprotected, protected))
+            page.get_by_text(f"Pages sent ({pages})").wait_for(timeout=30_000)
             page.wait_for_timeout(800)
-            shot(page, "demo-alerts.png")
+            shot(page, "demo-alerts.png", height=1500)
         finally:
             browser.close()
 
