@@ -5,6 +5,7 @@ receiver got (the reference), never from the page-log code."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 
@@ -44,7 +45,7 @@ def _incident(n: Notifier) -> None:
 def test_each_page_sent_is_an_event_with_what_the_on_call_engineer_needs(fmt, tmp_path):
     store = RunStore(tmp_path)
     writer = store.create_run("r1", config={"ln": "post"})
-    with WebhookReceiver(out=open("/dev/null", "w")) as rx:
+    with WebhookReceiver(out=io.StringIO()) as rx:
         n = Notifier(fast(webhook_url=rx.url, webhook_format=fmt,
                           pagerduty_routing_key=ROUTING_KEY if fmt == "pagerduty" else None))
         n.record_pages(writer)
@@ -105,7 +106,7 @@ def test_pages_of_a_watched_loop_reach_the_alerts_view(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(64, 8), torch.randn(64, 1)
-    with WebhookReceiver(out=open("/dev/null", "w")) as rx:
+    with WebhookReceiver(out=io.StringIO()) as rx:
         guard = stability.watch(model, opt, store=tmp_path, run="watched", webhook=rx.url, probes=False,
                                 alert_config=None)
         with guard:
