@@ -2,8 +2,8 @@
 
 The dashboard on the sample runs, and two live runs of one unstable recipe trained side by side into the same
 store, one without policies and one with rollback + LR back-off. Both page a webhook receiver the demo starts on
-127.0.0.1, so each page is printed in the terminal as it arrives; the same alerts are events in the store, shown
-by the dashboard's Alerts view. When the runs end the demo says what happened, from the store: the alerts, the
+127.0.0.1, so each page is printed in the terminal as it arrives; each page is also a `page` event of its run,
+shown with the alerts and policy actions by the dashboard's Alerts view. When the runs end the demo says what happened, from the store: the alerts, the
 labelled spike (`stability spikes`), the rollbacks and the final losses.
 """
 
