@@ -146,6 +146,10 @@ def deliver(target: Target, payload: dict, *, timeout_s: float, deadline_s: floa
     return DeliveryResult(False, status, attempts, time.monotonic() - start, error)
 
 
+def _ignore_page(target: Target, n: Notification, results: list[DeliveryResult]) -> None:
+    """No one records the pages (a sender used on its own)."""
+
+
 class WebhookSender:
     """Delivers notifications to every target from a daemon thread fed by a bounded queue."""
 
@@ -160,7 +164,7 @@ class WebhookSender:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._on_result = on_result
-        self._on_page = on_page
+        self._on_page = on_page or _ignore_page
         """Called once per notification and target when its delivery ends (the notifier records the page)."""
         self._failing: set[str] = set()       # target urls currently failing (logged once on entry)
         self._drop_reported = False
@@ -232,11 +236,10 @@ class WebhookSender:
     def _send(self, target: Target, n: Notification, enqueued: float) -> None:
         # Several bodies only for PagerDuty resolving several kinds at once.
         results = [self._deliver(target, body, enqueued) for body in target.bodies(n)]
-        if self._on_page is not None:
-            try:
-                self._on_page(target, n, results)
-            except Exception:
-                pass
+        try:
+            self._on_page(target, n, results)
+        except Exception:   # recording a page must not stop the deliveries
+            pass
 
     def _deliver(self, target: Target, body: dict, enqueued: float) -> DeliveryResult:
         res = deliver(target, body, redact=self._redact, start=enqueued, stop=self._stop, **self._opts)
