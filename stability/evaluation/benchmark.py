@@ -274,7 +274,9 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
 
     result_methods = {}
     for key in (DETECTOR, *peers):
-        grid = threshold_grid(cases, key, n=60)
+        # Candidate thresholds from the tuning split's scores only: a grid drawn from held-out scores would let the
+        # held-out split move the threshold picked on the tuning split.
+        grid = threshold_grid(parts[TUNE], key, n=60)
         ign_tune = [ign_build[c.series.name] for c in parts[TUNE]]
         tune_curve = curve(parts[TUNE], key, gate1, horizon, grid, ignore=ign_tune)
         entry = {"at_budget": {}}
@@ -286,7 +288,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
                                                              horizon, ign_build),
                                             HELDOUT: report(key, thr)}
         ign_held = [ign_build[c.series.name] for c in parts[HELDOUT]]
-        held_curve = curve(parts[HELDOUT], key, gate1, horizon, grid, ignore=ign_held)
+        # The held-out curve (what the best possible threshold would give, an oracle) spans every run's scores.
+        held_curve = curve(parts[HELDOUT], key, gate1, horizon, threshold_grid(cases, key, n=60), ignore=ign_held)
         entry["curve_heldout"] = held_curve
         entry["best_possible_heldout"] = operating_points(held_curve, BUDGETS)
         if key == DETECTOR:
