@@ -1,8 +1,10 @@
-"""What the policies see of a training loop that is not ours: `LoopState`, plus the data position they rewind.
+"""What the policies see of a training loop: `LoopState`, plus the data position they rewind.
 
-The policies (stability/policies/) act on a "trainer": its model, GradScaler, step counter, learning-rate scale,
-state dict (for a rollback) and data loader position (for the data skip). The reference trainer is one; a user's
-loop gets a `LoopState`, which offers the same surface from the model, optimizer and scaler it was given:
+The policies (stability/policies/) act on a host: its model, GradScaler, step counter, learning-rate scale,
+state dict (for a rollback), data loader position (for the data skip), rank plumbing, and the pipeline's parts
+(sink, detector, notifier, losses). A user's loop gets a `LoopState` over the model, optimizer and scaler it was
+given; the reference trainer (stability/reference/train.py) is a `LoopState` over its own, so both have one
+state dict:
 
 - `state_dict()` / `load_state_dict()`: model, optimizer, GradScaler, torch/CUDA/Python/NumPy RNG, the step,
   the learning-rate scale, the data position, and `extra` objects with their own state dicts (an LR scheduler);
@@ -19,6 +21,8 @@ from __future__ import annotations
 import random
 
 import torch
+
+from stability.distributed.single_process import SingleProcess
 
 
 class NoScaler:
@@ -119,13 +123,13 @@ def set_rng_state(state: dict) -> None:
 
 
 class LoopState:
-    """The policies' view of a user's loop (see the module docstring). `pipeline` is the `Guard` that owns it."""
-
-    dp = None
-    """The reference trainer's data-parallel helper; a user's DDP model needs none (the probes reduce)."""
+    """The policies' view of a loop (see the module docstring). `pipeline` is the `Guard` that owns it."""
 
     def __init__(self, model, optimizer, scaler=None, data=None, extra: dict | None = None, rank: int = 0):
         self.model, self.optimizer = model, optimizer
+        self.dp = SingleProcess(model)
+        """Rank plumbing (stability/distributed/single_process.py): the reference trainer's DataParallel under
+        torch.distributed; a user's DDP model needs none (the probes reduce their own values)."""
         self.scaler = scaler if scaler is not None else NoScaler()
         self.loader = DataPosition(data)
         self.extra = dict(extra or {})
@@ -144,13 +148,29 @@ class LoopState:
     def sink(self):
         return self.pipeline.sink
 
+    @sink.setter
+    def sink(self, sink):
+        self.pipeline.sink = sink
+
     @property
     def detector(self):
         return self.pipeline.detector
 
+    @detector.setter
+    def detector(self, detector):
+        self.pipeline.detector = detector
+
     @property
     def notifier(self):
         return self.pipeline.notifier
+
+    @notifier.setter
+    def notifier(self, notifier):
+        self.pipeline.notifier = notifier
+
+    @property
+    def policies(self):
+        return self.pipeline.policies
 
     @property
     def losses(self):

@@ -59,15 +59,29 @@ class NullSink:
 class NullDetector:
     """Detection off: no alerts, no risk."""
 
-    risk = None
-
     def update(self, step, metrics):
         return []
 
+    def readings(self) -> dict:
+        return {}
+
     def state_dict(self):
-        return None
+        return {}
 
     def load_state_dict(self, state):
+        pass
+
+
+class ExplicitCalls:
+    """Stands in for the hooks (stability/loop_hooks.py) when the loop calls the Guard itself (the reference
+    trainer): every call is the one that counts, nothing to remove."""
+
+    from_hooks = False
+
+    def new_step(self) -> None:
+        pass
+
+    def remove(self) -> None:
         pass
 
 
@@ -87,15 +101,17 @@ class Guard:
                  divergence_patience: int = 50):
         from probes import NullMonitor
         from stability.alerting.notifier import NullNotifier
+        from stability.policies.base import as_policy
 
+        # A part left out is its null object, here and nowhere else: the step itself has no "is it on?" branches.
         self.host = host
-        """What the policies act on: the reference `Trainer`, or a `LoopState` over the user's loop."""
+        """What the policies act on: a `LoopState` (over the user's loop, or the reference `Trainer`)."""
         self.monitor = monitor if monitor is not None else NullMonitor()
         self.sink = sink if sink is not None else NullSink()
         self.detector = detector if detector is not None else NullDetector()
         self.notifier = notifier if notifier is not None else NullNotifier()
         self.notifier.record_pages(self.sink)  # each page sent, in the store beside the alert that caused it
-        self.policies = list(policies)
+        self.policies = [as_policy(p) for p in policies]
         self.run_name = run_name
         self.every = every
         self.accumulation = accumulation
@@ -104,19 +120,19 @@ class Guard:
         self.divergence_patience = divergence_patience
         self.status: str | None = None
         """Set when the run must end: diverged or stopped (a policy escalated)."""
-        self.hooks = None
+        self.hooks = ExplicitCalls()
         self._nonfinite_run = 0
         self._started = False
         self._t0: float | None = None
         self._backwards = 0
         self._grads_read = False
         self._lr: float | None = None
-        self._saved_lrs: list[float] | None = None
+        self._saved_lrs: list[float] = []  # the base lrs while a scaled update runs
         self._stepped_skip = False
-        self._loss_sum = None
+        self._loss_sum = 0.0
         self._loss_count = 0
         self._pre_clip_norm: torch.Tensor | None = None
-        self._needs_norm = any(getattr(p, "needs_grad_norm", False) for p in self.policies)
+        self._needs_norm = any(p.needs_grad_norm for p in self.policies)
         self._warned: set[str] = set()
         self._closed = False
         self._attached = False
@@ -126,7 +142,7 @@ class Guard:
         """Hook the user's model and optimizer (see stability/loop_hooks.py)."""
         from stability.loop_hooks import LoopHooks
 
-        wrap = any(callable(getattr(p, "before_update", None)) for p in self.policies)
+        wrap = any(p.can_skip_update for p in self.policies)
         self.hooks = LoopHooks(self, model, optimizer, wrap_step=wrap, capture_loss=capture_loss)
         return self
 
@@ -135,17 +151,16 @@ class Guard:
             return
         self._attached = True
         for p in self.policies:
-            if hasattr(p, "attach"):
-                p.attach(self.host)
+            p.attach(self.host)
 
     @property
     def should_stop(self) -> bool:
         """True once the run should end (non-finite loss for `divergence_patience` steps, or a policy's stop)."""
-        return self.status is not None or getattr(self.host, "stop_reason", None) is not None
+        return self.status is not None or self.host.stop_reason is not None
 
     # -- the step ---------------------------------------------------------------------------------------------
     def start_step(self) -> None:
-        if self._started and self.hooks is not None:
+        if self._started and self.hooks.from_hooks:
             return  # the next micro-batch of the same step, or a recomputing forward
         self._started = True
         self._t0 = time.perf_counter()
@@ -154,18 +169,18 @@ class Guard:
     def backward_done(self, scaler=None) -> None:
         """Gradients are final for this step's update (unscaled, or scaled by `scaler`'s scale)."""
         self._backwards += 1
-        if self.hooks is not None and (self._grads_read or self._backwards < self.accumulation):
+        if self.hooks.from_hooks and (self._grads_read or self._backwards < self.accumulation):
             return  # hooks see every backward; explicit callers call once, when the gradients are final
         if not self._started:
             self.start_step()  # a model called through a submodule never ran our forward pre-hook
         self._grads_read = True
-        scaler = scaler if scaler is not None else _enabled_scaler(self.host)
+        scaler = scaler if scaler is not None else self.host.scaler  # a disabled one, or NoScaler, if none
         self.monitor.after_backward(self.host.step, scaler=scaler)
-        if self._needs_norm and self.hooks is not None:
+        if self._needs_norm and self.hooks.from_hooks:
             from stability.policies.skip_step import grad_norm
 
             norm = grad_norm(self.host.model.parameters())
-            if scaler is not None and not _unscaled(scaler):
+            if scaler.is_enabled() and not _unscaled(scaler):
                 norm = norm / scaler._scale.to(norm.device).reshape(())  # still multiplied by the loss scale
             self._pre_clip_norm = norm
 
@@ -179,10 +194,8 @@ class Guard:
     def before_update(self) -> bool:
         """Policies that decide before the update (skip-step); True means the update must not happen."""
         skip = False
-        for p in self.policies:
-            hook = getattr(p, "before_update", None)
-            if hook is not None and hook(self.host, self.host.step):
-                skip = True
+        for p in self.policies:  # every policy sees every update, also after one asked to skip it
+            skip = p.before_update(self.host, self.host.step) or skip
         return skip
 
     def skipped_update(self) -> None:
@@ -202,62 +215,53 @@ class Guard:
         """Puts the base lr back. Gradients no end-of-backward callback reported (set by hand, or by a wrapper such
         as FSDP2 that writes sharded gradients without autograd's accumulation) are read here: late (after any
         clipping and the update), not never. (Not in the pre-hook: Lightning runs the backward inside the step.)"""
-        if self.hooks is not None and not self._grads_read and self._backwards == 0:
+        if self.hooks.from_hooks and not self._grads_read and self._backwards == 0:
             self._warn_once("late", "stability.watch: no end of a backward was seen before the optimizer step; "
                                     "gradient norms are read after the step, after any clipping")
             self.backward_done()
-        if self._saved_lrs is not None:
-            for g, lr in zip(optimizer.param_groups, self._saved_lrs):
-                g["lr"] = lr
-            self._saved_lrs = None
+        for g, lr in zip(optimizer.param_groups, self._saved_lrs):
+            g["lr"] = lr
+        self._saved_lrs = []
 
     def add_loss(self, loss: torch.Tensor) -> None:
         """A micro-batch's loss from the model's output (kept on the device; summed over the step)."""
         loss = loss.detach().float()
-        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._loss_sum = self._loss_sum + loss
         self._loss_count += 1
 
     def step(self, loss=None, *, tokens: float | None = None, lr: float | None = None, skipped: bool = False,
-             record_tokens: float | None = None, dp=None) -> dict | None:
+             record_tokens: float | None = None) -> dict | None:
         """After the optimizer step (and `scaler.update()`): record, detect, store, alert and let the policies act.
         Returns the step's record on logged steps. Never raises for a NaN loss; it is recorded.
 
         `loss`: the step's loss (tensor or float); None = the mean of the losses the model returned this step.
         """
         host = self.host
+        dp = host.dp  # rank plumbing (stability/distributed/single_process.py): a single process is a no-op
         step = host.step
-        if loss is None and self._loss_sum is not None:
+        if loss is None and self._loss_count:
             loss = self._loss_sum / self._loss_count
-        self._loss_sum, self._loss_count = None, 0
+        self._loss_sum, self._loss_count = 0.0, 0
         skipped = skipped or self._stepped_skip
-        if self.hooks is not None and self._backwards > self.accumulation:
+        if self.hooks.from_hooks and self._backwards > self.accumulation:
             self._warn_once("accumulation", f"stability.watch: {self._backwards} backward passes before one optimizer "
                                             f"step; pass accumulation={self._backwards} so that the gradients are "
                                             f"read after the last one")
         t0 = self._t0 if self._t0 is not None else time.perf_counter()
         self._started, self._grads_read, self._backwards, self._stepped_skip = False, False, 0, False
-        if self.hooks is not None:
-            self.hooks.new_step()
+        self.hooks.new_step()
         self._t0, self._pre_clip_norm = None, None
         logged = step % self.every == 0
         lr = lr if lr is not None else self._lr
         # The loss crosses to the host every step (one sync): the divergence check and the policies' loss-jump
         # check need every step's value. The reference trainer syncs on it anyway.
-        nonfinite = 0.0
-        if dp is not None:
-            loss_value, nonfinite = dp.local_values(loss)  # the same one sync, this rank's values
-        elif isinstance(loss, torch.Tensor):
-            loss_value = loss.detach().float().item()
-        else:
-            loss_value = None if loss is None else float(loss)  # None: the loop gave no loss (nothing to judge)
-        record = self.monitor.after_optimizer_step(
-            step, loss=loss, lr=lr, tokens=tokens, optimizer=getattr(host, "optimizer", None),
-            scaler=_enabled_scaler(host))
-        if dp is not None:
-            if logged:
-                self.sink.log(step, dp.rank_record(loss_value, nonfinite, time.perf_counter() - t0), rank=host.rank)
-            # From here on, global values only: every rank must take the same decisions.
-            loss_value = dp.global_loss(loss_value, record)
+        loss_value, nonfinite = dp.local_values(loss)  # None: the loop gave no loss (nothing to judge)
+        record = self.monitor.after_optimizer_step(step, loss=loss, lr=lr, tokens=tokens, optimizer=host.optimizer,
+                                                   scaler=host.scaler)
+        if logged:
+            dp.log_rank(self.sink, step, loss_value, nonfinite, time.perf_counter() - t0)
+        # From here on, global values only: every rank must take the same decisions.
+        loss_value = dp.global_loss(loss_value, record)
         if loss_value is not None:
             self.losses.append(loss_value)
         if record is None and logged:
@@ -273,12 +277,12 @@ class Guard:
         alerts = []
         if record is not None:
             own = record
-            if dp is not None:
-                record = dp.shared(record)  # without the values each rank's own clock measured
+            record = dp.shared(record)  # without the values each rank's own clock measured
             alerts = self.detector.update(step, {M.flat_key(m, l): v for (m, l), v in record.items()})
-            if self.detector.risk is not None:
-                # The risk is stored with the step, so the dashboard and /metrics show what the detector saw.
-                record[(M.SPIKE_RISK, "")] = own[(M.SPIKE_RISK, "")] = float(self.detector.risk)
+            # The risk is stored with the step, so the dashboard and /metrics show what the detector saw.
+            readings = self.detector.readings()
+            record.update(readings)
+            own.update(readings)
             self.sink.log(step, own)
             for a in alerts:
                 self.sink.event(step, M.EV_ALERT, severity=a.severity,
@@ -288,16 +292,14 @@ class Guard:
                 self.notifier.on_alert(a)
         host.step += 1
         for p in self.policies:
-            hook = getattr(p, "after_step", None)
-            if hook is not None:
-                hook(host, step, record, alerts)
+            p.after_step(host, step, record, alerts)
         if loss_value is not None:
             self._nonfinite_run = 0 if math.isfinite(loss_value) else self._nonfinite_run + 1
         if self._nonfinite_run >= self.divergence_patience and self.status is None:
             self.sink.event(step, M.EV_DIVERGENCE, severity="critical",
                             detail={"reason": f"loss non-finite for {self._nonfinite_run} steps"})
             self.status = M.ST_DIVERGED
-        elif getattr(host, "stop_reason", None) and self.status is None:
+        elif host.stop_reason and self.status is None:
             self.status = M.ST_STOPPED
         return record
 
@@ -311,11 +313,9 @@ class Guard:
         status = status or self.status or M.ST_FINISHED
         try:
             for p in self.policies:
-                if hasattr(p, "close"):
-                    p.close()
+                p.close()
             self.monitor.close()
-            if self.hooks is not None:
-                self.hooks.remove()
+            self.hooks.remove()
             self.notifier.close()
         finally:
             self.sink.close(status=status)
@@ -337,11 +337,6 @@ class Guard:
             warnings.warn(message, stacklevel=3)
 
 
-def _enabled_scaler(host):
-    scaler = getattr(host, "scaler", None)
-    return scaler if scaler is not None and scaler.is_enabled() else None
-
-
 def _unscaled(scaler) -> bool:
     return any(s.get("found_inf_per_device") for s in getattr(scaler, "_per_optimizer_states", {}).values())
 
@@ -357,11 +352,12 @@ def default_run_name(model) -> str:
 
 
 def open_sink(store, name: str, meta: dict):
-    """The run's writer: one per process, or one run for all ranks under torch.distributed (rank_sink)."""
+    """(the run's writer, its name): one per process, or one run for all ranks under torch.distributed
+    (rank_sink); a NullSink when `store` is None (nothing recorded)."""
     from stability.distributed.group import is_initialized
 
     if store is None:
-        return None, name
+        return NullSink(), name
     if is_initialized():
         import torch.distributed as dist
 
@@ -372,6 +368,39 @@ def open_sink(store, name: str, meta: dict):
     from stability.store import RunStore
 
     return RunStore(store).create_run(name, config=meta), name
+
+
+def open_monitor(model: torch.nn.Module, cfg):
+    """The probes on `model` from a `probes.MonitorConfig` (one warning naming everything the model lacks; the
+    rest is recorded), or a NullMonitor for None."""
+    import probes
+
+    if cfg is None:
+        return probes.NullMonitor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor = probes.Monitor(model, cfg)
+    del caught
+    if monitor.missing:
+        warnings.warn(f"stability.watch: {type(model).__name__} has no " + "; no ".join(monitor.missing),
+                      stacklevel=3)
+    return monitor
+
+
+def open_detector(detect: bool):
+    """The online detector, or a NullDetector with detection off."""
+    from stability.detector import OnlineDetector
+
+    return OnlineDetector() if detect else NullDetector()
+
+
+def paging_notifier(make):
+    """`make()`'s notifier on the rank that pages (rank 0, or the single process), a NullNotifier on the others:
+    alerts are sent once per run."""
+    from stability.alerting.notifier import NullNotifier
+    from stability.distributed.group import is_main
+
+    return make() if is_main() else NullNotifier()
 
 
 def _policies(policies) -> tuple[list, dict | None]:
@@ -435,7 +464,7 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
     Every setting is checked before anything starts; a bad one raises ValueError with one line naming it.
     """
     import probes as probes_pkg
-    from stability.distributed.group import is_initialized
+    from stability.distributed.group import rank as process_rank
 
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
@@ -458,16 +487,14 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
         raise ValueError(f"probes: expected True, False, a dict or a probes.MonitorConfig, got {probes!r}")
     policies = preflight(store, run, policies)
     policy_objects, policy_settings = _policies(policies)
-    host = LoopState(model, optimizer, scaler, data=data, extra=extra_state,
-                     rank=torch.distributed.get_rank() if is_initialized() else 0)
-    if any(getattr(p, "name", "") == "egs" for p in policy_objects):
-        from stability.policies.embedding_grad_shrink import find_embedding
+    host = LoopState(model, optimizer, scaler, data=data, extra=extra_state, rank=process_rank())
+    from stability.policies.embedding_grad_shrink import EmbeddingGradShrink, find_embedding
 
-        egs = next(p for p in policy_objects if getattr(p, "name", "") == "egs")
+    for egs in (p for p in policy_objects if isinstance(p, EmbeddingGradShrink)):
         find_embedding(model, egs.cfg.module)  # ValueError naming the missing embedding, before anything starts
     name = run or default_run_name(model)
     from stability.alerting.config import load_config
-    from stability.alerting.notifier import Notifier
+    from stability.alerting.notifier import Notifier, NullNotifier
 
     alerting = load_config(alert_config, webhook_url=webhook, slack_webhook_url=slack_webhook,
                            metrics_port=metrics_port, dashboard_url=dashboard_url, run=name)
@@ -482,39 +509,23 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
         meta.setdefault("policies", policy_settings)
         meta.setdefault("egs", policy_settings["egs"]["mode"])
     # Parts that start threads or servers come last, and are closed again if a later one fails.
-    notifier = None
-    sink = None
+    notifier, sink = NullNotifier(), NullSink()
     try:
-        if not is_initialized() or torch.distributed.get_rank() == 0:  # one rank pages and serves /metrics
-            try:
-                notifier = Notifier.from_config(alerting)
-            except OSError as e:
-                raise ValueError(f"metrics_port {metrics_port}: cannot listen on {alerting.metrics_addr} "
-                                 f"({e.strerror or e})") from None
+        try:
+            notifier = paging_notifier(lambda: Notifier.from_config(alerting))  # one rank serves /metrics
+        except OSError as e:
+            raise ValueError(f"metrics_port {metrics_port}: cannot listen on {alerting.metrics_addr} "
+                             f"({e.strerror or e})") from None
         sink, name = open_sink(store, name, meta)
-        monitor = None
-        if monitor_cfg is not None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                monitor = probes_pkg.Monitor(model, monitor_cfg)
-            if monitor.missing:
-                # One warning naming everything that is missing; the rest is recorded.
-                warnings.warn(f"stability.watch: {type(model).__name__} has no " + "; no ".join(monitor.missing),
-                              stacklevel=2)
-            del caught
-        from stability.detector import OnlineDetector
-
-        guard = Guard(host, monitor=monitor, sink=sink, detector=OnlineDetector() if detect else None,
+        guard = Guard(host, monitor=open_monitor(model, monitor_cfg), sink=sink, detector=open_detector(detect),
                       policies=policy_objects, notifier=notifier, run_name=name, every=every,
                       accumulation=accumulation, losses=deque(maxlen=1024))
         host.pipeline = guard
         guard.attach_loop(model, optimizer, capture_loss=capture_loss)
         guard.attach_policies()
     except BaseException:
-        if notifier is not None:
-            notifier.close()
-        if sink is not None:
-            sink.close(status=M.ST_FAILED)
+        notifier.close()
+        sink.close(status=M.ST_FAILED)
         raise
     return guard
 

@@ -25,12 +25,12 @@ from typing import Callable, Mapping
 
 from stability.alerting.config import AlertingConfig
 from stability.alerting.incidents import Decision, IncidentPolicy, IncidentTracker
-from stability.alerting.loss_spike import LossSpikeWatch
 from stability.alerting.page_log import NullPageLog, PageLog
 from stability.alerting.payloads import KIND_TITLES, KINDS, AlertState, Notification, dashboard_link
 from stability.alerting.prometheus import PrometheusExporter
 from stability.alerting.redact import Redactor
 from stability.alerting.webhook import DeliveryResult, Target, WebhookSender, targets_from_config
+from stability.detector.spike_rule import SpikeRule
 from stability.metrics import (
     EV_ALERT, EV_DIVERGENCE, EV_OVERFLOW_BURST, EV_RESOLVED, EV_SPIKE, EV_STALLED, GRAD_NORM, LAYER_EMBEDDING,
     LAYER_TOTAL, LOSS, LOSS_SCALE, SEVERITIES, SKIPPED_STEP, SPIKE_RISK, split_key,
@@ -93,7 +93,7 @@ class Notifier:
         self._last_step: int | None = None
         self._last_step_time: float | None = None
         self._skips: deque[float] = deque(maxlen=config.overflow_window_steps)
-        self._spikes = LossSpikeWatch()
+        self._spikes = SpikeRule()  # the labeller's spike, one logged step at a time
         # The open alerts of the current incident as stateful receivers see them (kind -> AlertState): what a
         # resolve closes, with the start time and severity its page had. At most one entry per kind.
         self._open_alerts: dict[str, AlertState] = {}

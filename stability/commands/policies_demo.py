@@ -8,8 +8,9 @@ gradient clipping, fp32) is trained with the same seed:
   rollback+backoff       rollback and LR back-off, no EGS (ablation);
   egs+rollback+backoff   EGS, rollback and LR back-off;
   calm-baseline          the same recipe at half the learning rate (1e-2), without policies.
-For each: loss spikes (steps whose loss is >= 1.5x the median of the 50 before, counted over every loss computed,
-abandoned timelines included; jumps less than 20 steps apart are one spike), the highest loss, whether it diverged
+For each: loss spikes (the one spike rule, stability/detector/spike_rule.py, with the thresholds of the rollback
+policy's `spike` trigger: a loss above 1.5x the median of the 50 calm losses before it; counted over every loss
+computed, abandoned timelines included; jumps less than 20 steps apart are one spike), the highest loss, whether it diverged
 or failed to converge, final losses, rollbacks, steps computed and wall time.
 """
 
@@ -88,12 +89,13 @@ class _Counting:
 
 
 def count_spikes(losses, gap: int = 20) -> int:
-    """Loss jumps (the rollback policy's own definition, see LossJumpConfig) merged when < `gap` steps apart."""
-    from stability.policies import LossJump
+    """Loss jumps as the rollback policy's `spike` trigger sees them (the spike rule with LossJumpConfig's
+    thresholds), merged when < `gap` steps apart."""
+    from stability.policies import loss_jumps
 
-    jump, last, n = LossJump(), None, 0
+    rule, last, n = loss_jumps(), None, 0
     for i, x in enumerate(losses):
-        if jump.update(i, x) is not None:
+        if rule.update(x).is_spike:
             if last is None or i - last >= gap:
                 n += 1
             last = i

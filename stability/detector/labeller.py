@@ -1,6 +1,8 @@
 """Post hoc loss-spike labels: the ground truth the detector is scored against.
 
-A logged step is a *spike step* when its loss exceeds a robust baseline of the trailing calm losses:
+A logged step is a *spike step* when the spike rule (stability/detector/spike_rule.py, the one definition that
+alerting and the policies use too) calls its loss one: non-finite, or above a robust baseline of the trailing
+calm losses:
 
     baseline_t  = median of the last `window` calm losses before t
     threshold_t = baseline_t + max(z * sigma_t, rel_margin * |baseline_t|, abs_margin)
@@ -24,21 +26,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from stability.detector.robust import RollingWindow
+from stability.detector.spike_rule import SpikeRule, SpikeRuleConfig
 
 
 @dataclass
-class LabelConfig:
-    window: int = 50
-    """Trailing calm logged steps that form the baseline."""
-    min_history: int = 20
-    """Logged steps of history before anything can be labelled."""
-    z: float = 6.0
-    """Robust standard deviations above the baseline."""
-    rel_margin: float = 0.04
-    """...and at least this fraction of the baseline above it (ignores tiny wiggles in very quiet runs)."""
-    abs_margin: float = 0.0
-    """...and at least this much above it, in loss units."""
+class LabelConfig(SpikeRuleConfig):
+    """The spike rule's thresholds (window, min_history, z, rel_margin, abs_margin: `SpikeRuleConfig`, the one
+    definition of a spike), and how spike steps become incidents and divergences."""
+
     merge_gap: int = 20
     """Spike steps at most this many training steps apart are one incident."""
     div_rise: float = 0.2
@@ -132,24 +127,13 @@ def label_spikes(steps, loss, cfg: LabelConfig | None = None) -> Labels:
     baseline = np.full(n, np.nan)
     threshold = np.full(n, np.nan)
     is_spike = np.zeros(n, dtype=bool)
-    hist = RollingWindow(cfg.window)
+    rule = SpikeRule(cfg)
     first = None
     for i in range(n):
-        x = judged[i]
-        if len(hist) >= cfg.min_history:
-            if first is None:
-                first = int(steps[i])
-            b = hist.median()
-            margin = max(cfg.z * hist.scale(), cfg.rel_margin * abs(b), cfg.abs_margin)
-            baseline[i], threshold[i] = b, b + margin
-            if not math.isfinite(x) or x > b + margin:
-                is_spike[i] = True
-                continue
-        elif not math.isfinite(x):
-            # Non-finite before any history: still a divergence, judged against nothing.
-            is_spike[i] = True
-            continue
-        hist.push(x)
+        if first is None and rule.ready:
+            first = int(steps[i])
+        chk = rule.update(float(judged[i]))
+        baseline[i], threshold[i], is_spike[i] = chk.baseline, chk.threshold, chk.is_spike
     labels = Labels(steps, loss, baseline, threshold, is_spike, first_labelled_step=first)
     labels.incidents = _incidents(labels, cfg)
     _slow_divergence(labels, cfg)

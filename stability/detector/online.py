@@ -33,6 +33,7 @@ from stability.detector.evidence import (  # noqa: F401 -- the metric keys are r
     EvidenceConfig,
 )
 from stability.detector.risk import RiskModel
+from stability.metrics import NO_LAYER, SPIKE_RISK
 
 # Alert signal named after the feature that contributed most to the risk (names kept from version 1).
 SIGNAL_OF = {"grad_z": "grad_norm_z", "attn_z": "attn_max_z", "loss_z": "loss_z", "grad_rise": "grad_norm_rise",
@@ -137,6 +138,10 @@ class OnlineDetector:
         self.surge = False
         """The gradient elevation alone reached `surge_z` at the last update."""
         self.last_step: int | None = None
+
+    def readings(self) -> dict:
+        """What the pipeline stores with the step: the spike risk (the dashboard and /metrics show it)."""
+        return {(SPIKE_RISK, NO_LAYER): float(self.risk)}
 
     def update(self, step: int, metrics: dict[str, float]) -> list[Alert]:
         f = self.evidence.update(metrics)

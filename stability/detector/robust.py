@@ -38,6 +38,12 @@ class RollingWindow:
         self._fifo.append(x)
         insort(self._sorted, x)
 
+    def pop(self) -> float:
+        """Remove and return the newest value (a rewind: the values of abandoned steps leave the window)."""
+        x = self._fifo.pop()
+        del self._sorted[bisect_left(self._sorted, x)]
+        return x
+
     def quantile(self, q: float) -> float:
         s = self._sorted
         if not s:

@@ -119,6 +119,10 @@ class DataParallel:
         rec[(M.LOSS, M.NO_LAYER)] = loss_term * self._normalizer / max(1, local.n_targets)
         return rec
 
+    def log_rank(self, sink, step: int, loss_term: float, nonfinite: float, t_step: float) -> None:
+        """Write this rank's own record into the run (rank = this rank)."""
+        sink.log(step, self.rank_record(loss_term, nonfinite, t_step), rank=self.rank)
+
     @staticmethod
     def shared(record: dict) -> dict:
         """The part of a record that is identical on every rank: what the detector and policies decide on."""

@@ -8,10 +8,12 @@
   SkipStep             drop updates with non-finite or anomalous gradients
   LRBackoff            scale the learning rate down on alerts, back up after a calm period
 
-Each is an object with any of `attach(trainer)`, `before_update(trainer, step) -> bool`,
-`after_step(trainer, step, record, alerts)` and `close()` (see `stability.reference.train.Trainer`).
+Each is a `Policy` (stability/policies/base.py): `attach(host)`, `before_update(host, step) -> bool`,
+`after_step(host, step, record, alerts)` and `close()`, doing nothing unless overridden; the host is the reference
+trainer or the `LoopState` over a user's loop.
 """
 
+from stability.policies.base import Policy, as_policy
 from stability.policies.checkpoint_ring import CheckpointRing, clone_state
 from stability.policies.cli import build_policies
 from stability.policies.config import PolicyConfig, PolicyFileError, load_policy_file
@@ -19,10 +21,10 @@ from stability.policies.embedding_grad_shrink import EGSConfig, EmbeddingGradShr
 from stability.policies.lr_backoff import LRBackoff, LRBackoffConfig
 from stability.policies.rollback import Rollback, RollbackConfig
 from stability.policies.skip_step import SkipStep, SkipStepConfig
-from stability.policies.triggers import TRIGGERS, LossJump, LossJumpConfig
+from stability.policies.triggers import TRIGGERS, LossJumpConfig, loss_jumps
 
 __all__ = [
-    "PolicyConfig", "PolicyFileError", "load_policy_file", "build_policies", "EGSConfig", "EmbeddingGradShrink",
-    "shrink_gradient", "RollbackConfig", "Rollback", "CheckpointRing", "clone_state", "SkipStepConfig", "SkipStep",
-    "LRBackoffConfig", "LRBackoff", "TRIGGERS", "LossJump", "LossJumpConfig",
+    "Policy", "as_policy", "PolicyConfig", "PolicyFileError", "load_policy_file", "build_policies", "EGSConfig",
+    "EmbeddingGradShrink", "shrink_gradient", "RollbackConfig", "Rollback", "CheckpointRing", "clone_state",
+    "SkipStepConfig", "SkipStep", "LRBackoffConfig", "LRBackoff", "TRIGGERS", "LossJumpConfig", "loss_jumps",
 ]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from stability import metrics as M
+from stability.policies.base import Policy
 from stability.policies.triggers import CRITICAL, SPIKE, WARNING, Trigger, alert_detail, audit, check_triggers
 
 MODES = ("off", "always", "adaptive")
@@ -81,7 +82,7 @@ def find_embedding(model: nn.Module, path: str = "") -> nn.Module:
     raise ValueError("egs: the model has no nn.Embedding; name the embedding module with egs.module")
 
 
-class EmbeddingGradShrink:
+class EmbeddingGradShrink(Policy):
     """Policy object (attach / after_step / close). Also usable on any module without a trainer:
     `EmbeddingGradShrink(cfg).attach_module(module)`."""
 

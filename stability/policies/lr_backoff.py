@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stability import metrics as M
+from stability.policies.base import Policy
 from stability.policies.triggers import SPIKE, WARNING, Trigger, alert_detail, audit, check_triggers
 
 
@@ -41,7 +42,7 @@ class LRBackoffConfig:
             raise ValueError("lr_backoff.calm_steps and lr_backoff.recover_steps must be >= 1, cooldown >= 0")
 
 
-class LRBackoff:
+class LRBackoff(Policy):
     name = "lr_backoff"
 
     def __init__(self, cfg: LRBackoffConfig | None = None, *, dry_run: bool = False):

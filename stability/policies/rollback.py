@@ -1,10 +1,10 @@
 """Rollback with data skip (PaLM): keep recent good states; on a spike, restore one and skip K batches.
 
-Every `interval` steps, if the run is settled (finite loss, no alert for `settle_steps` steps), the trainer's
-state (model, optimizer, GradScaler, loader position, torch RNG, lr_scale) and the detector's state go into a
-bounded `CheckpointRing`. When a trigger arrives (by default an actual loss spike; detector alerts if configured),
-the newest good state is restored and the loader skips the next `skip_batches` batches, so the run does not replay
-the data that led into the spike.
+Every `interval` steps, if the run is settled (finite loss, no alert for `settle_steps` steps), the host's
+state (`LoopState.state_dict`: model, optimizer, GradScaler, loader position, RNGs, lr_scale) and the detector's
+state go into a bounded `CheckpointRing`. When a trigger arrives (by default an actual loss spike; detector alerts
+if configured), the newest good state is restored and the loader skips the next `skip_batches` batches, so the run
+does not replay the data that led into the spike.
 
 Choices worth knowing:
 - The detector is restored with the state: it forgets the abandoned steps, and its alert gate is re-armed, so a
@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from stability import metrics as M
+from stability.policies.base import Policy
 from stability.policies.checkpoint_ring import CheckpointRing
 from stability.policies.triggers import (
     SPIKE, LossJumpConfig, Trigger, alert_detail, audit, check_triggers, notify,
@@ -79,7 +80,7 @@ class RollbackConfig:
             raise ValueError(f"rollback.escalate must be one of {', '.join(ESCALATIONS)}, got {self.escalate!r}")
 
 
-class Rollback:
+class Rollback(Policy):
     name = "rollback"
 
     def __init__(self, cfg: RollbackConfig | None = None, *, dry_run: bool = False):
@@ -100,7 +101,7 @@ class Rollback:
 
     # -- trainer hooks --------------------------------------------------------------------------------------
     def attach(self, trainer) -> None:
-        if self.ring.directory is not None and getattr(trainer, "dp", None) is not None:
+        if self.ring.directory is not None and trainer.dp.world > 1:
             # Data parallel: every rank keeps its own copy (same state, but files must not collide).
             self.ring.directory = self.ring.directory / f"rank{trainer.rank}"
         self.checkpoint(trainer, trainer.step - 1)  # the starting state is the first good one
@@ -108,7 +109,7 @@ class Rollback:
     def after_step(self, trainer, step: int, record, alerts) -> None:
         self._seen += 1
         alert = self._trigger.check(trainer, step, alerts)
-        loss = trainer.losses[-1] if getattr(trainer, "losses", None) else 0.0
+        loss = trainer.losses[-1] if trainer.losses else 0.0  # empty while a loop gives no loss
         if alerts or alert is not None or not math.isfinite(loss):
             self._unsettled_until = self._seen + self.cfg.settle_steps
         if alert is not None and not self._gave_up:
@@ -130,8 +131,7 @@ class Rollback:
             return
         t0 = time.perf_counter()
         try:
-            state = {"trainer": trainer.state_dict(),
-                     "detector": trainer.detector.state_dict() if trainer.detector is not None else None}
+            state = {"trainer": trainer.state_dict(), "detector": trainer.detector.state_dict()}
             entry = self.ring.save(trainer.step, state)
         except Exception as e:  # a checkpoint that cannot be written must never end the run
             self.failures += 1
@@ -181,8 +181,7 @@ class Rollback:
         lr_scale = trainer.lr_scale
         trainer.load_state_dict(state["trainer"])
         trainer.lr_scale = lr_scale  # a back-off decided by a policy is not undone by rewinding
-        if trainer.detector is not None and state.get("detector") is not None:
-            trainer.detector.load_state_dict(state["detector"])
+        trainer.detector.load_state_dict(state["detector"])
         skip = self.cfg.skip_batches * attempt
         trainer.loader.skip(skip)
         self.ring.drop_after(entry.step)

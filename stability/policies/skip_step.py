@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from stability import metrics as M
+from stability.policies.base import Policy
 from stability.policies.triggers import audit, number
 
 
@@ -55,8 +56,9 @@ def grad_norm(params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device, torch.float32) for n in norms]))
 
 
-class SkipStep:
+class SkipStep(Policy):
     name = "skip_step"
+    can_skip_update = True
     needs_grad_norm = True
     """In a user's loop the norm must be read before the loop clips: `stability.watch` keeps it for us."""
 
@@ -90,15 +92,15 @@ class SkipStep:
             self.consecutive += 1
         return reason
 
-    def before_update(self, trainer, step: int) -> bool:
-        # A loop under stability.watch hands the norm it read at the end of the backward (the update is decided
-        # after the loop's clipping, which would hide any outlier); the reference trainer decides before clipping.
-        norm_of = getattr(trainer, "grad_norm", None)
-        norm = (norm_of() if norm_of is not None else grad_norm(trainer.model.parameters())).item()  # one sync
-        reason = self.decide(norm, trainer.scaler.is_enabled())
+    def before_update(self, host, step: int) -> bool:
+        # The norm as the backward left it: a loop under stability.watch decides after its own clipping, which
+        # would hide any outlier, so the pipeline read it at the end of the backward; the reference trainer decides
+        # before clipping.
+        norm = host.grad_norm().item()  # one sync
+        reason = self.decide(norm, host.scaler.is_enabled())
         if reason is None:
             return False
         self.skipped += 1
         detail = {"policy": self.name, "reason": reason, "grad_norm": number(norm), "consecutive": self.consecutive}
-        audit(trainer, step, M.EV_SKIP_STEP, detail, severity="warning", dry_run=self.dry_run)
+        audit(host, step, M.EV_SKIP_STEP, detail, severity="warning", dry_run=self.dry_run)
         return not self.dry_run

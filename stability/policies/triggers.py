@@ -9,12 +9,11 @@ becomes an `EV_DRY_RUN` event naming what would have happened, and the run is no
 from __future__ import annotations
 
 import math
-import statistics
-from collections import deque
 from dataclasses import dataclass
 
 from stability import metrics as M
 from stability.detector.alert import CRITICAL, WARNING, Alert
+from stability.detector.spike_rule import SpikeCheck, SpikeRule, SpikeRuleConfig
 
 SPIKE = "spike"
 """Not an alert severity: an actual loss jump (or non-finite loss) that the policy sees itself."""
@@ -34,12 +33,15 @@ def check_triggers(on, where: str) -> tuple[str, ...]:
 
 @dataclass
 class LossJumpConfig:
+    """The `spike` trigger's thresholds: the one spike rule (stability/detector/spike_rule.py) with z = 0 and
+    rel_margin = ratio - 1, i.e. a loss above `ratio` times the trailing median of the calm losses."""
+
     window: int = 50
     """Steps of loss history whose median is the baseline."""
     min_history: int = 20
     """Steps of history needed before a jump can be called."""
     ratio: float = 1.5
-    """A loss at least `ratio` times the trailing median is a spike (non-finite losses always are)."""
+    """A loss above `ratio` times the trailing median is a spike (non-finite losses always are)."""
 
     def __post_init__(self):
         if self.window < 2 or not 1 <= self.min_history <= self.window:
@@ -47,30 +49,21 @@ class LossJumpConfig:
         if not self.ratio > 1:
             raise ValueError(f"loss_jump.ratio must be > 1, got {self.ratio}")
 
+    def rule(self) -> SpikeRuleConfig:
+        return SpikeRuleConfig(window=self.window, min_history=self.min_history, z=0.0, rel_margin=self.ratio - 1,
+                               abs_margin=0.0)
 
-class LossJump:
-    """Actual-spike check on the per-step loss the trainer already holds on the host (no extra sync).
 
-    The history is keyed by step: when the steps go backwards (a rollback), the losses of the abandoned steps
-    are dropped, so the baseline is again the one the restored state had.
-    """
+def loss_jumps(cfg: LossJumpConfig | None = None) -> SpikeRule:
+    """The spike rule as the `spike` trigger applies it (pass steps to `update`: a rollback rewinds them)."""
+    return SpikeRule((cfg or LossJumpConfig()).rule())
 
-    def __init__(self, cfg: LossJumpConfig | None = None):
-        self.cfg = cfg or LossJumpConfig()
-        self.history: deque[tuple[int, float]] = deque(maxlen=self.cfg.window)
 
-    def update(self, step: int, loss: float) -> str | None:
-        """Push one step's loss; a reason string if it is a spike (spikes do not enter the baseline)."""
-        while self.history and self.history[-1][0] >= step:
-            self.history.pop()
-        if not math.isfinite(loss):
-            return f"loss is {loss}"
-        if len(self.history) >= self.cfg.min_history:
-            base = statistics.median(v for _, v in self.history)
-            if base > 0 and loss >= self.cfg.ratio * base:
-                return f"loss {loss:.4g} is {loss / base:.2f}x its trailing median {base:.4g}"
-        self.history.append((step, loss))
-        return None
+class _Never:
+    """No `spike` in a policy's `on` list: the loss is not judged."""
+
+    def update(self, loss, step=None) -> SpikeCheck:
+        return SpikeCheck(False, math.nan, math.nan, loss)
 
 
 class Trigger:
@@ -78,16 +71,15 @@ class Trigger:
 
     def __init__(self, on: tuple[str, ...], loss_jump: LossJumpConfig | None = None):
         self.on = on
-        self.jump = LossJump(loss_jump) if SPIKE in on else None
+        self.jump = loss_jumps(loss_jump) if SPIKE in on else _Never()
 
-    def check(self, trainer, step: int, alerts):
+    def check(self, host, step: int, alerts):
         """The alert this policy should act on at `step` (an actual spike becomes a critical alert), or None."""
         alert = first_match(alerts, self.on)
-        losses = getattr(trainer, "losses", None)
-        if self.jump is not None and losses:
-            why = self.jump.update(step, losses[-1])
-            if why and alert is None:
-                alert = Alert(int(step), "loss_jump", math.inf, CRITICAL, why)
+        if host.losses:  # empty while a loop gives no loss
+            chk = self.jump.update(host.losses[-1], step)
+            if chk.is_spike and alert is None:
+                alert = Alert(int(step), "loss_jump", math.inf, CRITICAL, chk.reason)
         return alert
 
 
@@ -120,8 +112,6 @@ def audit(trainer, step: int, kind: str, detail: dict, *, severity: str = "info"
         trainer.sink.event(step, kind, severity=severity, detail=detail)
 
 
-def notify(trainer, step: int, severity: str, signal: str, message: str) -> None:
-    """Page through the run's notifier, if it has one (escalations and checkpoint failures are alerts)."""
-    notifier = getattr(trainer, "notifier", None)
-    if notifier is not None:
-        notifier.notify(M.EV_ALERT, step, severity=severity, signal=signal, message=message)
+def notify(host, step: int, severity: str, signal: str, message: str) -> None:
+    """Page through the run's notifier (escalations and checkpoint failures are alerts; alerting off: a no-op)."""
+    host.notifier.notify(M.EV_ALERT, step, severity=severity, signal=signal, message=message)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stability.reference.config import TrainConfig
 from stability.reference.train import RunResult, Trainer, run_metadata
-from stability.watch import open_sink
+from stability.watch import open_detector, open_monitor, open_sink, paging_notifier
 
 
 @dataclass
@@ -28,6 +28,7 @@ class SessionOptions:
     policies: list = field(default_factory=list)
     """Policy objects (see stability.policies) attached to the trainer."""
     notifier: object | None = None
+    """An alerting Notifier (stability.alerting); None pages nothing."""
     monitor_options: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     """Extra run metadata stored with the config (e.g. the policy settings, as {"policies": {...}})."""
@@ -41,27 +42,16 @@ def default_run_name(cfg: TrainConfig) -> str:
 def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
     """The reference trainer on the pipeline `stability.watch` gives any loop (the same `Guard`, the same
     store, detector, policies and alerting); one run for all ranks under torch.distributed."""
+    import probes
+
     meta = dict(run_metadata(cfg), **opts.meta)
-    notifier = opts.notifier
-    from stability.distributed.group import is_initialized
-
-    if is_initialized():
-        import torch.distributed as dist
-
-        notifier = notifier if dist.get_rank() == 0 else None  # alerts are sent once, from rank 0
+    # The parts come from the same builders `stability.watch` uses (stability/watch.py).
+    notifier = paging_notifier(lambda: opts.notifier)
     sink, name = open_sink(opts.store, opts.run or default_run_name(cfg), meta)
-    detector = None
-    if opts.detect:
-        from stability.detector import OnlineDetector
-
-        detector = OnlineDetector()
-    trainer = Trainer(cfg, sink=sink, detector=detector, policies=opts.policies, notifier=notifier,
-                      run_name=name, progress=opts.progress)
-    if opts.monitor:
-        import probes
-
-        trainer.monitor = probes.Monitor(trainer.model, probes.MonitorConfig(every=cfg.log_every,
-                                                                             **opts.monitor_options))
+    trainer = Trainer(cfg, sink=sink, detector=open_detector(opts.detect), policies=opts.policies,
+                      notifier=notifier, run_name=name, progress=opts.progress)
+    monitor_cfg = probes.MonitorConfig(every=cfg.log_every, **opts.monitor_options) if opts.monitor else None
+    trainer.monitor = open_monitor(trainer.model, monitor_cfg)
     return trainer
 
 

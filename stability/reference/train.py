@@ -3,7 +3,8 @@
 The loop owns no measurement or decision logic: it drives a `stability.watch.Guard` (the monitor measures, the
 store records, the detector predicts, policies act, the notifier pages), with explicit calls rather than hooks
 because it knows when its gradients are final: after `unscale_` and, under data parallelism, averaged. Each part
-has a do-nothing stand-in, so "off" is an object, not an `if`.
+has a do-nothing stand-in, so "off" is an object, not an `if`: also a single process, whose rank plumbing
+(stability/distributed/single_process.py) is `SingleProcess` where a group of ranks has `DataParallel`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from stability import metrics as M
+from stability.distributed.single_process import data_parallel
+from stability.loop_state import LoopState
 from stability.reference.config import TrainConfig
 from stability.reference.data import BlankInfillingLoader
 from stability.reference.model import GLM
@@ -95,16 +98,18 @@ class Progress:
             self.stream.flush()
 
 
-class Trainer:
+class Trainer(LoopState):
     """Holds the training state (model, optimizer, scaler, loader, RNG) and runs the loop.
 
-    Components (all optional):
+    The state, its `state_dict()` and what the policies see are the `LoopState` any loop under `stability.watch`
+    gets; the rank plumbing is `self.dp` (DataParallel, or SingleProcess: stability/distributed/single_process.py).
+    Pipeline parts (stability/watch.py `Guard`; each left out is its null object):
       monitor   probes.Monitor protocol (start_step / after_backward / after_optimizer_step / close)
       sink      store RunWriter (log / event / checkpoint / close)
-      detector  object with update(step, flat_metrics) -> list of alerts, and `risk`
-      policies  objects with any of attach(trainer), before_update(trainer, step) -> bool (True skips the
-                update), after_step(trainer, step, record, alerts), close()
-      notifier  alerting Notifier (observe / on_alert / close)
+      detector  update(step, flat_metrics) -> alerts, readings(), state_dict() / load_state_dict()
+      policies  `stability.policies.Policy` objects: attach, before_update (True skips the update), after_step,
+                close
+      notifier  alerting Notifier (observe / on_alert / notify / close)
     """
 
     def __init__(self, cfg: TrainConfig, *, monitor=None, sink=None, detector=None, policies=(), notifier=None,
@@ -113,103 +118,35 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.model = GLM(cfg.model)
-        self.dp = None
-        """Data parallel (stability.distributed.data_parallel) when a torch.distributed process group is initialized."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            from stability.distributed.data_parallel import DataParallel
-
-            self.dp = DataParallel(self.model)
-        self.rank = self.dp.rank if self.dp is not None else 0
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.lr, betas=cfg.betas,
-                                           eps=cfg.adam_eps)
-        emb = self.model.embedding.weight
-        self.clip_params = [p for p in self.model.parameters() if cfg.clip_embedding or p is not emb]
+        model = GLM(cfg.model)
+        dp = data_parallel(model)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+        emb = model.embedding.weight
+        self.clip_params = [p for p in model.parameters() if cfg.clip_embedding or p is not emb]
         """What global-norm clipping measures and scales (without the embedding if cfg.clip_embedding is off)."""
         # A disabled scaler is a no-op pass-through, so the loop has one shape for every precision.
-        self.scaler = torch.amp.GradScaler("cpu", init_scale=cfg.init_loss_scale, enabled=cfg.precision == "fp16")
+        scaler = torch.amp.GradScaler("cpu", init_scale=cfg.init_loss_scale, enabled=cfg.precision == "fp16")
+        super().__init__(model, optimizer, scaler, rank=dp.rank)
+        self.dp = dp
         self.loader = BlankInfillingLoader(cfg.batch_size, cfg.seq_len, seed=cfg.seed)
         self.run_name = run_name
         self.progress = progress and self.rank == 0
-        self.step = 0
-        self.lr_scale = 1.0
-        """Multiplier on the schedule; policies back the learning rate off through it."""
-        self.stop_reason: str | None = None
-        self.guard = Guard(self, monitor=monitor, sink=sink, detector=detector, policies=policies,
-                           notifier=notifier, run_name=run_name, every=cfg.log_every, losses=[],
-                           divergence_patience=divergence_patience)
-        """The pipeline (stability/watch.py); the attributes below are its parts, where policies look for them."""
+        self.pipeline = Guard(self, monitor=monitor, sink=sink, detector=detector, policies=policies,
+                              notifier=notifier, run_name=run_name, every=cfg.log_every, losses=[],
+                              divergence_patience=divergence_patience)
+        """The pipeline (stability/watch.py); the sink, detector, notifier and losses are its parts."""
 
-    # -- the pipeline's parts -----------------------------------------------------------------------------
+    @property
+    def guard(self) -> Guard:
+        return self.pipeline
+
     @property
     def monitor(self):
-        return self.guard.monitor
+        return self.pipeline.monitor
 
     @monitor.setter
     def monitor(self, monitor):
-        from probes import NullMonitor
-
-        self.guard.monitor = monitor if monitor is not None else NullMonitor()
-
-    @property
-    def sink(self):
-        return self.guard.sink
-
-    @sink.setter
-    def sink(self, sink):
-        self.guard.sink = sink if sink is not None else NullSink()
-
-    @property
-    def detector(self):
-        return self.guard.detector
-
-    @detector.setter
-    def detector(self, detector):
-        from stability.watch import NullDetector
-
-        self.guard.detector = detector if detector is not None else NullDetector()
-
-    @property
-    def notifier(self):
-        return self.guard.notifier
-
-    @notifier.setter
-    def notifier(self, notifier):
-        from stability.alerting.notifier import NullNotifier
-
-        self.guard.notifier = notifier if notifier is not None else NullNotifier()
-
-    @property
-    def policies(self):
-        return self.guard.policies
-
-    @property
-    def losses(self) -> list[float]:
-        return self.guard.losses
-
-    # -- state, for rollback ------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "loader": self.loader.state_dict(),
-            "rng": torch.get_rng_state(),
-            "lr_scale": self.lr_scale,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"])
-        self.lr_scale = state["lr_scale"]
-
-    def request_stop(self, reason: str) -> None:
-        self.stop_reason = reason
+        self.pipeline.monitor = monitor
 
     # -- the loop -----------------------------------------------------------------------------------------
     def train_step(self):
@@ -223,7 +160,7 @@ class Trainer:
         logged = step % cfg.log_every == 0
         with autocast_context(cfg.precision):
             # Data parallel: this rank's rows of the global batch, through DDP (gradients averaged over ranks).
-            loss = self.model.loss(batch) if self.dp is None else self.dp.loss(batch, logged)
+            loss = self.dp.loss(batch, logged)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -237,6 +174,14 @@ class Trainer:
         self.scaler.update()
         return loss, batch, lr, skip, logged
 
+    def advance(self) -> None:
+        """One step of the loop: train, then record, detect, store, alert and act (the one pipeline every loop
+        uses). The policies are attached before the first step."""
+        self.guard.attach_policies()
+        loss, batch, lr, skipped, logged = self.train_step()
+        self.guard.step(loss, tokens=self.dp.local_rows.n_tokens, lr=lr, skipped=skipped,
+                        record_tokens=batch.n_tokens)
+
     def fit(self) -> RunResult:
         cfg = self.cfg
         t_start = time.perf_counter()
@@ -245,11 +190,7 @@ class Trainer:
         status = M.ST_FINISHED
         try:
             while self.step < cfg.steps:
-                loss, batch, lr, skipped, logged = self.train_step()
-                tokens = batch.n_tokens if self.dp is None else self.dp.local_rows.n_tokens
-                # Record, detect, store, alert, act: the one pipeline every loop uses.
-                self.guard.step(loss, tokens=tokens, lr=lr, skipped=skipped, record_tokens=batch.n_tokens,
-                                dp=self.dp)
+                self.advance()
                 bar.update(min(self.step, cfg.steps) - 1, self.losses[-1])
                 if self.guard.should_stop:
                     status = self.guard.status or M.ST_STOPPED

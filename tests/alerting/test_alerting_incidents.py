@@ -1,16 +1,12 @@
-"""The incident state machine, fed hand-written sequences with an explicit clock; and the online spike check."""
+"""The incident state machine, fed hand-written sequences with an explicit clock."""
 
 import math
 
-import numpy as np
 import pytest
 
 from stability.alerting.incidents import (
     PAGE, RATE_LIMITED, REMINDER, RESOLVED, SUPPRESSED, IncidentPolicy, IncidentTracker,
 )
-from stability.alerting.loss_spike import LossSpikeWatch
-from stability.detector.labeller import label_spikes
-from stability.evaluation.synthetic import planted_run
 
 
 def tracker(**kw):
@@ -127,13 +123,3 @@ def test_policy_checks_its_fields():
         IncidentPolicy(cooldown_s=0)
     with pytest.raises(ValueError, match="max_pages"):
         IncidentPolicy(max_pages=0)
-
-
-def test_online_spike_watch_agrees_with_the_post_hoc_labeller():
-    run = planted_run(n=400, seed=2, surge_at=200, jump=1.5)
-    steps, losses = run.column("loss")
-    losses[350] = float("nan")
-    w = LossSpikeWatch()
-    online = np.array([w.update(float(x)).is_spike for x in losses])
-    labels = label_spikes(steps, losses)
-    assert online.any() and np.array_equal(online, labels.is_spike)

@@ -93,6 +93,6 @@ def run_jobs(store: str, out: str, jobs: list[dict]) -> dict:
         result = trainer.fit()
         Path(out, f"{job['run']}-rank{me}.json").write_text(json.dumps({
             "status": result.status, "losses": result.losses, "seen": seen.steps, "fired_at": rollback.fired_at,
-            "world": trainer.dp.world if trainer.dp is not None else 1,
+            "world": trainer.dp.world,
         }))
     return {"rank": me}

@@ -12,7 +12,7 @@ from stability.reference.config import ModelConfig
 from stability.reference.data import BlankInfillingLoader
 from stability.detector import Alert
 from stability.reference.model import GLM
-from stability.policies import EGSConfig, EmbeddingGradShrink, shrink_gradient
+from stability.policies import EGSConfig, EmbeddingGradShrink, Policy, shrink_gradient
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -109,66 +109,58 @@ def test_works_on_any_model_given_its_embedding_module():
     assert not model[0]._forward_hooks
 
 
-class _Sink:
-    def __init__(self):
-        self.events, self.logs = [], []
-
-    def event(self, step, kind, severity="info", detail=None, **kw):
-        self.events.append((step, kind, severity, detail))
-
-    def log(self, step, values, rank=-1):
-        self.logs.append((step, values))
-
-
-class _FakeTrainer:
-    """Just what EGS reads: the model, a sink, the loss list, the step counter."""
-
-    def __init__(self):
-        torch.manual_seed(0)
-        self.model = GLM(ModelConfig(d_model=32, n_layer=2, n_head=2))
-        self.sink = _Sink()
-        self.losses = [2.0]
-        self.step = 0
-
-
 def _warn(step):
     return Alert(step, "emb_grad_z", 1.5, "warning", "test")
 
 
-def test_adaptive_switches_on_at_an_alert_relaxes_with_a_ramp_and_logs_events_and_metric():
-    t = _FakeTrainer()
+class Alphas(Policy):
+    """Reads EGS's multiplier after each step (after the EGS policy listed before it has acted)."""
+
+    def __init__(self, egs):
+        self.egs, self.seen = egs, []
+
+    def after_step(self, host, step, record, alerts):
+        self.seen.append(self.egs.alpha)
+
+
+def test_adaptive_switches_on_at_an_alert_relaxes_with_a_ramp_and_logs_events_and_metric(
+        tiny_trainer, scripted_detector):
     egs = EmbeddingGradShrink(EGSConfig(mode="adaptive", alpha=0.1, calm_steps=5, ramp_steps=4))
-    egs.attach(t)
+    alphas = Alphas(egs)
+    t = tiny_trainer(steps=20, policies=[egs, alphas], detector=scripted_detector({3, 5}, severity="warning"))
+    t.guard.attach_policies()
     assert egs.alpha == 1.0 and not t.model.embedding._forward_hooks
-    alphas = []
-    for step in range(20):
-        egs.after_step(t, step, {("loss", ""): 2.0}, [_warn(step)] if step in (3, 5) else [])
-        alphas.append(egs.alpha)
+    for _ in range(20):
+        t.advance()
+    alphas = alphas.seen
     # On from step 3; the alert at 5 restarts the calm count; 5 calm steps (6..10) then a 4-step ramp.
     assert alphas[:3] == [1.0] * 3 and alphas[3:10] == [0.1] * 7
     assert alphas[10] == pytest.approx(0.1 ** 0.75) and alphas[12] == pytest.approx(0.1 ** 0.25)
     assert alphas[13:] == [1.0] * 7 and not t.model.embedding._forward_hooks
-    kinds = [(s, k) for s, k, _, _ in t.sink.events]
-    assert kinds == [(3, M.EV_EGS_ON), (10, M.EV_EGS_OFF)]
-    assert t.sink.events[0][3]["alert"]["signal"] == "emb_grad_z"
+    events = [e for e in t.sink.events if e[1] != M.EV_ALERT]
+    assert [(s, k) for s, k, _, _ in events] == [(3, M.EV_EGS_ON), (10, M.EV_EGS_OFF)]
+    assert events[0][3]["alert"]["signal"] == "emb_grad_z"
     # The flag says whether the hook was on during that step's backward: switched on after step 3, off after 12.
-    flags = [v[(M.EGS_ACTIVE, "")] for _, v in t.sink.logs]
+    flags = [v[(M.EGS_ACTIVE, "")] for _, v, _ in t.sink.logs if (M.EGS_ACTIVE, "") in v]
     assert flags[:4] == [0.0] * 4 and flags[4:14] == [1.0] * 10 and flags[14:] == [0.0] * 6
-    egs.close()
+    t.guard.close()
 
 
-def test_critical_only_trigger_ignores_warnings_and_dry_run_touches_nothing():
-    t = _FakeTrainer()
+def test_critical_only_trigger_ignores_warnings_and_dry_run_touches_nothing(tiny_trainer, scripted_detector):
     egs = EmbeddingGradShrink(EGSConfig(mode="adaptive", on=("critical",)), dry_run=False)
-    egs.attach(t)
-    egs.after_step(t, 0, None, [_warn(0)])
-    assert egs.alpha == 1.0 and not t.sink.events
+    t = tiny_trainer(steps=1, policies=[egs], detector=scripted_detector({0}, severity="warning"))
+    t.fit()
+    assert egs.alpha == 1.0 and t.sink.kinds() == [M.EV_ALERT]
     dry = EmbeddingGradShrink(EGSConfig(mode="adaptive", calm_steps=2, ramp_steps=0), dry_run=True)
-    dry.attach(t)
-    for step in range(5):
-        dry.after_step(t, step, None, [_warn(step)] if step == 1 else [])
-    assert dry.alpha == 1.0 and not t.model.embedding._forward_hooks
-    assert [(e[1], e[3]["would"]) for e in t.sink.events] == [(M.EV_DRY_RUN, M.EV_EGS_ON), (M.EV_DRY_RUN, M.EV_EGS_OFF)]
+    alphas, hooks = Alphas(dry), []
+    t = tiny_trainer(steps=5, policies=[dry, alphas], detector=scripted_detector({1}, severity="warning"))
+    for _ in range(5):
+        t.advance()
+        hooks.append(len(t.model.embedding._forward_hooks))
+    assert alphas.seen == [1.0] * 5 and hooks == [0] * 5
+    events = [e for e in t.sink.events if e[1] != M.EV_ALERT]
+    assert [(e[1], e[3]["would"]) for e in events] == [(M.EV_DRY_RUN, M.EV_EGS_ON), (M.EV_DRY_RUN, M.EV_EGS_OFF)]
+    t.guard.close()
 
 
 def test_relaxing_egs_does_not_make_the_real_detector_fire():
@@ -179,8 +171,13 @@ def test_relaxing_egs_does_not_make_the_real_detector_fire():
 
     from stability.detector import OnlineDetector
 
+    import stability
+
     def alerts_during_relax(ramp_steps):
-        t = _FakeTrainer()
+        # The policy on a real host (stability.watch over the tiny model); the detector is fed the norms by hand.
+        model, _ = _model_and_batch()
+        guard = stability.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), probes=False, detect=False)
+        t = guard.host
         egs = EmbeddingGradShrink(EGSConfig(mode="adaptive", alpha=0.1, calm_steps=150, ramp_steps=ramp_steps))
         egs.attach(t)
         det, rng, fired = OnlineDetector(), random.Random(0), []
@@ -196,6 +193,7 @@ def test_relaxing_egs_does_not_make_the_real_detector_fire():
             # One warning at step 39 switches EGS on; after that only the detector's own alerts would.
             egs.after_step(t, step, None, [_warn(step)] if step == 39 else [])
         assert egs.alpha == 1.0
+        guard.close()
         return fired
 
     assert alerts_during_relax(EGSConfig.ramp_steps) == []

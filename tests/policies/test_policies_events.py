@@ -7,33 +7,13 @@ import pytest
 from stability import metrics as M
 from stability.cli import main
 from stability.reference.config import ModelConfig, TrainConfig
-from stability.detector import Alert
 from stability.policies import EGSConfig, EmbeddingGradShrink, Rollback, RollbackConfig, SkipStep, SkipStepConfig
 from stability.reference.session import SessionOptions, build_trainer
 from stability.store import RunStore
 
 
-class CriticalAt:
-    risk = 0.0
-
-    def __init__(self, step):
-        self.at, self.fired = step, False
-
-    def update(self, step, metrics):
-        if step == self.at and not self.fired:
-            self.fired = True
-            return [Alert(step, "emb_grad_rate", 4.0, "critical", "embedding gradient norm growing fast")]
-        return []
-
-    def state_dict(self):
-        return {"fired": self.fired}
-
-    def load_state_dict(self, state):
-        pass  # keeps `fired`: the stand-in alerts once per test
-
-
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory):
+def store_dir(tmp_path_factory, scripted_detector):
     d = tmp_path_factory.mktemp("store")
     cfg = TrainConfig(model=ModelConfig(d_model=32, n_layer=2, n_head=2), batch_size=4, seq_len=32, steps=8,
                       warmup=2, threads=1)
@@ -43,7 +23,8 @@ def store_dir(tmp_path_factory):
                                         on=("critical",)))]
     t = build_trainer(cfg, SessionOptions(store=d, run="r1", monitor=False, detect=False, progress=False,
                                           policies=policies))
-    t.detector = CriticalAt(5)
+    t.detector = scripted_detector({5}, once=True, signal="emb_grad_rate",
+                                   message="embedding gradient norm growing fast")
     t.fit()
     return d
 

@@ -4,41 +4,15 @@ and escalation; checkpoint ring bounds; a checkpoint that cannot be written is a
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from stability import metrics as M
-from stability.reference.config import ModelConfig, TrainConfig
+from stability.alerting import NullNotifier
 from stability.detector import Alert, OnlineDetector
-from stability.policies import CheckpointRing, Rollback, RollbackConfig
+from stability.policies import CheckpointRing, Policy, Rollback, RollbackConfig
 from stability.policies.checkpoint_ring import clone_state
-from stability.reference.train import Trainer
-
-
-class Sink:
-    def __init__(self):
-        self.events, self.checkpoints = [], []
-
-    def log(self, step, values, rank=-1):
-        pass
-
-    def event(self, step, kind, severity="info", detail=None, **kw):
-        self.events.append((step, kind, severity, detail or {}))
-
-    def checkpoint(self, step, location):
-        self.checkpoints.append((step, location))
-
-    def close(self, status="finished"):
-        self.status = status
-
-    def kinds(self, *only):
-        return [e[1] for e in self.events if not only or e[1] in only]
-
-
-def _trainer(steps=12, precision="fp32", policies=(), detector=None, **kw):
-    cfg = TrainConfig(model=ModelConfig(d_model=32, n_layer=2, n_head=2), batch_size=4, seq_len=32, steps=steps,
-                      precision=precision, warmup=2, threads=1, **kw)  # 1 thread: fast on a busy machine
-    return Trainer(cfg, sink=Sink(), policies=policies, detector=detector, progress=False)
 
 
 def _assert_bitwise_equal(a, b, path="state"):
@@ -53,58 +27,30 @@ def _assert_bitwise_equal(a, b, path="state"):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
             _assert_bitwise_equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), path
     elif isinstance(a, float) and math.isnan(a):
         assert isinstance(b, float) and math.isnan(b), path
     else:
         assert a == b, path
 
 
-class AlertAt:
-    """A stand-in detector: a critical alert at given steps (with `once`, only the first time a step is seen),
-    with a state that counts updates."""
-
-    risk = 0.0
-
-    def __init__(self, steps, once=False):
-        self.steps, self.n, self.once, self.fired = set(steps), 0, once, set()
-
-    def update(self, step, metrics):
-        self.n += 1
-        if step not in self.steps or (self.once and step in self.fired):
-            return []
-        self.fired.add(step)
-        return [Alert(step, "emb_grad_z", 5.0, "critical", "test")]
-
-    def state_dict(self):
-        return {"n": self.n}
-
-    def load_state_dict(self, state):
-        self.n = state["n"]
-
-
-def _run_steps(t, n, attach=False):
-    """The trainer's loop body without the monitor: step, then the policies' after_step hooks."""
-    for p in t.policies if attach else ():
-        p.attach(t)
+def _run_steps(t, n):
+    """n steps of the real trainer's loop (the pipeline included)."""
     for _ in range(n):
-        step = t.step
-        loss, *_ = t.train_step()
-        t.losses.append(loss.item())
-        t.step += 1
-        alerts = t.detector.update(step, {}) if t.detector is not None else []
-        for p in t.policies:
-            p.after_step(t, step, {}, alerts)
+        t.advance()
 
 
 @pytest.mark.parametrize("precision,storage", [("fp32", "memory"), ("fp16", "disk")])
 def test_rollback_restores_everything_bit_for_bit_and_loader_continues_exactly_k_batches_further(
-        precision, storage, tmp_path):
+        precision, storage, tmp_path, tiny_trainer, scripted_detector):
     K = 7
     cfg = RollbackConfig(enabled=True, interval=4, keep=3, skip_batches=K, settle_steps=0, on=("critical",),
                          storage=storage, directory=str(tmp_path / "ckpt") if storage == "disk" else "")
     rb = Rollback(cfg)
-    t = _trainer(precision=precision, policies=[rb], detector=AlertAt({9}), init_loss_scale=2.0**20)
-    _run_steps(t, 8, attach=True)              # checkpoints at trainer.step 0, 4, 8
+    t = tiny_trainer(steps=12, precision=precision, policies=[rb], detector=scripted_detector({9}),
+                     init_loss_scale=2.0**20)
+    _run_steps(t, 8)              # checkpoints at trainer.step 0, 4, 8
     assert [e.step for e in rb.ring.entries] == [0, 4, 8]
     saved = clone_state(t.state_dict())        # the state at step 8, independently copied
     saved_detector = dict(t.detector.state_dict())
@@ -118,9 +64,9 @@ def test_rollback_restores_everything_bit_for_bit_and_loader_continues_exactly_k
     nxt = t.loader.next()
     ref = t.loader.batch_at(saved["loader"]["position"] + K)
     assert torch.equal(nxt.tokens, ref.tokens) and torch.equal(nxt.targets, ref.targets)
-    torch.set_rng_state(saved["rng"])
+    torch.set_rng_state(saved["rng"]["torch"])
     a = torch.rand(5)
-    torch.set_rng_state(now["rng"])
+    torch.set_rng_state(now["rng"]["torch"])
     assert torch.equal(torch.rand(5), a)
     ev = [e for e in t.sink.events if e[1] == M.EV_ROLLBACK][0]
     assert ev[0] == 9 and ev[3]["to_step"] == 8 and ev[3]["skip_batches"] == K
@@ -131,12 +77,13 @@ def test_rollback_restores_everything_bit_for_bit_and_loader_continues_exactly_k
     rb.close()
 
 
-def test_restored_run_equals_a_run_that_never_saw_the_spike_but_skipped_the_same_batches():
+def test_restored_run_equals_a_run_that_never_saw_the_spike_but_skipped_the_same_batches(
+        tiny_trainer, scripted_detector):
     """Training on after the rollback is the same computation as a fresh run resumed from the checkpoint."""
     rb = Rollback(RollbackConfig(enabled=True, interval=3, keep=2, skip_batches=5, settle_steps=0, on=("critical",)))
-    t = _trainer(policies=[rb], detector=AlertAt({7}, once=True))
-    _run_steps(t, 6, attach=True)
-    ref = _trainer()
+    t = tiny_trainer(steps=12, policies=[rb], detector=scripted_detector({7}, once=True))
+    _run_steps(t, 6)
+    ref = tiny_trainer(steps=12)
     ref.load_state_dict(clone_state(t.state_dict()))
     ref.loader.skip(5)
     _run_steps(t, 2 + 4)             # steps 6, 7 (rollback to 6), then 6..9 again
@@ -146,10 +93,10 @@ def test_restored_run_equals_a_run_that_never_saw_the_spike_but_skipped_the_same
         assert torch.equal(p, q), n
 
 
-def test_the_same_spike_coming_back_escalates_after_max_retries_and_stops():
+def test_the_same_spike_coming_back_escalates_after_max_retries_and_stops(tiny_trainer, scripted_detector):
     rb = Rollback(RollbackConfig(enabled=True, interval=2, keep=4, skip_batches=1, settle_steps=0,
                                  max_retries=2, on=("critical",)))
-    t = _trainer(steps=40, policies=[rb], detector=AlertAt(set(range(5, 40))))
+    t = tiny_trainer(steps=40, policies=[rb], detector=scripted_detector(range(5, 40)))
     t.fit()
     kinds = t.sink.kinds(M.EV_ROLLBACK, M.EV_ESCALATE)
     assert kinds == [M.EV_ROLLBACK, M.EV_ROLLBACK, M.EV_ESCALATE]
@@ -158,33 +105,43 @@ def test_the_same_spike_coming_back_escalates_after_max_retries_and_stops():
     assert t.stop_reason and "rollback" in t.stop_reason and t.sink.status == M.ST_STOPPED
 
 
-def test_escalate_continue_stops_rolling_back_but_keeps_training():
+def test_escalate_continue_stops_rolling_back_but_keeps_training(tiny_trainer, scripted_detector):
     rb = Rollback(RollbackConfig(enabled=True, interval=2, keep=4, skip_batches=1, settle_steps=3,
                                  max_retries=1, escalate="continue", on=("critical",)))
-    t = _trainer(steps=20, policies=[rb], detector=AlertAt({5, 6, 7}))
+    t = tiny_trainer(steps=20, policies=[rb], detector=scripted_detector({5, 6, 7}))
     r = t.fit()
     assert r.status == M.ST_FINISHED and t.step == 20
     assert t.sink.kinds(M.EV_ROLLBACK, M.EV_ESCALATE) == [M.EV_ROLLBACK, M.EV_ESCALATE]
 
 
-def test_actual_loss_spike_triggers_rollback_without_any_detector():
+class BlowUpAfter(Policy):
+    """Writes a NaN into the output head after step `step`: the next step's loss is NaN (the model blew up)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def after_step(self, host, step, record, alerts):
+        if step == self.step:
+            with torch.no_grad():
+                host.model.head.weight[0, 0] = float("nan")
+
+
+def test_actual_loss_spike_triggers_rollback_without_any_detector(tiny_trainer):
     rb = Rollback(RollbackConfig(enabled=True, interval=2, skip_batches=3, settle_steps=0, on=("spike",)))
-    t = _trainer(steps=6, policies=[rb])
-    _run_steps(t, 4, attach=True)
-    t.losses.append(float("nan"))              # as if step 4 had blown up
-    t.step += 1
-    rb.after_step(t, 4, None, [])
+    t = tiny_trainer(steps=6, policies=[rb, BlowUpAfter(3)])  # the rollback checkpoints before the blow-up
+    _run_steps(t, 5)
+    assert math.isnan(t.losses[4])              # step 4 blew up
     assert t.step == 4 and t.sink.kinds(M.EV_ROLLBACK) == [M.EV_ROLLBACK]
-    assert "nan" in t.sink.events[-1][3]["reason"]
+    assert "nan" in t.sink.events[-1][3]["reason"] and t.sink.events[-1][0] == 4
+    assert torch.isfinite(t.model.head.weight).all()  # the state before the blow-up is back
 
 
-def test_checkpoint_that_cannot_be_written_is_an_event_and_training_goes_on(tmp_path):
+def test_checkpoint_that_cannot_be_written_is_an_event_and_training_goes_on(tmp_path, tiny_trainer):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the checkpoint folder should be")
     rb = Rollback(RollbackConfig(enabled=True, interval=2, storage="disk", directory=str(blocker / "ckpt")))
-    t = _trainer(steps=6, policies=[rb])
 
-    class Pager:
+    class Pager(NullNotifier):
         """Records what the run's notifier is asked to send."""
 
         def __init__(self):
@@ -193,13 +150,7 @@ def test_checkpoint_that_cannot_be_written_is_an_event_and_training_goes_on(tmp_
         def notify(self, kind, step=None, severity=None, signal="", score=None, message=""):
             self.sent.append((kind, severity, signal))
 
-        def observe(self, step, metrics):
-            pass
-
-        def close(self):
-            pass
-
-    t.notifier = Pager()
+    t = tiny_trainer(steps=6, policies=[rb], notifier=Pager())
     r = t.fit()
     assert r.status == M.ST_FINISHED and t.step == 6
     assert t.notifier.sent[0] == (M.EV_ALERT, "warning", "checkpoint_failed") and len(t.notifier.sent) == 4
@@ -208,11 +159,11 @@ def test_checkpoint_that_cannot_be_written_is_an_event_and_training_goes_on(tmp_
     assert rb.failures == 4 and not t.sink.checkpoints
 
 
-def test_dry_run_records_the_rollback_it_would_do_and_changes_nothing():
+def test_dry_run_records_the_rollback_it_would_do_and_changes_nothing(tiny_trainer, scripted_detector):
     rb = Rollback(RollbackConfig(enabled=True, interval=2, skip_batches=3, settle_steps=0, on=("critical",)),
                   dry_run=True)
-    t = _trainer(steps=6, policies=[rb], detector=AlertAt({4}))
-    ref = _trainer(steps=6)
+    t = tiny_trainer(steps=6, policies=[rb], detector=scripted_detector({4}))
+    ref = tiny_trainer(steps=6)
     t.fit(), ref.fit()
     assert t.losses == ref.losses
     dry = [e for e in t.sink.events if e[1] == M.EV_DRY_RUN]
@@ -241,12 +192,11 @@ def test_ring_is_bounded_clones_tensors_and_drops_the_abandoned_timeline(tmp_pat
     assert not list(tmp_path.iterdir())
 
 
-def test_real_detector_state_survives_the_rollback():
+def test_real_detector_state_survives_the_rollback(tiny_trainer):
     rb = Rollback(RollbackConfig(enabled=True, interval=3, settle_steps=0, skip_batches=2, on=("warning",)))
     det = OnlineDetector()
-    t = _trainer(steps=6, policies=[rb], detector=det)
-    for p in t.policies:
-        p.attach(t)
+    t = tiny_trainer(steps=6, policies=[rb], detector=det)
+    t.guard.attach_policies()
     for step in range(6):
         det.update(step, {"loss": 3.0 - 0.01 * step, "grad_norm/embedding": 1.0, "grad_norm/total": 2.0})
         t.step = step + 1
