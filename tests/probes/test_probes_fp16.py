@@ -111,24 +111,18 @@ def test_activations_that_would_overflow_fp16_are_seen_in_fp32():
 
 
 @pytest.mark.slow
-def test_reference_trainer_fp16_records_skips_and_scale_drops():
+def test_reference_trainer_fp16_records_skips_and_scale_drops(recording_sink):
     from stability.reference.config import ModelConfig, TrainConfig
-    from stability.reference.train import NullSink, Trainer
-
-    class Capture(NullSink):
-        def __init__(self):
-            self.records = {}
-
-        def log(self, step, values, rank=M.GLOBAL_RANK):
-            self.records[step] = dict(values)
+    from stability.reference.train import Trainer
 
     cfg = TrainConfig(model=ModelConfig(d_model=32, n_layer=2, n_head=2), steps=4, batch_size=2, seq_len=16,
                       precision="fp16", init_loss_scale=2.0**40, warmup=0)
-    sink = Capture()
+    sink = recording_sink()
     trainer = Trainer(cfg, sink=sink, progress=False)
     trainer.monitor = probes.Monitor(trainer.model)
     trainer.fit()
-    steps = [sink.records[s] for s in range(4)]
+    records = {step: values for step, values, _ in sink.logs}  # the last row written for each step
+    steps = [records[s] for s in range(4)]
     assert all(r[(M.SKIPPED_STEP, "")] == 1.0 for r in steps[:2])
     scales = [r[(M.LOSS_SCALE, "")] for r in steps]
     assert scales[0] == 2.0**39 and scales[1] == 2.0**38
