@@ -72,30 +72,41 @@ class SkippableBatches:
         pass
 
 
+class NoData:
+    """No data object given: nothing to skip or rewind (after a rollback the loop goes on with the next batches)."""
+
+    def get_state(self):
+        return None
+
+    def set_state(self, state) -> None:
+        pass
+
+    def skip(self, n: int) -> None:
+        pass
+
+
 class DataPosition:
-    """The `loader` of the policy surface, over the user's `data` object (or nothing)."""
+    """The `loader` of the policy surface, over the user's `data` object (or `NoData`)."""
 
     def __init__(self, data=None):
-        if data is not None:
-            missing = [m for m in ("get_state", "set_state", "skip") if not callable(getattr(data, m, None))]
-            if missing:
-                raise ValueError(f"data: {type(data).__name__} has no {', '.join(missing)} (a data position needs "
-                                 f"get_state(), set_state(state) and skip(n); see stability.SkippableBatches)")
+        data = NoData() if data is None else data
+        missing = [m for m in ("get_state", "set_state", "skip") if not callable(getattr(data, m, None))]
+        if missing:
+            raise ValueError(f"data: {type(data).__name__} has no {', '.join(missing)} (a data position needs "
+                             f"get_state(), set_state(state) and skip(n); see stability.SkippableBatches)")
         self.data = data
         self.skipped = 0
         """Batches the policies asked to skip (also without a data object, where nothing can be skipped)."""
 
     def skip(self, n: int) -> None:
         self.skipped += int(n)
-        if self.data is not None:
-            self.data.skip(int(n))
+        self.data.skip(int(n))
 
     def state_dict(self) -> dict:
-        return {"position": None if self.data is None else self.data.get_state()}
+        return {"position": self.data.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.data is not None:
-            self.data.set_state(state["position"])
+        self.data.set_state(state["position"])
 
 
 def rng_state() -> dict:
