@@ -134,7 +134,7 @@ def set_rng_state(state: dict) -> None:
 
 
 class LoopState:
-    """The policies' view of a loop (see the module docstring). `pipeline` is the `Guard` that owns it."""
+    """The policies' view of a loop (see the module docstring). `guard` is the `Guard` (the pipeline) that owns it."""
 
     def __init__(self, model, optimizer, scaler=None, data=None, extra: dict | None = None, rank: int = 0):
         self.model, self.optimizer = model, optimizer
@@ -152,47 +152,47 @@ class LoopState:
         self.lr_scale = 1.0
         """Multiplier on every param group's learning rate during the optimizer step (LR back-off)."""
         self.stop_reason: str | None = None
-        self.pipeline = None
+        self.guard = None
 
     # The pipeline's parts, where the policies look for them.
     @property
     def sink(self):
-        return self.pipeline.sink
+        return self.guard.sink
 
     @sink.setter
     def sink(self, sink):
-        self.pipeline.sink = sink
+        self.guard.sink = sink
 
     @property
     def detector(self):
-        return self.pipeline.detector
+        return self.guard.detector
 
     @detector.setter
     def detector(self, detector):
-        self.pipeline.detector = detector
+        self.guard.detector = detector
 
     @property
     def notifier(self):
-        return self.pipeline.notifier
+        return self.guard.notifier
 
     @notifier.setter
     def notifier(self, notifier):
-        self.pipeline.notifier = notifier
+        self.guard.notifier = notifier
 
     @property
     def policies(self):
-        return self.pipeline.policies
+        return self.guard.policies
 
     @property
     def losses(self):
-        return self.pipeline.losses
+        return self.guard.losses
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason
 
     def grad_norm(self) -> torch.Tensor:
         """Total gradient norm as the backward left it (before the loop's clipping), a 0-dim tensor."""
-        return self.pipeline.grad_norm_before_clip()
+        return self.guard.grad_norm_before_clip()
 
     def state_dict(self) -> dict:
         return {

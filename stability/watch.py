@@ -520,7 +520,7 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
         guard = Guard(host, monitor=open_monitor(model, monitor_cfg), sink=sink, detector=open_detector(detect),
                       policies=policy_objects, notifier=notifier, run_name=name, every=every,
                       accumulation=accumulation, losses=deque(maxlen=1024))
-        host.pipeline = guard
+        host.guard = guard
         guard.attach_loop(model, optimizer, capture_loss=capture_loss)
         guard.attach_policies()
     except BaseException:

@@ -131,25 +131,21 @@ class Trainer(LoopState):
         self.loader = BlankInfillingLoader(cfg.batch_size, cfg.seq_len, seed=cfg.seed)
         self.run_name = run_name
         self.progress = progress and self.rank == 0
-        self.pipeline = Guard(self, monitor=monitor, sink=sink, detector=detector, policies=policies,
-                              notifier=notifier, run_name=run_name, every=cfg.log_every, losses=[],
-                              divergence_patience=divergence_patience)
+        self.guard = Guard(self, monitor=monitor, sink=sink, detector=detector, policies=policies,
+                           notifier=notifier, run_name=run_name, every=cfg.log_every, losses=[],
+                           divergence_patience=divergence_patience)
         """The pipeline (stability/watch.py); the sink, detector, notifier and losses are its parts."""
 
     @property
-    def guard(self) -> Guard:
-        return self.pipeline
-
-    @property
     def monitor(self):
-        return self.pipeline.monitor
+        return self.guard.monitor
 
     @monitor.setter
     def monitor(self, monitor):
         from probes import NullMonitor
 
         # The benchmarks switch the probes off and on between arms of one trainer; None is "off".
-        self.pipeline.monitor = monitor if monitor is not None else NullMonitor()
+        self.guard.monitor = monitor if monitor is not None else NullMonitor()
 
     # -- the loop -----------------------------------------------------------------------------------------
     def train_step(self):
