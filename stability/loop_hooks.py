@@ -29,7 +29,7 @@ def _queue_at_backward_end(fn) -> None:
 class LoopHooks:
     from_hooks = True
     """The Guard's calls come from these hooks (several backwards may end one step); its stand-in for a loop that
-    calls the Guard itself is `stability.watch.ExplicitCalls`."""
+    calls the Guard itself is `stability.guard.ExplicitCalls`."""
 
     def __init__(self, guard, model: torch.nn.Module, optimizer, *, wrap_step: bool, capture_loss: bool):
         self.guard = guard

@@ -52,7 +52,7 @@ def recording_sink():
 
 
 class ScriptedDetector:
-    """A detector (the `stability.watch.NullDetector` protocol) that raises one alert at each of the given steps
+    """A detector (the `stability.guard.NullDetector` protocol) that raises one alert at each of the given steps
     (with `once`, only the first time a step is seen: a rollback replays it). Its state counts its updates, so a
     test can see it restored; which steps already fired is not state (a stand-in that alerts once per test)."""
 

@@ -23,7 +23,8 @@ from stability.loop_state import LoopState
 from stability.reference.config import TrainConfig
 from stability.reference.data import BlankInfillingLoader
 from stability.reference.model import GLM
-from stability.watch import Guard, NullSink, host_metadata
+from stability.guard import Guard, NullSink
+from stability.watch import host_metadata
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -103,7 +104,7 @@ class Trainer(LoopState):
 
     The state, its `state_dict()` and what the policies see are the `LoopState` any loop under `stability.watch`
     gets; the rank plumbing is `self.dp` (DataParallel, or SingleProcess: stability/distributed/single_process.py).
-    Pipeline parts (stability/watch.py `Guard`; each left out is its null object):
+    Pipeline parts (stability/guard.py `Guard`; each left out is its null object):
       monitor   probes.Monitor protocol (start_step / after_backward / after_optimizer_step / close)
       sink      store RunWriter (log / event / checkpoint / close)
       detector  update(step, flat_metrics) -> alerts, readings(), state_dict() / load_state_dict()
@@ -134,7 +135,7 @@ class Trainer(LoopState):
         self.guard = Guard(self, monitor=monitor, sink=sink, detector=detector, policies=policies,
                            notifier=notifier, run_name=run_name, every=cfg.log_every, losses=[],
                            divergence_patience=divergence_patience)
-        """The pipeline (stability/watch.py); the sink, detector, notifier and losses are its parts."""
+        """The pipeline (stability/guard.py); the sink, detector, notifier and losses are its parts."""
 
     @property
     def monitor(self):
