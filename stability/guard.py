@@ -146,15 +146,15 @@ class Guard:
         self._t0 = time.perf_counter()
         self.monitor.start_step(self.host.step)
 
-    def backward_done(self, scaler=None) -> None:
-        """Gradients are final for this step's update (unscaled, or scaled by `scaler`'s scale)."""
+    def backward_done(self) -> None:
+        """Gradients are final for this step's update (unscaled, or still scaled by the host's GradScaler)."""
         self._backwards += 1
         if self.hooks.from_hooks and (self._grads_read or self._backwards < self.accumulation):
             return  # hooks see every backward; explicit callers call once, when the gradients are final
         if not self._started:
             self.start_step()  # a model called through a submodule never ran our forward pre-hook
         self._grads_read = True
-        scaler = scaler if scaler is not None else self.host.scaler  # a disabled one, or NoScaler, if none
+        scaler = self.host.scaler  # the loop's GradScaler, a disabled one, or NoScaler
         self.monitor.after_backward(self.host.step, scaler=scaler)
         if self._needs_norm and self.hooks.from_hooks:
             from stability.policies.skip_step import grad_norm

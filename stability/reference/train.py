@@ -164,7 +164,7 @@ class Trainer(LoopState):
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        self.guard.backward_done(self.scaler)
+        self.guard.backward_done()
         skip = self.guard.before_update()
         if not skip:
             if cfg.grad_clip:
