@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PARTS = {"monitor", "sink", "detector", "notifier", "policies", "dp", "hooks", "scaler"}
 LOOP = [("stability/reference/train.py", "Trainer"), ("stability/guard.py", "Guard")]
 
