@@ -27,10 +27,8 @@ def _step(trainer, store_sink) -> tuple[float, float]:
     step = trainer.step
     loss, batch, lr, _, _ = trainer.train_step()
     loss_term, nonfinite = trainer.dp.local_values(loss)
-    record = None
-    if trainer.monitor is not None:
-        record = trainer.monitor.after_optimizer_step(step, loss=loss, lr=lr, tokens=trainer.dp.local_rows.n_tokens,
-                                                      optimizer=trainer.optimizer, scaler=trainer.scaler)
+    record = trainer.monitor.after_optimizer_step(step, loss=loss, lr=lr, tokens=trainer.dp.local_rows.n_tokens,
+                                                  optimizer=trainer.optimizer, scaler=trainer.scaler)
     if store_sink is not None:
         store_sink.log(step, trainer.dp.rank_record(loss_term, nonfinite, time.perf_counter() - t0),
                        rank=trainer.rank)
@@ -68,9 +66,8 @@ def worker(cfg_dict: dict, reps: int, block: int, warmup: int, every: int, folde
                             times[arm].append(dt)
                             cpu[arm].append(dc)
                 finally:
-                    if trainer.monitor is not None:
-                        trainer.monitor.close()
-                    trainer.monitor = None
+                    trainer.monitor.close()
+                    trainer.monitor = probes.NullMonitor()
         sink.close()
         written = sink.stats["rows_written"]
     except BaseException:

@@ -160,14 +160,15 @@ class _Bare:
 
 def _timed_step(trainer, arm) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one training step with `arm` attached."""
+    from probes import NullMonitor
+
     t0, c0 = time.perf_counter(), time.process_time()
-    trainer.monitor = None if isinstance(arm, _Bare) else arm
+    trainer.monitor = NullMonitor() if isinstance(arm, _Bare) else arm
     step = trainer.step
     loss, batch, lr, _, _ = trainer.train_step()
     loss_value = loss.item()  # the trainer's own per-step sync, present in every arm
-    if trainer.monitor is not None:
-        trainer.monitor.after_optimizer_step(step, loss=loss, lr=lr, tokens=batch.n_tokens,
-                                             optimizer=trainer.optimizer, scaler=trainer.scaler)
+    trainer.monitor.after_optimizer_step(step, loss=loss, lr=lr, tokens=batch.n_tokens,
+                                         optimizer=trainer.optimizer, scaler=trainer.scaler)
     trainer.step += 1
     del loss_value
     return time.perf_counter() - t0, time.process_time() - c0
@@ -216,6 +217,7 @@ def _step_with(trainer, mon):
 def run(args) -> dict:
     import torch
 
+    from probes import NullMonitor
     from stability.reference.train import Trainer
 
     if args.reps < 1 or args.block < 1 or args.every < 1 or args.nproc < 1:
@@ -260,7 +262,7 @@ def run(args) -> dict:
                     arm.detach()
         memory = _memory_added(trainer, args.every)
     finally:
-        trainer.monitor = None
+        trainer.monitor = NullMonitor()
         for arm in arms.values():
             try:
                 arm.close()
