@@ -86,8 +86,7 @@ class Notifier:
         if targets:
             self.sender = WebhookSender(
                 targets, queue_size=config.queue_size, timeout_s=config.timeout_s, deadline_s=config.deadline_s,
-                backoff_s=config.backoff_s, backoff_max_s=config.backoff_max_s, on_result=self._on_delivery,
-                on_page=self._on_page)
+                backoff_s=config.backoff_s, backoff_max_s=config.backoff_max_s, on_page=self._on_page)
         self._risk: float | None = None
         self._risk_peaks: deque[tuple[float, float]] = deque()  # (time, risk), decreasing risk: a peak-hold window
         self._last_step: int | None = None
@@ -265,10 +264,9 @@ class Notifier:
             + ("" if self._risk is None else f", spike risk {self._risk:.2f}"))
         return f"Recovered: {what} ({why}; open {d.duration_s:.0f} s)."
 
-    def _on_delivery(self, target: Target, res: DeliveryResult) -> None:
-        self.exporter.count_delivery("delivered" if res.ok else "failed")
-
     def _on_page(self, target: Target, n: Notification, results: list[DeliveryResult]) -> None:
+        for res in results:
+            self.exporter.count_delivery("delivered" if res.ok else "failed")
         self.pages.record(n, target, results)
 
     def _watch(self) -> None:

@@ -2,7 +2,7 @@
 
 `WebhookSender.submit()` never blocks and never raises: training must not wait for, or die of, a dead, slow or
 erroring endpoint. A failing target is logged once when it starts failing and once when it recovers; in
-between, failures are only counted (`stats`, and the Prometheus exporter through `on_result`).
+between, failures are only counted (`stats`, and by whoever `on_page` reports each delivery to).
 URLs and tokens never reach a log line or an exception: everything said about a target goes through a Redactor.
 """
 
@@ -155,7 +155,6 @@ class WebhookSender:
 
     def __init__(self, targets: list[Target], *, queue_size: int = 256, timeout_s: float = 5.0,
                  deadline_s: float = 60.0, backoff_s: float = 0.5, backoff_max_s: float = 30.0,
-                 on_result: Callable[[Target, DeliveryResult], None] | None = None,
                  on_page: Callable[[Target, Notification, list[DeliveryResult]], None] | None = None):
         self.targets = list(targets)
         self._opts = dict(timeout_s=timeout_s, deadline_s=deadline_s, backoff_s=backoff_s,
@@ -163,9 +162,9 @@ class WebhookSender:
         self._redact = Redactor(*(s for t in self.targets for s in (t.url, t.token, t.routing_key)))
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
-        self._on_result = on_result
         self._on_page = on_page or _ignore_page
-        """Called once per notification and target when its delivery ends (the notifier records the page)."""
+        """Called once per notification and target when its delivery ends, with one result per body sent (the
+        notifier counts the deliveries and records the page)."""
         self._failing: set[str] = set()       # target urls currently failing (logged once on entry)
         self._drop_reported = False
         self._error_reported = False
@@ -238,7 +237,7 @@ class WebhookSender:
         results = [self._deliver(target, body, enqueued) for body in target.bodies(n)]
         try:
             self._on_page(target, n, results)
-        except Exception:   # recording a page must not stop the deliveries
+        except Exception:   # counting or recording a page must not stop the deliveries
             pass
 
     def _deliver(self, target: Target, body: dict, enqueued: float) -> DeliveryResult:
@@ -255,9 +254,4 @@ class WebhookSender:
                 self._failing.add(target.url)
                 log.warning("webhook %s failed: %s after %d attempt(s); further failures are counted, "
                             "not logged, until it recovers", target.name, res.error, res.attempts)
-        if self._on_result is not None:
-            try:
-                self._on_result(target, res)
-            except Exception:
-                pass
         return res
