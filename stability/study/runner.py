@@ -20,7 +20,7 @@ def command(argv: list[str]) -> list[str]:
     return [str(exe), *argv] if exe.exists() else [sys.executable, "-m", "stability", *argv]
 
 
-def train_all(work: list[tuple[str, list[str]]], jobs: int, log=sys.stderr) -> list[dict]:
+def train_all(work: list[tuple[str, list[str]]], jobs: int) -> list[dict]:
     """Run the (name, argv) commands, `jobs` at a time; one result dict per run (run, returncode, wall_s, cpu_s,
     last output line), in completion order. With jobs > 1 the CPU time of a run is approximate (children are
     timed as they are reaped)."""
@@ -44,9 +44,9 @@ def train_all(work: list[tuple[str, list[str]]], jobs: int, log=sys.stderr) -> l
             results.append({"run": name, "returncode": proc.returncode, "wall_s": round(wall, 2),
                             "cpu_s": round(cpu, 2), "line": line})
             print(f"[{len(results)}/{len(work)}] {name}: {line or 'no output'} (wall {wall:.0f} s, cpu {cpu:.0f} s)",
-                  file=log, flush=True)
+                  file=sys.stderr, flush=True)
             if proc.returncode != 0:
-                print("\n".join(err.strip().splitlines()[-15:]), file=log, flush=True)
+                print("\n".join(err.strip().splitlines()[-15:]), file=sys.stderr, flush=True)
     return results
 
 
