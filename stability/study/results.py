@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from stability import metrics as M
-from stability.report.summary import run_config, run_summary
+from stability.report.summary import RunReads, run_config, run_summary
 
 RUN_COLUMNS = ["run", "part", "arm", "ln", "depth", "lr", "seed", "status", "steps", "init_loss", "final_loss",
                "val_loss", "spikes", "divergence_step", "loss_scale_drops", "min_loss_scale", "skipped_steps",
@@ -38,16 +38,16 @@ def _value(x):
 
 def run_row(store, run: str, part: str, labels: dict, meta: dict) -> dict:
     """The per-run numbers of one study run; `meta` is its row of `store.list_runs()`."""
-    s = run_summary(store, run, meta, columns=["status", "steps", "spikes", "divergence_step", "final_loss",
-                                               "val_loss", "skipped_steps", "overflow_count"])
-    loss = store.series(run, M.LOSS, max_points=10**9)
+    reads = RunReads(store, run)  # the summary's reads, shared: the loss and attention rows are read once
+    s = run_summary(store, run, meta, reads=reads,
+                    columns=["status", "steps", "spikes", "divergence_step", "final_loss", "val_loss",
+                             "skipped_steps", "overflow_count", "max_attn_score"])
+    loss = reads.rows(M.LOSS, (M.NO_LAYER,)).sort_values("step")
     scale = store.series(run, M.LOSS_SCALE, max_points=10**9)["value"].to_numpy(dtype=float)
     if scale.size:
         # The scale is logged after each update: a drop at step 0 is one from the initial scale.
         scale = np.concatenate([[float(run_config(meta).get("init_loss_scale", scale[0]))], scale])
-    attn = store.metrics(run, metrics=[M.ATTN_SCORE_MAX])
-    a = attn["value"].to_numpy(dtype=float) if len(attn) else np.array([])
-    finite = a[np.isfinite(a)]
+    a = reads.rows(M.ATTN_SCORE_MAX)["value"].to_numpy(dtype=float)
     row = {"run": run, "part": part, "arm": labels.get("arm"), "ln": labels.get("ln"), "depth": labels.get("depth"),
            "lr": labels.get("lr"), "seed": labels.get("seed"), "status": s["status"], "steps": s["steps"],
            "init_loss": float(loss["value"].iloc[0]) if len(loss) else None,
@@ -57,7 +57,7 @@ def run_row(store, run: str, part: str, labels: dict, meta: dict) -> dict:
            "min_loss_scale": float(scale.min()) if scale.size else None,
            "skipped_steps": s["skipped_steps"], "overflow_count": s["overflow_count"],
            "attn_overflows": int(((a > M.FP16_MAX) | ~np.isfinite(a)).sum()),
-           "max_attn_score": float(finite.max()) if finite.size else None}
+           "max_attn_score": s["max_attn_score"]}
     return {k: _value(row[k]) for k in RUN_COLUMNS}
 
 
