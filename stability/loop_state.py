@@ -154,7 +154,15 @@ class LoopState:
         self.stop_reason: str | None = None
         self.guard = None
 
-    # The pipeline's parts, where the policies look for them.
+    # The pipeline's parts, where the policies (and the benchmarks, switching the probes between arms) look for them.
+    @property
+    def monitor(self):
+        return self.guard.monitor
+
+    @monitor.setter
+    def monitor(self, monitor):
+        self.guard.monitor = monitor
+
     @property
     def sink(self):
         return self.guard.sink

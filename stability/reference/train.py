@@ -137,15 +137,6 @@ class Trainer(LoopState):
                            divergence_patience=divergence_patience)
         """The pipeline (stability/guard.py); the sink, detector, notifier and losses are its parts."""
 
-    @property
-    def monitor(self):
-        return self.guard.monitor
-
-    @monitor.setter
-    def monitor(self, monitor):
-        # The benchmarks switch the probes off (a NullMonitor) and on between arms of one trainer.
-        self.guard.monitor = monitor
-
     # -- the loop -----------------------------------------------------------------------------------------
     def train_step(self):
         """One optimizer step. Returns (loss tensor, update_skipped_by_policy)."""
