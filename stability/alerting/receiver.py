@@ -107,7 +107,10 @@ class WebhookReceiver:
         page = Page(time.time(), path, body, page_line(body))
         with self._lock:
             self._pages.append(page)
-            print(f"{self.prefix}: {page.line}", file=self.out, flush=True)
+            # One write per line: print() writes the text and the newline separately, and a line printed by another
+            # thread between the two (the demo's narration) would run into this one.
+            self.out.write(f"{self.prefix}: {page.line}\n")
+            self.out.flush()
 
     def _handler(self):
         receiver = self

@@ -26,13 +26,15 @@ NAME = "demo"
 HELP = "the story in a minute: an unstable recipe trained with and without policies, live in the dashboard"
 DESCRIPTION = (
     "Copies the built-in sample runs into a demo store (once), starts the dashboard on it and a webhook receiver "
-    "on 127.0.0.1, and trains two runs of one unstable recipe side by side into the store (Post-LN, learning "
-    "rate 2e-2 over a 200-step warm-up, no clipping): one without policies, one with rollback and LR back-off. "
-    "Pages print in the terminal as they arrive; at the end the demo narrates alerts, spike, rollbacks and "
-    "final losses. Ctrl-C stops everything."
+    "on 127.0.0.1, and trains two runs of one unstable recipe side by side into the store (GLM-130B's failure at "
+    "toy scale: FP16 with a dynamic loss scale, no clipping, a learning rate that warms up exponentially to 0.6): "
+    "one without policies, one with rollback and LR back-off. Pages print in the terminal as they arrive; at the "
+    "end the demo narrates alerts, spike, rollbacks and final losses. Ctrl-C stops everything."
 )
 
 STEPS = 300
+UNSTABLE_LR = 0.6
+"""The demo recipe's peak learning rate: the runs diverge near 0.45 on the way up (seeds 0-2 at steps 220-243)."""
 PACE = 6.0
 """Steps per second of each live run: 300 steps in about 50 s, slow enough to watch the charts move."""
 PREFIXES = ("demo-unprotected-", "demo-protected-")
@@ -44,7 +46,8 @@ def protection():
     """Rollback (PaLM: restore a recent good state, skip 200 batches) and LR back-off, both on an actual loss
     spike. This spike comes from the learning-rate schedule, so it returns after a bare rollback: the back-off
     removes its cause. Neither acts on the detector's predictions (the prediction is the page a human gets).
-    Checkpoints at policies-demo's interval for this recipe (`CHECKPOINT_INTERVAL`, which says why)."""
+    Checkpoints every 50 steps (`CHECKPOINT_INTERVAL`), not 25: the collapse builds up over tens of steps, and
+    the newest of 25-step checkpoints can already be inside the build-up."""
     from stability.commands.policies_demo import CHECKPOINT_INTERVAL
     from stability.policies import LRBackoffConfig, PolicyConfig, RollbackConfig
     from stability.policies.triggers import SPIKE
@@ -53,12 +56,17 @@ def protection():
                         lr_backoff=LRBackoffConfig(enabled=True, on=(SPIKE,)))
 
 
-def recipe(lr: float, steps: int = STEPS, seed: int = 0):
-    """The demo's recipe is `stability policies-demo`'s (Post-LN, no clipping, d_model 64, 4 layers, a 200-step
-    warm-up: the loss settles before the learning rate breaks the model, so the collapse is a labelled spike)."""
-    from stability.commands.policies_demo import demo_config
+def recipe(steps: int = STEPS, seed: int = 0, lr: float = UNSTABLE_LR):
+    """The demo's unstable recipe, GLM-130B's failure at toy scale: the reference GLM (Pre-LN, softmax in FP16) in
+    FP16 with a dynamic loss scale from 2^16 and no clipping, its learning rate warming up exponentially from
+    0.005 x 0.6 to 0.6 over 250 steps (a range test). The model learns at small rates for a hundred steps; then the
+    rate outgrows it, the attention scores climb for tens of steps (what the detector sees), the loss scale
+    collapses and the run diverges. Tiny shapes, because FP16 is slow on a CPU."""
+    from stability.reference.config import ModelConfig, TrainConfig
 
-    return demo_config(lr, steps, seed)
+    return TrainConfig(model=ModelConfig(d_model=32, n_layer=2, n_head=2, ln="pre"), lr=lr, warmup=250,
+                       warmup_shape="exponential", warmup_start=0.005, steps=steps, grad_clip=0.0, batch_size=8,
+                       seq_len=32, precision="fp16", seed=seed, threads=1)
 
 
 def add_arguments(p):
@@ -101,7 +109,6 @@ class Pace:
 def train_live(spec: LiveRun) -> None:
     """One live run, in its own process (two runs train on two cores at once)."""
     from stability.alerting import AlertingConfig, Notifier
-    from stability.commands.policies_demo import UNSTABLE_LR
     from stability.policies import build_policies
     from stability.reference.session import SessionOptions, build_trainer
 
@@ -115,7 +122,7 @@ def train_live(spec: LiveRun) -> None:
         hooks = [Pace(spec.pace)] if spec.pace > 0 else []
         notifier = Notifier.from_config(AlertingConfig(run=spec.run, webhook_url=spec.webhook,
                                                        dashboard_url=spec.dashboard, close_timeout_s=2.0))
-        trainer = build_trainer(recipe(UNSTABLE_LR, spec.steps), SessionOptions(
+        trainer = build_trainer(recipe(spec.steps), SessionOptions(
             store=spec.store, run=spec.run, progress=False, policies=policies + hooks, notifier=notifier,
             meta=meta))
     except KeyboardInterrupt:  # stopped while starting up, before the loop could close the run itself
@@ -185,7 +192,10 @@ def _open_browser(url: str) -> None:
 
 
 def say(msg: str) -> None:
-    print(f"demo: {msg}", flush=True)
+    # One write per line, as the webhook receiver's thread writes its pages: print() would write the newline
+    # separately, and a page printed in between would run into this line.
+    sys.stdout.write(f"demo: {msg}\n")
+    sys.stdout.flush()
 
 
 class Narrator:
@@ -271,7 +281,6 @@ def narrate(s: dict) -> None:
 
 
 def run(args) -> int:
-    from stability.commands.policies_demo import UNSTABLE_LR
     from stability.commands.train import check_writable_store
     from stability.errors import UsageError
 
@@ -306,9 +315,9 @@ def run(args) -> int:
             say(f"dashboard on {base} (store {store}); the two runs side by side: {url}")
             if not args.no_browser:
                 _open_browser(url)
-        cfg = recipe(UNSTABLE_LR, args.steps)
-        say(f"training {unprotected} (no policies) and {protected} (rollback + LR back-off): Post-LN, "
-            f"lr {cfg.lr:g} over a {cfg.warmup}-step warm-up, no clipping, {args.steps} steps")
+        cfg = recipe(args.steps)
+        say(f"training {unprotected} (no policies) and {protected} (rollback + LR back-off): FP16, lr warming up "
+            f"exponentially to {cfg.lr:g} over {cfg.warmup} steps, no clipping, {args.steps} steps")
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=train_live, name=run_name, args=(LiveRun(
             str(store), run_name, prot, args.steps, args.pace, receiver.url, None if dash is None else base),))

@@ -7,8 +7,8 @@ through their flags), chosen so that the dashboard's first start tells the produ
   Post-LN (it breaks down in two of them);
 - FP16 with a GradScaler, so that the loss scale, its drops and the skipped steps are real: the grid's Pre-LN,
   and `stability study`'s GLM-130B regime (FP16 from a 2^16 loss scale, clipping at 1.0, FP32 softmax, DeepNorm);
-- one unstable recipe (the demo's) without policies, where it spikes and ends on the plateau, and with the demo's
-  rollback and LR back-off, which rescue it.
+- one unstable recipe (the demo's) without policies, where the detector's alert comes before the divergence, and
+  with the demo's rollback and LR back-off, which rescue it.
 
     stability sample-runs --out sample_runs             # the whole set (skips runs already there)
     stability sample-runs --out sample_runs --force     # retrain everything
@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stability.commands import demo
 from stability.errors import UsageError
 from stability.reference.config import LN_VARIANTS
 from stability.study.runner import train_all
@@ -50,6 +51,9 @@ class Recipe:
     """Peak learning rate: at the edge of what Post-LN takes at this size (seed 0 trained at 5e-3 and broke down
     at 7e-3 when probed beforehand), well within what Pre-LN takes (it trains at 3e-2)."""
     warmup: int = 10
+    warmup_shape: str = "linear"
+    warmup_start: float = 0.01
+    """Exponential warm-up only: the first rate as a fraction of `lr`."""
     grad_clip: float = 0.0
     """Off: clipping hides the very gradient surges the grid is about."""
     precision: str = "fp32"
@@ -85,18 +89,22 @@ GLM_REGIME = Recipe(d_model=32, n_layer=4, n_head=2, batch_size=8, seq_len=32, s
                     grad_clip=1.0, precision="fp16", fp32_softmax=True)
 """`stability study`'s GLM-130B regime (FP16 with a loss scale from 2^16, clipping at 1.0, FP32 softmax, DeepNorm)
 at the learning rate where it trains: real loss-scale drops and skipped steps on a run that is cheap in FP16."""
-RESCUE = Recipe(d_model=64, n_layer=4, n_head=4, batch_size=8, seq_len=64, steps=300, lr=2e-2, warmup=200)
-"""`stability demo`'s unstable recipe (Post-LN, no clipping, the learning rate breaks the model after a 200-step
-warm-up): trained without policies it breaks down, with rollback and LR back-off it recovers."""
 
 
-def _demo_protection():
-    from stability.commands.demo import protection
+def _recipe_of(c) -> Recipe:
+    return Recipe(d_model=c.model.d_model, n_layer=c.model.n_layer, n_head=c.model.n_head, batch_size=c.batch_size,
+                  seq_len=c.seq_len, steps=c.steps, lr=c.lr, warmup=c.warmup, warmup_shape=c.warmup_shape,
+                  warmup_start=c.warmup_start, grad_clip=c.grad_clip, precision=c.precision,
+                  fp32_softmax=c.model.fp32_softmax)
 
-    return protection()
+
+RESCUE = _recipe_of(demo.recipe())
+"""`stability demo`'s unstable recipe (FP16, no clipping, a learning rate that warms up exponentially until it
+breaks the model): without policies the alert comes before the divergence; with rollback and LR back-off it
+recovers."""
 
 
-POLICIES = {"demo-protection": _demo_protection}
+POLICIES = {"demo-protection": demo.protection}
 """Policy configurations by name: the demo's protection (rollback with a checkpoint every 50 steps and LR back-off,
 both on an actual loss spike), the one definition in `stability.commands.demo`."""
 
@@ -108,10 +116,10 @@ PLAN: tuple[SampleRun, ...] = (
     # FP16 with a GradScaler: the grid's Pre-LN on FP16 (loss scale between 2^14 and 2^15), and GLM-130B's regime.
     SampleRun("pre", "off", 0, precision="fp16"),
     SampleRun("deepnorm", "off", 0, recipe=GLM_REGIME, tag="glm-regime"),
-    # One recipe, without and with policies: the unprotected run spikes and ends on the plateau, the protected one
-    # is rolled back and recovers.
-    SampleRun("post", "off", 0, recipe=RESCUE, tag="unstable-unprotected"),
-    SampleRun("post", "off", 0, recipe=RESCUE, tag="unstable-protected", policy="demo-protection"),
+    # One recipe, without and with policies: the unprotected run diverges after an alert, the protected one is
+    # rolled back and recovers.
+    SampleRun("pre", "off", 0, recipe=RESCUE, tag="unstable-unprotected"),
+    SampleRun("pre", "off", 0, recipe=RESCUE, tag="unstable-protected", policy="demo-protection"),
 )
 
 
@@ -121,7 +129,8 @@ def train_config(r: SampleRun, steps: int | None = None):
     c = r.recipe
     return TrainConfig(
         model=ModelConfig(d_model=c.d_model, n_layer=c.n_layer, n_head=c.n_head, ln=r.ln, fp32_softmax=c.fp32_softmax),
-        steps=steps or c.steps, lr=c.lr, warmup=c.warmup, grad_clip=c.grad_clip,
+        steps=steps or c.steps, lr=c.lr, warmup=c.warmup, warmup_shape=c.warmup_shape, warmup_start=c.warmup_start,
+        grad_clip=c.grad_clip,
         precision=r.precision or c.precision, batch_size=c.batch_size, seq_len=c.seq_len,
         seed=r.seed, log_every=c.log_every, threads=1)
 
@@ -144,7 +153,8 @@ def train_argv(r: SampleRun, out: str | Path, steps: int | None = None, policy_d
     m = c.model
     return ["train", "--ln", m.ln, "--d-model", str(m.d_model), "--n-layer", str(m.n_layer), "--n-head",
             str(m.n_head), "--batch-size", str(c.batch_size), "--seq-len", str(c.seq_len), "--steps", str(c.steps),
-            "--lr", repr(c.lr), "--warmup", str(c.warmup), "--grad-clip", repr(c.grad_clip), "--precision",
+            "--lr", repr(c.lr), "--warmup", str(c.warmup), "--warmup-shape", c.warmup_shape, "--warmup-start",
+            repr(c.warmup_start), "--grad-clip", repr(c.grad_clip), "--precision",
             c.precision, "--seed", str(c.seed), "--log-every", str(c.log_every), "--threads", "1",
             *(["--fp32-softmax"] if m.fp32_softmax else []), "--egs", r.egs, *policy,
             "--store", str(out), "--run", r.name, "--quiet"]

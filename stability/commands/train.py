@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stability.commands._store_args import add_store_argument
 from stability.errors import UsageError
-from stability.reference.config import LN_VARIANTS, PRECISIONS, ModelConfig, TrainConfig
+from stability.reference.config import LN_VARIANTS, PRECISIONS, WARMUP_SHAPES, ModelConfig, TrainConfig
 
 NAME = "train"
 HELP = "train the reference GLM model (blank infilling on the shipped corpus), monitored and recorded"
@@ -39,6 +39,11 @@ def add_arguments(p):
     t.add_argument("--steps", type=int, default=TrainConfig.steps)
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
     t.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    t.add_argument("--warmup-shape", choices=WARMUP_SHAPES, default=TrainConfig.warmup_shape,
+                   help="linear, or exponential from --warmup-start x lr (a learning-rate range test: the "
+                        "instability builds up as the rate outgrows the model)")
+    t.add_argument("--warmup-start", type=float, default=TrainConfig.warmup_start,
+                   help=f"exponential warm-up: first rate as a fraction of --lr (default {TrainConfig.warmup_start:g})")
     t.add_argument("--precision", choices=PRECISIONS, default="fp32")
     t.add_argument("--init-loss-scale", type=float, default=TrainConfig.init_loss_scale,
                    help="GradScaler's initial loss scale (fp16)")
@@ -77,6 +82,7 @@ def config_from_args(args) -> TrainConfig:
                             fp32_softmax=args.fp32_softmax, tie_embeddings=args.tie_embeddings,
                             qk_init_std=args.qk_init_std)
         return TrainConfig(model=model, steps=args.steps, lr=args.lr, warmup=args.warmup,
+                           warmup_shape=args.warmup_shape, warmup_start=args.warmup_start,
                            precision=args.precision, init_loss_scale=args.init_loss_scale, seed=args.seed,
                            batch_size=args.batch_size, seq_len=args.seq_len, grad_clip=args.grad_clip,
                            weight_decay=args.weight_decay, adam_eps=args.adam_eps,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 LN_VARIANTS = ("pre", "post", "sandwich", "deepnorm")
 PRECISIONS = ("fp32", "bf16", "fp16")
+WARMUP_SHAPES = ("linear", "exponential")
 
 
 @dataclass
@@ -61,7 +62,13 @@ class TrainConfig:
     steps: int = 200
     lr: float = 1e-3
     warmup: int = 20
-    """Linear warm-up steps, then cosine decay to `min_lr_ratio * lr`."""
+    """Warm-up steps (shaped by `warmup_shape`), then cosine decay to `min_lr_ratio * lr`."""
+    warmup_shape: str = "linear"
+    """`linear` (from lr / warmup) or `exponential`: from `warmup_start * lr`, the rate grows by the same factor
+    every step, as in a learning-rate range test (Smith 2017): the model learns for long at a small rate, then the
+    rate outgrows what it can take and the instability builds up over tens of steps instead of striking at once."""
+    warmup_start: float = 0.01
+    """Exponential warm-up only: the first step's rate as a fraction of `lr`."""
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -95,6 +102,10 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.warmup_shape not in WARMUP_SHAPES:
+            raise ValueError(f"warmup_shape must be one of {', '.join(WARMUP_SHAPES)}, got {self.warmup_shape!r}")
+        if not 0 < self.warmup_start < 1:
+            raise ValueError(f"warmup_start must be in (0, 1), got {self.warmup_start}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.batch_size <= 0 or self.seq_len < 16:

@@ -28,8 +28,11 @@ from stability.watch import host_metadata
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to min_lr_ratio * lr at the last step."""
+    """Warm-up to cfg.lr (linear, or exponential from warmup_start * lr), then cosine decay to min_lr_ratio * lr
+    at the last step."""
     if cfg.warmup and step < cfg.warmup:
+        if cfg.warmup_shape == "exponential":
+            return cfg.lr * cfg.warmup_start ** (1 - (step + 1) / cfg.warmup)
         return cfg.lr * (step + 1) / cfg.warmup
     span = max(1, cfg.steps - cfg.warmup)
     progress = min(1.0, (step - cfg.warmup) / span)

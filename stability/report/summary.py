@@ -139,14 +139,22 @@ def _overflow_count(reads: RunReads) -> int:
 def _loss_columns(reads: RunReads, events: pd.DataFrame | None, final_window: int) -> dict:
     from stability.detector import label_spikes
 
-    loss = reads.rows(M.LOSS, (M.NO_LAYER,)).sort_values("step")
+    loss = reads.rows(M.LOSS, (M.NO_LAYER,)).sort_values("step", kind="stable")
     lv = loss["value"].to_numpy(dtype=float)
-    labels = label_spikes(loss["step"].to_numpy(), lv) if len(loss) else None
-    div = [int(i.onset) for i in labels.incidents if i.diverged] if labels else []
     if events is None:
-        events = reads.store.events(reads.run, kinds=[M.EV_DIVERGENCE])
+        events = reads.store.events(reads.run, kinds=[M.EV_DIVERGENCE, M.EV_ROLLBACK])
+    # The labeller reads one value per step: at a step logged twice (replayed after a rollback) a finite value
+    # stands for the step rather than a NaN, which only the abandoned branch can have logged if the retry went on.
+    one = loss.assign(bad=~np.isfinite(lv)).sort_values(["step", "bad"], kind="stable").drop_duplicates("step")
+    labels = label_spikes(one["step"].to_numpy(), one["value"].to_numpy(dtype=float)) if len(one) else None
+    div = [int(i.onset) for i in labels.incidents if i.diverged] if labels else []
     div += [int(s) for s in events.loc[events["kind"] == M.EV_DIVERGENCE, "step"]] if len(events) else []
-    tail = lv[-final_window:]
+    # After a rollback the store holds both versions of the replayed steps (the abandoned branch's and the retry's)
+    # with no order between them; only the steps past the last rollback were logged by the surviving branch alone,
+    # so the final loss is taken from those (the abandoned branch may end in NaN where the retry recovered).
+    rollbacks = events.loc[events["kind"] == M.EV_ROLLBACK, "step"] if len(events) else []
+    after = loss["step"].to_numpy() > (int(max(rollbacks)) if len(rollbacks) else -1)
+    tail = (lv[after] if after.any() else lv)[-final_window:]
     return {
         "steps": int(loss["step"].max()) + 1 if len(loss) else 0,
         "spikes": len(labels.incidents) if labels else 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -37,12 +38,14 @@ from stability.store import RunStore
 
 SAMPLE_RUNS = Path(__file__).resolve().parents[2] / "sample_runs"
 STEPS = 300
-# The recipe the demo says it trains (README: Post-LN, lr 2e-2 over a 200-step warm-up, no clipping, d_model 64,
-# 4 layers, batch 8 x 64, 300 steps, seed 0), written out here rather than taken from the demo; the calm run is
-# the same at half the learning rate, as in `stability policies-demo`.
-RECIPE = TrainConfig(model=ModelConfig(d_model=64, n_layer=4, n_head=4, ln="post"), lr=2e-2, warmup=200,
-                     steps=STEPS, grad_clip=0.0, batch_size=8, seq_len=64, precision="fp32", seed=0, threads=1)
-CALM_LR = 1e-2
+# The recipe the demo says it trains (README: Pre-LN GLM, FP16 with a dynamic loss scale, no clipping, the learning
+# rate warming up exponentially from 0.003 to 0.6 over 250 steps, d_model 32, 2 layers, batch 8 x 32, 300 steps,
+# seed 0), written out here rather than taken from the demo; the calm run is the same recipe at a quarter of the
+# peak rate (at half, 0.3, it trains too, but slower: held-out 3.34 against 2.91).
+RECIPE = TrainConfig(model=ModelConfig(d_model=32, n_layer=2, n_head=2, ln="pre"), lr=0.6, warmup=250,
+                     warmup_shape="exponential", warmup_start=0.005, steps=STEPS, grad_clip=0.0, batch_size=8,
+                     seq_len=32, precision="fp16", seed=0, threads=1)
+CALM_LR = 0.15
 HORIZON = 50  # an alert warns of a spike when it comes at most this many steps before the onset (README, H = 50)
 
 pytestmark = pytest.mark.slow
@@ -103,9 +106,11 @@ def test_the_demo_tells_the_story(demo):
     unprotected, protected = _runs(store)
     for run in (unprotected, protected):
         cfg = rs.run_info(run)["config"]
-        assert cfg["model"]["ln"] == "post" and cfg["model"]["d_model"] == 64 and cfg["model"]["n_layer"] == 4
-        assert (cfg["lr"], cfg["warmup"], cfg["steps"], cfg["grad_clip"], cfg["batch_size"], cfg["seed"]) == (
-            RECIPE.lr, RECIPE.warmup, RECIPE.steps, RECIPE.grad_clip, RECIPE.batch_size, RECIPE.seed)
+        assert cfg["model"]["ln"] == "pre" and cfg["model"]["d_model"] == 32 and cfg["model"]["n_layer"] == 2
+        assert (cfg["lr"], cfg["warmup"], cfg["warmup_shape"], cfg["warmup_start"], cfg["steps"], cfg["grad_clip"],
+                cfg["batch_size"], cfg["precision"], cfg["seed"]) == (
+            RECIPE.lr, RECIPE.warmup, RECIPE.warmup_shape, RECIPE.warmup_start, RECIPE.steps, RECIPE.grad_clip,
+            RECIPE.batch_size, RECIPE.precision, RECIPE.seed)
 
     # The unprotected run: a labelled spike or divergence (`stability spikes`), and no policy acted on it.
     onset, alerts = _onset_and_alerts(store, unprotected)
@@ -119,16 +124,21 @@ def test_the_demo_tells_the_story(demo):
 
     calm = build_trainer(dataclasses.replace(RECIPE, lr=CALM_LR),
                          SessionOptions(monitor=False, detect=False, progress=False)).fit()
-    val = {run: rs.metrics(run, metrics=["val_loss"])["value"].iloc[-1] for run in (unprotected, protected)}
+    # A run that diverged may have no held-out loss at all (its evaluation never ran): NaN.
+    val = {run: float(next(reversed(rs.metrics(run, metrics=["val_loss"])["value"].tolist()), math.nan))
+           for run in (unprotected, protected)}
     print(f"held-out loss: unprotected {val[unprotected]:.4f}, protected {val[protected]:.4f}, "
           f"calm {calm.val_loss:.4f}; alerts {alerts}, onset {onset}")
     assert abs(val[protected] - calm.val_loss) <= 0.05 * calm.val_loss
-    assert val[unprotected] > 1.10 * calm.val_loss  # and without policies it did not recover
+    # ... and without policies it did not recover: it diverged (no finite held-out loss) or ended well above.
+    assert not math.isfinite(val[unprotected]) or val[unprotected] > 1.10 * calm.val_loss
 
     # The pages came over loopback HTTP to the demo's receiver, which printed one line each.
     assert re.search(r"webhook receiver on http://127\.0\.0\.1:\d+/hook", out), out
     pages = [line for line in out.splitlines() if line.startswith("page: ")]
-    assert any(f"Loss spike: run {unprotected} step {onset}" in p for p in pages), pages
+    # The onset is paged as critical when it happens: by the loss check (a finite spike) or, where the loss went
+    # NaN at once as here, by the detector's non-finite alert.
+    assert any(p.startswith("page: [critical]") and f"run {unprotected} step {onset} " in p for p in pages), pages
     if alerts:  # the first alert of an incident is paged (repeats fold into reminders)
         assert any(f"Loss spike predicted: run {unprotected} step {min(alerts)}" in p for p in pages), pages
     assert any(protected in p for p in pages), pages
@@ -138,18 +148,15 @@ def test_the_demo_tells_the_story(demo):
         sent = [p for p in pages if f"run {run} " in p]
         assert len(recorded) == len(sent) and all(e["detail"]["delivery"] == "delivered" for e in recorded), (
             recorded, sent)
-    spike_pages = [e for e in _cli_json("events", unprotected, "--store", str(store), "--kind", "page")["events"]
-                   if e["detail"]["alert"] == "spike"]
-    assert [e["step"] for e in spike_pages] == [onset] and spike_pages[0]["severity"] == "critical", spike_pages
+    critical = [e for e in _cli_json("events", unprotected, "--store", str(store), "--kind", "page")["events"]
+                if e["severity"] == "critical"]
+    assert critical and min(e["step"] for e in critical) == onset, critical
     # ... and the narration says what the store says.
-    assert f"labelled spike at step {onset}" in out, out
+    assert f"labelled spike at step {onset}" in out or f"labelled divergence at step {onset}" in out, out
     rollback = min(e["step"] for e in events if e["kind"] == "rollback")
     assert f"protected: rolled back at step {rollback}" in out, out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "detector v2 (003d335) does not warn ahead of this spike: no alert in the run; its risk reached 0.89 at "
-    "step 178 and 0.94 at the onset (step 179), below its alert threshold 0.987"))
 def test_an_alert_comes_before_the_spike(demo):
     store, _, log_path = demo
     unprotected, _ = _runs(store)
@@ -209,12 +216,17 @@ def test_the_dashboard_shows_the_story(demo):
             # Every alert and policy action of the two runs is drawn, in its run's row and its kind's trace.
             rs = RunStore(store, read_only=True)
             expected = {(run, kind) for run in (unprotected, protected) for kind in rs.events(run)["kind"]
-                        if kind in ("alert", "rollback", "lr_backoff", "page")}
+                        if kind in ("alert", "rollback", "lr_backoff", "page", "divergence")}
             assert (protected, "rollback") in expected and (protected, "lr_backoff") in expected, expected
             assert (unprotected, "page") in expected and (protected, "page") in expected, expected
             js = f"""() => {FIRST}._fullData.map(t => [t.name, Array.from(t.y || [])])"""
-            wait_until(lambda: (lambda d: d if d and {(y, name) for name, ys in d for y in ys} == expected
-                                else None)(in_page(page, js)), 30, f"the Alerts view to draw {expected}")
+            def drawn_now():
+                return {(y, name) for name, ys in (in_page(page, js) or []) for y in ys}
+
+            try:
+                wait_until(lambda: drawn_now() == expected, 30, f"the Alerts view to draw {sorted(expected)}")
+            except AssertionError as e:
+                raise AssertionError(f"{e}; it drew {sorted(drawn_now())}") from None
             page.keyboard.press("Escape")
             # The pages the two runs sent, as the notifier recorded them: the table's title counts them.
             pages = sum(int((rs.events(run)["kind"] == "page").sum()) for run in (unprotected, protected))

@@ -52,6 +52,18 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(55, cfg) == pytest.approx(0.55e-3, rel=1e-6)
 
 
+def test_exponential_warmup_grows_by_one_factor_per_step():
+    # From 1 % of lr at step 0 to lr at the last warm-up step, the same factor every step: 100^(1/4) over 4 steps.
+    cfg = TrainConfig(steps=20, warmup=4, lr=1.0, warmup_shape="exponential", warmup_start=0.01)
+    rates = [lr_at(t, cfg) for t in range(4)]
+    assert rates == pytest.approx([0.01 ** 0.75, 0.01 ** 0.5, 0.01 ** 0.25, 1.0])
+    assert [b / a for a, b in zip(rates, rates[1:])] == pytest.approx([100 ** 0.25] * 3)
+    assert lr_at(4, cfg) == pytest.approx(1.0)  # then the cosine decay as after a linear warm-up
+    for bad in (dict(warmup_shape="cubic"), dict(warmup_start=0.0), dict(warmup_start=1.5)):
+        with pytest.raises(ValueError, match="warmup_"):
+            TrainConfig(**bad)
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "stability", *args], capture_output=True, text=True,
                           timeout=120)
@@ -61,6 +73,8 @@ def _cli(*args):
     (["train", "--ln", "bogus"], "--ln"),
     (["train", "--steps", "-5"], "--steps"),
     (["train", "--precision", "fp8"], "--precision"),
+    (["train", "--warmup-shape", "cubic"], "--warmup-shape"),
+    (["train", "--warmup-shape", "exponential", "--warmup-start", "0"], "warmup_start"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(args, needle):
     r = _cli(*args)
