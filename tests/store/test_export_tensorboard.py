@@ -17,7 +17,7 @@ from stability.cli import main as cli_main  # noqa: E402
 from stability.store import RunStore  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_runs"
-SAMPLE_RUN = "unstable-protected-s0"  # a real sample run: 73 series, checkpoint, rollback and LR back-off events
+SAMPLE_RUN = "unstable-protected-s0"  # a real sample run: every probe, checkpoint, rollback and LR back-off events
 
 
 def _accumulator(folder: Path) -> ea.EventAccumulator:
@@ -69,7 +69,8 @@ def test_a_real_study_run_round_trips_through_tensorboards_reader(tmp_path):
     store_dir = tmp_path / "store"
     shutil.copytree(SAMPLE / SAMPLE_RUN, store_dir / SAMPLE_RUN)
     res = _check_round_trip(store_dir, SAMPLE_RUN, tmp_path / "tb")
-    assert res["values"] > 20_000 and res["tags"] >= 60 and res["events"] >= 9  # 7 checkpoints, rollback, back-off
+    # 2 layers x every probe: 56 tags; events: checkpoints, alerts, pages, 2 rollbacks and 2 LR back-offs
+    assert res["values"] > 20_000 and res["tags"] >= 50 and res["events"] >= 9
     assert "grad_norm/embedding" in res["acc"].Tags()["scalars"]          # per-layer tags
     assert any(t.startswith("grad_norm/layers.") for t in res["acc"].Tags()["scalars"])
 
