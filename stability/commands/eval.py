@@ -46,6 +46,11 @@ def add_arguments(parser):
     parser.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE")
     parser.add_argument("--fit", action="store_true",
                         help="refit the risk model on the tuning split and write stability/detector/risk_model.json")
+    parser.add_argument("--cv", action="store_true",
+                        help="leave-one-recipe-out cross-validation of the detector on the tuning split (the held-out "
+                             "split is not read): the test a feature or setting passes before it ships")
+    parser.add_argument("--config", metavar="FILE",
+                        help="--cv: DetectorConfig as JSON whose `evidence` fields and `disabled` features to test")
     g = parser.add_argument_group("generating the zoo")
     g.add_argument("--generate-zoo", action="store_true", help="train the zoo runs into --zoo first")
     g.add_argument("--jobs", type=int, default=2, help="training processes in parallel (default 2)")
@@ -73,6 +78,8 @@ def run(args) -> int:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.realworld and not Path(args.realworld).is_dir():
         raise UsageError(f"--realworld {args.realworld}: no such folder")
+    if args.config and not args.cv:
+        raise UsageError("--config is for --cv (the detector settings to cross-validate)")
     if args.legacy:
         return run_legacy(args)
     from stability.evaluation.benchmark import compare, load_runs
@@ -94,6 +101,14 @@ def run(args) -> int:
     runs = load_runs(zoo, suite)
     if not runs:
         raise UsageError(f"the zoo at {zoo} holds no runs")
+    if args.cv:
+        from stability.commands.detect import detector_config
+        from stability.evaluation.benchmark import cross_validate
+
+        args.threshold = None
+        cfg = detector_config(args)
+        result = cross_validate(runs, horizon=args.horizon, evidence=cfg.evidence, disabled=cfg.disabled)
+        return _emit({"zoo": str(zoo), **result}, args, format_cv)
     result, model = compare(runs, horizon=args.horizon, fit=args.fit)
     result = {"zoo": str(zoo), "suite": str(suite), "runs": len(runs), **result}
     if args.fit:
@@ -121,6 +136,17 @@ def _emit(result: dict, args, table) -> int:
         print()
         print(format_realworld(rw))
     return 0
+
+
+def format_cv(result: dict) -> str:
+    lines = [f"Leave one recipe out on the tuning split ({len(result['folds'])} folds: {', '.join(result['folds'])}), "
+             f"H = {result['horizon']}, features {', '.join(result['features'])}; thresholds on the pooled "
+             "out-of-fold curve", "", "| budget / 10k | recall | precision | false alarms / 10k | median lead |",
+             "|---|---|---|---|---|"]
+    for o in result["pooled_out_of_fold"]:
+        lines.append(f"| {o['fa_budget_per_10k']:g} | {_f(o['recall'])} ({o['hits']}) | {_f(o['precision'])} | "
+                     f"{_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} |")
+    return "\n".join(lines)
 
 
 def format_benchmark(result: dict) -> str:

@@ -1,9 +1,9 @@
 """The online spike detector: sees one logged step at a time, never the future.
 
-Version 2 weighs evidence instead of OR-ing thresholds. Each logged step, `Evidence` turns the metrics into five
+Version 2 weighs evidence instead of OR-ing thresholds. Each logged step, `Evidence` turns the metrics into six
 robust, past-only features (how far the gradient norm (total or embedding), the attention-score maximum and the
-loss sit above each signal's own trailing history, and how steadily the gradient norm and the attention maximum
-have been growing); a monotone logistic model (`RiskModel`, fitted on the tuning split of the instability zoo)
+loss sit above each signal's own trailing history, how steadily the gradient norm and the attention maximum
+have been growing, and whether the gradient norm grows while the loss stops falling); a monotone logistic model (`RiskModel`, fitted on the tuning split of the instability zoo)
 turns them into a **calibrated spike risk**: the probability of a labelled loss-spike onset within the next
 H = 50 steps. An alert is raised when the risk reaches the tuned threshold, through the same `AlertGate`
 (cooldown + hysteresis) every method in the evaluation uses. Non-finite losses, and non-finite gradients without a
@@ -37,7 +37,7 @@ from stability.metrics import NO_LAYER, SPIKE_RISK
 
 # Alert signal named after the feature that contributed most to the risk (names kept from version 1).
 SIGNAL_OF = {"grad_z": "grad_norm_z", "attn_z": "attn_max_z", "loss_z": "loss_z", "grad_rise": "grad_norm_rise",
-             "attn_rise": "attn_max_rise"}
+             "attn_rise": "attn_max_rise", "grad_loss_rise": "grad_loss_rise"}
 EMB_SIGNAL = "emb_grad_z"
 """`grad_z` is named after the embedding gradient when that norm set it."""
 SIGNALS = tuple(SIGNAL_OF.values()) + (EMB_SIGNAL, "nonfinite")
@@ -192,5 +192,6 @@ def _message(signal: str, risk: float) -> str:
         "loss_z": "loss climbing above its recent history",
         "grad_norm_rise": "total gradient norm growing steadily",
         "attn_max_rise": "attention-score maximum growing steadily",
+        "grad_loss_rise": "total gradient norm growing while the loss stops falling",
     }.get(signal, signal)
     return f"{what}: spike risk {risk:.0%} within 50 steps"

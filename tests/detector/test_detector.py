@@ -294,6 +294,28 @@ def test_attention_growth_signal():
     assert [(a.step, a.signal) for a in alerts] == [(301, "attn_max_z")]
 
 
+@pytest.mark.parametrize("loss_slope", [0.001, -0.001])
+def test_gradient_rise_counts_only_while_the_loss_is_not_falling(loss_slope):
+    """`grad_loss_rise` against its definition, computed here with numpy: min(the total gradient norm's rise, 20 x
+    the rise of the least-squares line through the last 40 log losses), log(1 + that); 0 while the loss falls."""
+    from stability.detector.evidence import Evidence
+
+    ev = Evidence()
+    g = [math.exp(0.01 * t) for t in range(200)]         # the gradient norm grows 1 % a step
+    loss = [2.5 + loss_slope * t for t in range(200)]     # the loss climbs (or falls) steadily
+    for t in range(200):
+        f = ev.update({"loss": loss[t], "grad_norm/total": g[t]})
+    # Rise: the 5-value median of log g now (t = 197) over the lowest such median past the 100-value warm-up
+    # (the oldest one kept: the 100 medians from t = 100, which is t = 98's value).
+    rise = 0.01 * 197 - 0.01 * 98
+    x = np.arange(160, 200)
+    trend = np.polyfit(x, np.log(loss[160:]), 1)[0] * (x[-1] - x[0])
+    expected = math.log1p(max(0.0, min(rise, 20 * trend)))
+    assert f["grad_rise"] == pytest.approx(min(rise, 5.0))
+    assert f["grad_loss_rise"] == pytest.approx(expected, rel=1e-9)
+    assert (f["grad_loss_rise"] > 0.2) if loss_slope > 0 else (f["grad_loss_rise"] == 0.0)
+
+
 def test_risk_is_bounded_and_rises_with_the_surge():
     det = hand()
     run = planted_run(n=1000, seed=10, surge_at=700)

@@ -120,3 +120,27 @@ def test_committed_zoo_results_are_reproduced(capsys):
             assert {"recall", "precision", "false_alarms_per_10k", "median_lead"} <= set(held["overall"])
             assert set(held["per_mechanism"]) == set(fresh["detector"]["at_budget"]["2"]["heldout"]["per_mechanism"])
     assert DETECTOR not in fresh["baselines"]
+
+
+@committed
+def test_cross_validation_reads_only_the_tuning_split_and_takes_a_config(tmp_path, capsys):
+    """`stability eval --cv`: one fold per tuning recipe, the held-out split unread; a feature switched off by
+    --config changes the result (the comparison that admitted `grad_loss_rise`); bad input is one line, exit 2."""
+    assert main(["eval", "--cv", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    committed_result = json.loads(RESULTS.read_text())
+    assert full["folds"] == committed_result["splits"]["tune"]["recipes"]
+    assert [o["fa_budget_per_10k"] for o in full["pooled_out_of_fold"]] == [2.0, 10.0]
+    off = tmp_path / "off.json"
+    off.write_text(json.dumps({"disabled": ["grad_loss_rise"]}))
+    assert main(["eval", "--cv", "--json", "--config", str(off)]) == 0
+    ablated = json.loads(capsys.readouterr().out)
+    assert "grad_loss_rise" not in ablated["features"] and "grad_loss_rise" in full["features"]
+    assert ablated["pooled_out_of_fold"] != full["pooled_out_of_fold"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"evidence": {"agree_scale": -1}}))
+    for argv, needle in ((["eval", "--cv", "--config", str(bad)], "agree_scale"),
+                         (["eval", "--config", str(off)], "--config is for --cv")):
+        assert main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and needle in err[0], err
