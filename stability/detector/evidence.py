@@ -26,8 +26,8 @@ Elevations enter as log(1 + max(z, 0)): a z of 40 is more alarming than 8, but n
 chosen by cross-validation over the tuning split's recipes (leave one recipe out) among larger sets that also
 had separate total and embedding z-scores, latest-value z-scores, embedding and loss rises, a gradient-norm drift,
 FP16 overflow counts and a count of agreeing signals: none of those earned its place on recipes it was not
-fitted on (docs/detector.md). `grad_loss_rise` did (leave-one-recipe-out recall on the tuning split within 2 and 10
-false alarms per 10k calm steps: 0.23 and 0.33 without it, 0.33 and 0.40 with it).
+fitted on (docs/detector.md). `grad_loss_rise` did (`stability eval --cv`, recall on the tuning split within 2 and
+10 false alarms per 10k calm steps: 0.23 and 0.33 without it, 0.33 and 0.40 with it).
 """
 
 from __future__ import annotations
