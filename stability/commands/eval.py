@@ -175,6 +175,19 @@ def format_benchmark(result: dict) -> str:
                 s = m["at_budget"][b]["heldout"]["per_mechanism"][mech]
                 cells.append(f"{_f(s['recall'])} / {_f(s['median_lead'])} / {_f(s['false_alarms_per_10k'])}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "fresh" in sp:
+        lines += ["", f"Fresh split ({sp['fresh']['runs']} runs, recipes {', '.join(sp['fresh']['recipes'])}; added "
+                  "after the detector's features were chosen), the same thresholds", "",
+                  "| method | budget / 10k | recall | precision | false alarms / 10k | median lead | per mechanism "
+                  "(hits / incidents) |", "|---|---|---|---|---|---|---|"]
+        for name, m in methods.items():
+            for b, at in m["at_budget"].items():
+                o = at["fresh"]["overall"]
+                per = ", ".join(f"{k} {v['hits']}/{v['incidents']}" for k, v in at["fresh"]["per_mechanism"].items()
+                                if v["incidents"])
+                lines.append(f"| {name} | {b} | {_f(o['recall'])} ({o['hits']}/{o['incidents']}) | "
+                             f"{_f(o['precision'])} | {_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} | "
+                             f"{per} |")
     rel = result["reliability"]
     lines += ["", (f"Reliability of the risk on the held-out split (base rate {rel['heldout_summary']['base_rate']}, "
                    f"Brier {rel['heldout_summary']['brier']})"), "", "| risk bin | steps | mean predicted | observed |",

@@ -30,7 +30,7 @@ from stability.evaluation.comparison import SUITE_LABELS
 from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, operating_points, pick_threshold, prepare,
                                           threshold_grid, trace)
 from stability.evaluation.series import RunSeries
-from stability.evaluation.zoo import HELDOUT, TUNE, UNPREDICTABLE
+from stability.evaluation.zoo import FRESH, HELDOUT, TUNE, UNPREDICTABLE
 
 DETECTOR = "detector"
 BUDGETS = (2.0, 10.0)
@@ -240,7 +240,10 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     cases, kinds = prepare_cases(runs, horizon)
     split = {c.series.name: c.series.meta.get("split") for c in cases}
     mech = {c.series.name: c.series.meta.get("mechanism") or "unknown" for c in cases}
-    parts = {s: [c for c in cases if split[c.series.name] == s] for s in (TUNE, HELDOUT)}
+    parts = {s: [c for c in cases if split[c.series.name] == s] for s in (TUNE, HELDOUT, FRESH)}
+    # The fresh split (recipes added after the feature set was chosen) is reported beside the held-out one when the
+    # zoo has it; nothing is fitted or picked on either.
+    scored = (HELDOUT, FRESH) if parts[FRESH] else (HELDOUT,)
     evid = {c.series.name: evidence_matrix(c.series) for c in cases}
     ign_build = _ignore(cases, kinds, {BUILD_UP})
     ign_fit = _ignore(cases, kinds, {BUILD_UP, "sudden"})  # injected incidents are unpredictable by construction
@@ -258,9 +261,9 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     mechanisms = sorted({mech[c.series.name] for c in cases})
     predictable = [m for m in mechanisms if m not in UNPREDICTABLE]
 
-    def report(key: str, threshold: float) -> dict:
+    def report(key: str, threshold: float, part: str = HELDOUT) -> dict:
         g = replace(gate, threshold=float(threshold))
-        held = parts[HELDOUT]
+        held = parts[part]
         out = {"overall": _summary(held, key, g, horizon, ign_build), "per_mechanism": {}}
         for m in predictable:
             sub = [c for c in held if mech[c.series.name] == m]
@@ -286,26 +289,26 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
             entry["at_budget"][f"{b:g}"] = {"threshold": thr, "within_budget_on_tune": pick is not None,
                                             "tune": _summary(parts[TUNE], key, replace(gate, threshold=thr),
                                                              horizon, ign_build),
-                                            HELDOUT: report(key, thr)}
+                                            **{s: report(key, thr, s) for s in scored}}
         ign_held = [ign_build[c.series.name] for c in parts[HELDOUT]]
         # The held-out curve (what the best possible threshold would give, an oracle) spans every run's scores.
         held_curve = curve(parts[HELDOUT], key, gate1, horizon, threshold_grid(cases, key, n=60), ignore=ign_held)
         entry["curve_heldout"] = held_curve
         entry["best_possible_heldout"] = operating_points(held_curve, BUDGETS)
         if key == DETECTOR:
-            entry["shipped"] = {"threshold": model.threshold, HELDOUT: report(key, model.threshold)}
+            entry["shipped"] = {"threshold": model.threshold, **{s: report(key, model.threshold, s) for s in scored}}
         else:
-            entry["published_default"] = {"threshold": 1.0, HELDOUT: report(key, 1.0)}
+            entry["published_default"] = {"threshold": 1.0, **{s: report(key, 1.0, s) for s in scored}}
         result_methods[key] = entry
     if fit:
         pick = result_methods[DETECTOR]["at_budget"][f"{BUDGETS[0]:g}"]["threshold"]
         model = replace(model, threshold=float(min(max(pick, 1e-4), 0.9999)))
         result_methods[DETECTOR]["shipped"] = {"threshold": model.threshold,
-                                               HELDOUT: report(DETECTOR, model.threshold)}
+                                               **{s: report(DETECTOR, model.threshold, s) for s in scored}}
     rel, rel_summary = reliability(parts[HELDOUT], evid, ign_fit, model, horizon)
     rel_tune, rel_tune_summary = reliability(parts[TUNE], evid, ign_fit, model, horizon)
     kinds_count = {}
-    for s in (TUNE, HELDOUT):
+    for s in (TUNE, *scored):
         kinds_count[s] = {}
         for c in parts[s]:
             m = kinds_count[s].setdefault(mech[c.series.name], {k: 0 for k in KINDS} | {"runs": 0})
@@ -320,9 +323,11 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         "splits": {s: {"runs": len(parts[s]),
                        "recipes": sorted({c.series.meta.get("recipe") or "" for c in parts[s]}),
                        "seeds": sorted({int((c.series.meta.get("config") or {}).get("seed", -1)) for c in parts[s]})}
-                   for s in (TUNE, HELDOUT)},
+                   for s in (TUNE, *scored)},
         "split_rule": ("thresholds and the risk model are chosen on `tune`; every reported figure is on `heldout`, "
-                       "whose recipes and seeds the tuning never saw"),
+                       "whose recipes and seeds the tuning never saw, and on `fresh`, recipes added after the "
+                       "detector's features were chosen (candidate features were scored on `heldout` while they "
+                       "were explored; nothing has looked at `fresh`)"),
         "incident_kinds": kinds_count,
         "recovery_bad_batches_heldout": _recovery([c for c in parts[HELDOUT] if mech[c.series.name] in UNPREDICTABLE]),
         "detector": {**result_methods.pop(DETECTOR), "model": model.to_dict()},

@@ -81,6 +81,14 @@ def test_recipes_split_by_recipe_and_seed():
             assert any(r.mechanism == m and r.split == split and not r.calm for r in ZOO)
     assert {r.arch for r in ZOO} == {"glm", "nanogpt"} and {r.data for r in ZOO} == {"cpython", "markov"}
     assert len({r.name for r in ZOO}) == len(ZOO)
+    # The fresh split: recipes and seeds of its own, each a model / data / size combination neither other split has.
+    fresh = [r for r in ZOO if r.split == "fresh"]
+    assert fresh and not {r.recipe for r in fresh} & {r for r, _ in tune | held}
+    assert not {r.seed for r in fresh} & ({s for _, s in tune} | {s for _, s in held})
+    def shape(r):
+        return r.mechanism, r.arch, r.data, r.d_model, r.n_layer
+
+    assert not {shape(r) for r in fresh} & {shape(r) for r in ZOO if r.split != "fresh"}
 
 
 @pytest.mark.slow
