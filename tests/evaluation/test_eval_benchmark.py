@@ -144,3 +144,24 @@ def test_cross_validation_reads_only_the_tuning_split_and_takes_a_config(tmp_pat
         assert main(argv) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.slow
+@committed
+def test_the_fresh_split_moves_no_fit_and_no_threshold():
+    """The fresh split is only scored: with its runs left out, the refit model, every method's thresholds and every
+    held-out figure are the same (it can neither leak into the fit nor into a threshold)."""
+    from stability.evaluation.benchmark import compare, load_runs
+
+    runs = load_runs(ZOO_DIR, DATA / "eval_suite")
+    assert any(r.meta.get("split") == "fresh" for r in runs)
+    with_fresh, model_a = compare(runs, fit=True)
+    without, model_b = compare([r for r in runs if r.meta.get("split") != "fresh"], fit=True)
+    assert model_a == model_b
+    for name in ("detector", *with_fresh["baselines"]):
+        a = with_fresh["detector"] if name == "detector" else with_fresh["baselines"][name]
+        b = without["detector"] if name == "detector" else without["baselines"][name]
+        for budget in ("2", "10"):
+            assert a["at_budget"][budget]["threshold"] == b["at_budget"][budget]["threshold"], name
+            assert a["at_budget"][budget]["heldout"] == b["at_budget"][budget]["heldout"], name
+            assert "fresh" in a["at_budget"][budget] and "fresh" not in b["at_budget"][budget]
