@@ -164,7 +164,8 @@ class Evidence:
                    for n in _SIGNALS}
         self._last_scale = math.nan
         self._loss_line: deque[tuple[int, float]] = deque(maxlen=self.cfg.trend_window)
-        """(step, log loss) of the last `trend_window` finite losses."""
+        """(update index, log loss) of the last `trend_window` finite losses: the trend's rise over the window does
+        not depend on the x units, and the index keeps it working for callers that log every N steps."""
         self._held: dict[str, tuple[float, int]] = {}
         self._updates = 0
         self.nonfinite = ""
