@@ -25,7 +25,9 @@ def add_arguments(parser):
     parser.add_argument("--config", metavar="FILE", help="DetectorConfig as JSON (fields of DetectorConfig)")
 
 
-def detector_config(args):
+def detector_config(path: str | None = None, threshold: float | None = None):
+    """The DetectorConfig of a JSON file (None: the defaults), its alert threshold replaced by `threshold` if given;
+    a missing file, bad JSON, an unknown field or an impossible value is a UsageError naming the file."""
     from dataclasses import replace
 
     from stability.detector.online import DetectorConfig
@@ -33,25 +35,25 @@ def detector_config(args):
 
     try:
         cfg = DetectorConfig()
-        if args.config:
-            with open(args.config) as f:
+        if path:
+            with open(path) as f:
                 cfg = DetectorConfig.from_dict(json.load(f))
-        if args.threshold is not None:
-            cfg = replace(cfg, risk_threshold=args.threshold)
+        if threshold is not None:
+            cfg = replace(cfg, risk_threshold=threshold)
         return cfg
     except OSError as e:
-        raise UsageError(f"--config {args.config}: {e.strerror or e}") from None
+        raise UsageError(f"--config {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
-        raise UsageError(f"--config {args.config}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise UsageError(f"--config {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--config {args.config or '(defaults)'}: {e}") from None
+        raise UsageError(f"--config {path or '(defaults)'}: {e}") from None
 
 
 def run(args) -> int:
     from stability.commands.spikes import read_run
     from stability.detector.online import OnlineDetector
 
-    cfg = detector_config(args)
+    cfg = detector_config(args.config, args.threshold)
     series = read_run(args)
     if args.until is not None:
         series = series.truncated(args.until)

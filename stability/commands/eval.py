@@ -105,8 +105,7 @@ def run(args) -> int:
         from stability.commands.detect import detector_config
         from stability.evaluation.benchmark import cross_validate
 
-        args.threshold = None
-        cfg = detector_config(args)
+        cfg = detector_config(args.config)
         result = cross_validate(runs, horizon=args.horizon, evidence=cfg.evidence, disabled=cfg.disabled)
         return _emit({"zoo": str(zoo), **result}, args, format_cv)
     result, model = compare(runs, horizon=args.horizon, fit=args.fit)
