@@ -128,6 +128,13 @@ def targets(case: Case, horizon: int, ignore=()) -> tuple[np.ndarray, np.ndarray
     return use, y
 
 
+def fitted_on(cases: list[Case]) -> list[Case]:
+    """The runs the risk model is fitted on, of the tuning cases given: the zoo's, not the re-warm suite's
+    (leave-one-recipe-out on the tuning split scored the model better without the suite's checkpoints, whose onsets
+    sit at schedule changes the signals cannot see); the suite's runs are still scored."""
+    return [c for c in cases if c.series.meta.get("mechanism") != REWARM]
+
+
 def fit_model(cases: list[Case], evid: dict[str, tuple], ignore: dict[str, list], horizon: int,
               l2: float = 1e-3) -> RiskModel:
     Xs, ys = [], []
@@ -249,9 +256,7 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     ign_fit = _ignore(cases, kinds, {BUILD_UP, "sudden"})  # injected incidents are unpredictable by construction
     model = model or shipped_model()
     if fit:
-        # The zoo's tuning runs only: leave-one-recipe-out on the tuning split scored the model better without
-        # the re-warm suite's checkpoints (their onsets sit at schedule changes the signals cannot see).
-        model = fit_model([c for c in parts[TUNE] if mech[c.series.name] != REWARM], evid, ign_fit, horizon)
+        model = fit_model(fitted_on(parts[TUNE]), evid, ign_fit, horizon)
     for c in cases:
         X, crit = evid[c.series.name]
         c.traces[DETECTOR] = detector_trace(model, X, crit, c.series.steps)
@@ -263,13 +268,13 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
 
     def report(key: str, threshold: float, part: str = HELDOUT) -> dict:
         g = replace(gate, threshold=float(threshold))
-        held = parts[part]
-        out = {"overall": _summary(held, key, g, horizon, ign_build), "per_mechanism": {}}
+        scored_cases = parts[part]
+        out = {"overall": _summary(scored_cases, key, g, horizon, ign_build), "per_mechanism": {}}
         for m in predictable:
-            sub = [c for c in held if mech[c.series.name] == m]
+            sub = [c for c in scored_cases if mech[c.series.name] == m]
             out["per_mechanism"][m] = _summary(sub, key, g, horizon, ign_build)
         for m in UNPREDICTABLE:
-            sub = [c for c in held if mech[c.series.name] == m]
+            sub = [c for c in scored_cases if mech[c.series.name] == m]
             if sub:  # all their incidents count: how often a method pages, and whether it is late or early
                 out["per_mechanism"][m] = {**_summary(sub, key, g, horizon, {c.series.name: [] for c in sub}),
                                            "reported_apart": True}
@@ -359,9 +364,7 @@ def cross_validate(runs: list[RunSeries], *, horizon: int = 50, evidence: Eviden
 
     folds = sorted({recipe(c) for c in cases})
     for r in folds:
-        # As in `--fit`: the re-warm suite's runs are scored, not fitted on.
-        model = fit_model([c for c in cases if recipe(c) != r and c.series.meta.get("mechanism") != REWARM],
-                          evid, ign_fit, horizon)
+        model = fit_model(fitted_on([c for c in cases if recipe(c) != r]), evid, ign_fit, horizon)
         for c in cases:
             if recipe(c) == r:
                 X, crit = evid[c.series.name]
