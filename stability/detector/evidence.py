@@ -189,8 +189,9 @@ class Evidence:
                         f[name + "_rise"] = min(t.rise, MAX_RISE)
         if loss is not None and math.isfinite(loss) and loss > 0:
             self._loss_line.append((self._updates, math.log(loss)))
-        trend = self._loss_trend()
-        if trend is not None and "grad_rise" in f:
+        # The trend (a least-squares line over the window) only where there is a gradient rise to weigh it against.
+        trend = self._loss_trend() if "grad_rise" in f else None
+        if trend is not None:
             rise = self._t["grad"].rise
             f["grad_loss_rise"] = math.log1p(max(0.0, min(rise, MAX_RISE, self.cfg.agree_scale * trend)))
         emb = f.pop("emb_z", None)
