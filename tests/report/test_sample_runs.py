@@ -256,6 +256,10 @@ def test_plan_covers_every_variant_with_and_without_egs_fp16_and_a_rescued_recip
     # One recipe without and with policies, nothing else different.
     pair = [r for r in sr.PLAN if r.recipe == sr.RESCUE]
     assert len(pair) == 2 and sr.train_config(pair[0]) == sr.train_config(pair[1])
+    # ... and it is the demo's recipe, field for field, through the Recipe it is written out as.
+    from stability.commands.demo import recipe
+
+    assert sr.train_config(pair[0]) == recipe()
     assert [r.policy for r in pair] == ["", "demo-protection"]
     cfgs = [sr.train_config(r) for r in grid]
     # Same model, schedule and data for every run of the grid; only the variant, EGS and the seed differ.
