@@ -37,6 +37,9 @@ ACTION_STYLE = {
 EGS_FILL = "rgba(44,160,44,0.12)"
 
 Series = Mapping[tuple[str, str], pd.DataFrame]
+ABANDONED_LOSS = (M.LOSS, "~abandoned")
+"""The Series key of the loss rows that rollbacks abandoned (columns step, value, branch; no logged layer starts
+with `~`): the run view draws them faintly beside the loss the run went on with."""
 TEMPLATE = "plotly_white"
 
 

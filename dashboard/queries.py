@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard import xaxis
-from dashboard.figures import bin_layers
+from dashboard.figures import ABANDONED_LOSS, bin_layers
 from dashboard.run_stats import spikes
 from stability import metrics as M
 from stability.store import layout
@@ -190,6 +190,9 @@ def run_series(store, run: str, step_min: int | None = None, step_max: int | Non
     # One attach and two queries for all ~80 series (DuckDB spreads them over every core itself).
     got = store.series_many(run, keys, max_points=max_points, per_key_points=points, step_min=step_min,
                             step_max=step_max)
+    if store.rewinds(run):  # as logged, not downsampled: a rollback abandons at most a few hundred steps
+        got[ABANDONED_LOSS] = store.metrics(run, metrics=[M.LOSS], layers=[M.NO_LAYER], step_min=step_min,
+                                            step_max=step_max, branches="abandoned")
     return {k: df for k, df in got.items() if len(df)}
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.figures import (
-    ACTION_STYLE, EGS_FILL, PALETTE, TEMPLATE, Series, _event_text, _finite, _get, _has_band, _rgba, _sample_colors,
+    ABANDONED_LOSS, ACTION_STYLE, EGS_FILL, PALETTE, TEMPLATE, Series, _event_text, _finite, _get, _has_band, _rgba, _sample_colors,
     _symlog_ticks, _y_at, active_intervals, bin_layers, event_steps, intervals, layer_sort_key, rest_of_model,
     symlog,
 )
@@ -188,6 +188,14 @@ def _loss_row(c: _Canvas, series: Series, ev: pd.DataFrame, spikes: Sequence[int
             f = _finite(loss, "vmin")
             traces += _band(f["step"], f["vmin"], f["vmax"], PALETTE[0], "loss", y)
         traces += smoothed_lines(loss, "loss", PALETTE[0], y, smoothing, width=1.6)
+    abandoned = series.get(ABANDONED_LOSS)
+    if abandoned is not None and len(abandoned):
+        # What a rollback undid (often the spike that caused it), faint, one line per abandoned branch.
+        for i, (b, rows) in enumerate(abandoned.groupby("branch", sort=True)):
+            t = _lines(rows, "abandoned by rollback", "rgba(127,127,127,0.6)", y, dash="dot", width=1.2,
+                       group="abandoned", legend=i == 0)
+            t["hovertemplate"] = f"abandoned (branch {int(b)}) @ %{{x}}: %{{y:.4g}}<extra></extra>"
+            traces.append(t)
     if len(spikes):
         s = np.asarray(sorted(spikes), dtype=float)
         traces.append(dict(type="scatter", x=s, y=_y_at(loss, s), mode="markers", name="spike", yaxis=y,

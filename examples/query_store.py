@@ -13,7 +13,8 @@ import duckdb
 
 
 def connect(store) -> duckdb.DuckDBPyConnection:
-    """DuckDB over every finished run of `store`: views `metrics` and `events`, each with a `run` column.
+    """DuckDB over every finished run of `store`: views `metrics` and `events`, each with a `run` column, and
+    `all_metrics`, which also holds the rows that rollbacks abandoned.
 
     A finished run is one file, DIR/<run>/run.duckdb, written when the run ends and afterwards only replaced
     whole (by a rename), so attaching it read-only is safe while other runs train. A run still training (or
@@ -21,17 +22,32 @@ def connect(store) -> duckdb.DuckDBPyConnection:
     """
     con = duckdb.connect()                         # in memory: nothing is written to the store
     parts = {"metrics": [], "events": []}
+    rewinds = []                                   # (run, branch, resume_step) from each run.json
     for i, db in enumerate(sorted(Path(store).glob("*/run.duckdb"))):
-        if json.loads((db.parent / "run.json").read_text()).get("status") == "running":
+        meta = json.loads((db.parent / "run.json").read_text())
+        if meta.get("status") == "running":
             continue
         run = db.parent.name                       # run names never hold a quote (the store checks them)
+        rewinds += [(run, r["branch"], r["resume_step"]) for r in meta.get("rewinds") or []]
         path = str(db).replace("'", "''")
         con.execute(f"ATTACH '{path}' AS run{i} (READ_ONLY)")
         for table in parts:
             parts[table].append(f"SELECT '{run}' AS run, * FROM run{i}.{table}")
+    con.execute("CREATE TABLE rewinds (run VARCHAR, branch INTEGER, resume_step BIGINT)")
+    if rewinds:
+        con.executemany("INSERT INTO rewinds VALUES (?, ?, ?)", rewinds)
     for table, selects in parts.items():
         if selects:
-            con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
+            # By name: runs written before the `branch` column have none (it reads as NULL: branch 0).
+            con.execute(f"CREATE VIEW {table if table == 'events' else 'all_metrics'} AS "
+                        + " UNION ALL BY NAME ".join(selects))
+    if parts["metrics"]:
+        # A rollback resumed at step s on branch b: the older branches' rows from step s on were abandoned.
+        con.execute("""
+            CREATE VIEW metrics AS SELECT * FROM all_metrics m WHERE NOT EXISTS (
+                SELECT 1 FROM rewinds r
+                WHERE r.run = m.run AND r.branch > coalesce(m.branch, 0) AND r.resume_step <= m.step)
+        """)
     return con
 
 

@@ -32,6 +32,9 @@ class NullSink:
     def checkpoint(self, step, location):
         pass
 
+    def rewind(self, resume_step):
+        pass
+
     def close(self, status=M.ST_FINISHED):
         pass
 

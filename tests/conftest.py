@@ -23,10 +23,11 @@ def pytest_runtest_makereport(item, call):
 # -- shared test parts -----------------------------------------------------------------------------------------
 class RecordingSink:
     """A run writer that keeps what it is given in memory (the NullSink protocol, recording): `logs` (step, values,
-    rank), `events` (step, kind, severity, detail), `checkpoints` (step, location) and the closing `status`."""
+    rank), `events` (step, kind, severity, detail), `checkpoints` (step, location), `rewinds` (resume steps) and the
+    closing `status`."""
 
     def __init__(self):
-        self.logs, self.events, self.checkpoints, self.status = [], [], [], None
+        self.logs, self.events, self.checkpoints, self.rewinds, self.status = [], [], [], [], None
 
     def log(self, step, values, rank=-1):
         self.logs.append((step, dict(values), rank))
@@ -36,6 +37,9 @@ class RecordingSink:
 
     def checkpoint(self, step, location):
         self.checkpoints.append((step, location))
+
+    def rewind(self, resume_step):
+        self.rewinds.append(resume_step)
 
     def close(self, status="finished"):
         self.status = status

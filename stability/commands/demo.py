@@ -251,8 +251,8 @@ def story(store: Path, unprotected: str, protected: str) -> dict:
             "final_loss": round(float(tail.mean()), 4) if len(tail) else None,
             "val_loss": round(float(val.iloc[-1]), 4) if len(val) else None,
         }
-    # Labelled as `stability spikes` labels it. Only the unprotected run: after a rollback the protected run has
-    # two values for the steps it went back over, one of an abandoned timeline.
+    # Labelled as `stability spikes` labels it. Only the unprotected run: the store reads the protected run along
+    # its lineage, where the divergences its rollbacks undid are not (they are on the abandoned branches).
     loss = rs.metrics(unprotected, metrics=["loss"])
     labels = label_spikes(loss["step"].to_numpy(), loss["value"].to_numpy())
     out["unprotected"]["incidents"] = [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from stability.commands._store_args import add_store_argument
 
 NAME = "detect"
@@ -11,7 +13,9 @@ HELP = "run the online spike detector over a stored run (it sees each step's pas
 DESCRIPTION = (
     "Replay the online detector step by step over a stored or imported run, exactly as it runs inside "
     "training: the alert at step t uses metrics up to t only. Works with whatever metrics the run has "
-    "(e.g. an imported log with only loss and grad_norm)."
+    "(e.g. an imported log with only loss and grad_norm). A run that rolled back is replayed as it was trained: "
+    "each abandoned branch up to its rollback, then the detector's state as it was at the resumed step, as the "
+    "rollback policy restores it."
 )
 
 
@@ -49,18 +53,38 @@ def detector_config(path: str | None = None, threshold: float | None = None):
         raise UsageError(f"--config {path or '(defaults)'}: {e}") from None
 
 
+def replay(det, series) -> list:
+    """The detector's alerts over `series` as logged. Where a rollback resumed at step r, the detector goes on from
+    the state it had before step r was first seen (the checkpoint the rollback policy restores holds it)."""
+    import copy
+
+    resumes = {int(b): int(r) for b, r in series.rewinds}
+    saved: dict[int, dict] = {}
+    alerts, prev, branch = [], None, None
+    branches = series.branches if series.branches is not None else np.zeros(len(series), np.int64)
+    for step, b, rec in zip(series.steps.tolist(), branches.tolist(), series.records):
+        if b != branch:
+            if branch is not None and resumes.get(b) in saved:
+                det.load_state_dict(copy.deepcopy(saved[resumes[b]]))
+            branch, prev = b, (None if branch is not None else -np.inf)
+        # Crossing a step some branch resumes at: the state now is the one a checkpoint there would hold.
+        for r in resumes.values():
+            if prev is not None and prev < r <= step:
+                saved[r] = copy.deepcopy(det.state_dict())
+        alerts.extend(det.update(step, rec))
+        prev = step
+    return alerts
+
+
 def run(args) -> int:
     from stability.commands.spikes import read_run
     from stability.detector.online import OnlineDetector
 
     cfg = detector_config(args.config, args.threshold)
-    series = read_run(args)
+    series = read_run(args, timeline="logged")
     if args.until is not None:
         series = series.truncated(args.until)
-    det = OnlineDetector(cfg)
-    alerts = []
-    for step, rec in zip(series.steps.tolist(), series.records):
-        alerts.extend(det.update(step, rec))
+    alerts = replay(OnlineDetector(cfg), series)
     seen = series.keys()
     out = {"run": args.run, "alerts": [a.to_dict() for a in alerts], "logged_steps": len(series),
            "last_step": int(series.steps[-1]) if len(series) else None, "metrics_seen": len(seen)}

@@ -42,7 +42,7 @@ def label_config(args):
         raise UsageError(str(e)) from None
 
 
-def read_run(args, keys=None):
+def read_run(args, keys=None, timeline="lineage"):
     """The run as a RunSeries; UsageError naming the run and store if it is not there."""
     from stability.errors import UsageError
     from stability.evaluation.series import load_run
@@ -50,7 +50,7 @@ def read_run(args, keys=None):
     store = open_store(args)
     if not store.has_run(args.run):
         raise UsageError(f"no run {args.run!r} in store {args.store} (see `stability runs --store {args.store}`)")
-    return load_run(store, args.run, keys=keys)
+    return load_run(store, args.run, keys=keys, timeline=timeline)
 
 
 def add_arguments(parser):

@@ -65,6 +65,9 @@ class RankSink:
         if self.rank == 0:
             self.writer.checkpoint(step, location)
 
+    def rewind(self, resume_step):
+        self.writer.rewind(resume_step)  # every rank: each numbers the branches of its own rows
+
     def close(self, status=M.ST_FINISHED):
         failed = status == M.ST_FAILED
         if self.rank != 0:

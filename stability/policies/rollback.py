@@ -192,6 +192,8 @@ class Rollback(Policy):
             **why, "to_step": entry.step, "location": entry.location, "skip_batches": skip,
             "loader_position": trainer.loader.state_dict()["position"], "attempt": attempt,
             "max_retries": self.cfg.max_retries})
+        # Then the store starts a branch: the event ends the abandoned one, the replayed steps read from the new one.
+        trainer.sink.rewind(entry.step)
 
     def _escalate(self, trainer, step: int, why: dict, reason: str) -> None:
         action = "stop" if self.cfg.escalate == "stop" else "continue without rollback"

@@ -142,19 +142,13 @@ def _loss_columns(reads: RunReads, events: pd.DataFrame | None, final_window: in
     loss = reads.rows(M.LOSS, (M.NO_LAYER,)).sort_values("step", kind="stable")
     lv = loss["value"].to_numpy(dtype=float)
     if events is None:
-        events = reads.store.events(reads.run, kinds=[M.EV_DIVERGENCE, M.EV_ROLLBACK])
-    # The labeller reads one value per step: at a step logged twice (replayed after a rollback) a finite value
-    # stands for the step rather than a NaN, which only the abandoned branch can have logged if the retry went on.
-    one = loss.assign(bad=~np.isfinite(lv)).sort_values(["step", "bad"], kind="stable").drop_duplicates("step")
-    labels = label_spikes(one["step"].to_numpy(), one["value"].to_numpy(dtype=float)) if len(one) else None
+        events = reads.store.events(reads.run, kinds=[M.EV_DIVERGENCE])
+    # The store reads the run's lineage: a step a rollback replayed has the retry's value only. A divergence that
+    # a rollback undid is not on it; its event says where the run first diverged.
+    labels = label_spikes(loss["step"].to_numpy(), lv) if len(loss) else None
     div = [int(i.onset) for i in labels.incidents if i.diverged] if labels else []
     div += [int(s) for s in events.loc[events["kind"] == M.EV_DIVERGENCE, "step"]] if len(events) else []
-    # After a rollback the store holds both versions of the replayed steps (the abandoned branch's and the retry's)
-    # with no order between them; only the steps past the last rollback were logged by the surviving branch alone,
-    # so the final loss is taken from those (the abandoned branch may end in NaN where the retry recovered).
-    rollbacks = events.loc[events["kind"] == M.EV_ROLLBACK, "step"] if len(events) else []
-    after = loss["step"].to_numpy() > (int(max(rollbacks)) if len(rollbacks) else -1)
-    tail = (lv[after] if after.any() else lv)[-final_window:]
+    tail = lv[-final_window:]
     return {
         "steps": int(loss["step"].max()) + 1 if len(loss) else 0,
         "spikes": len(labels.incidents) if labels else 0,
@@ -269,8 +263,9 @@ def spike_leads(store, run: str, before: int = 20, window: int = 50) -> pd.DataF
     emb_grad_x / rest_grad_x: the embedding's (and the rest of the model's) gradient norm at the step before the
     onset, over its median of the `window` steps before that: how far each had risen before the loss did.
     first_alert / alert_signal / lead: the online detector's first alert in the `before` steps up to the onset
-    (as recorded in the run), and how many steps ahead of the onset it came.
+    (as recorded in the run, on its lineage), and how many steps ahead of the onset it came.
     """
+    from stability.store.lineage import cutoffs, on_lineage
     from stability.detector import label_spikes
 
     loss = store.series(run, M.LOSS, max_points=10**9)
@@ -279,10 +274,10 @@ def spike_leads(store, run: str, before: int = 20, window: int = 50) -> pd.DataF
         return pd.DataFrame(columns=LEAD_COLUMNS)
     grad = store.metrics(run, metrics=[M.GRAD_NORM])
     emb = grad[grad["layer"] == M.LAYER_EMBEDDING].set_index("step")["value"].astype(float)
-    # A rolled-back run logs the replayed steps again: the value a step ended with is its last one.
-    emb = emb[~emb.index.duplicated(keep="last")]
     rest = emb / embedding_to_rest(grad).reindex(emb.index)
     alerts = store.events(run, kinds=[M.EV_ALERT])
+    # The spikes are the lineage's: an alert raised on a branch that a rollback abandoned did not precede them.
+    alerts = alerts[on_lineage(alerts["step"], alerts["branch"], cutoffs(store.rewinds(run)))]
     rows = []
     for inc in lab.incidents:
         o = int(inc.onset)

@@ -16,11 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stability.store import layout
-from stability.store.schema import CHECKPOINTS_SCHEMA, EVENTS_SCHEMA, METRICS_SCHEMA
+from stability.store.schema import CHECKPOINTS_SCHEMA, EVENTS_SCHEMA
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 METRICS_DICT_SCHEMA = pa.schema([
     ("step", pa.int64()), ("metric", _DICT), ("layer", _DICT), ("value", pa.float64()), ("rank", pa.int32()),
+    ("branch", pa.int32()),
 ])
 SCHEMA_OF_KIND = {layout.KIND_METRICS: METRICS_DICT_SCHEMA, layout.KIND_EVENTS: EVENTS_SCHEMA,
                   layout.KIND_CHECKPOINTS: CHECKPOINTS_SCHEMA}
@@ -29,22 +30,32 @@ SCHEMA_OF_KIND = {layout.KIND_METRICS: METRICS_DICT_SCHEMA, layout.KIND_EVENTS: 
 def as_dict_metrics(t: pa.Table) -> pa.Table:
     """A metrics table with dictionary-encoded metric and layer columns (METRICS_DICT_SCHEMA)."""
     cols = []
-    for name in METRICS_SCHEMA.names:
+    t = with_branch(t)
+    for field in METRICS_DICT_SCHEMA:
+        name = field.name
         col = t[name]
         if name in ("metric", "layer"):
             if not pa.types.is_dictionary(col.type):
                 col = pc.dictionary_encode(col)
             col = col.cast(_DICT)
         else:
-            col = col.cast(METRICS_SCHEMA.field(name).type)
+            col = col.cast(field.type)
         cols.append(col)
     return pa.table(cols, schema=METRICS_DICT_SCHEMA)
+
+
+def with_branch(t: pa.Table) -> pa.Table:
+    """`t` with a `branch` column: rows imported, or written before rollbacks were recorded, are branch 0."""
+    if "branch" in t.column_names:
+        return t
+    return t.append_column("branch", pa.array(np.zeros(t.num_rows, np.int32)))
 
 
 def read_segment(path: str, kind: str) -> pa.Table:
     if kind == layout.KIND_METRICS:
         return as_dict_metrics(pq.read_table(path, read_dictionary=["metric", "layer"]))
-    return pq.read_table(path).cast(SCHEMA_OF_KIND[kind])
+    t = pq.read_table(path)
+    return (with_branch(t) if kind == layout.KIND_EVENTS else t).cast(SCHEMA_OF_KIND[kind])
 
 
 def concat(tables: list[pa.Table], kind: str) -> pa.Table:

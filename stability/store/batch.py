@@ -63,8 +63,9 @@ class MetricBatcher:
         self._key_id[key] = kid
         return kid
 
-    def table(self, steps, counts, ranks, idxs, vals) -> pa.Table:
-        """One batch as Arrow columns, rows grouped by series (readers then skip other series' row groups)."""
+    def table(self, steps, counts, ranks, idxs, vals, branches) -> pa.Table:
+        """One batch as Arrow columns, rows grouped by series (readers then skip other series' row groups).
+        Per logged step: its step, row count, rank, key ids, values and branch."""
         km = np.asarray(self._key_metric, np.int32)
         kl = np.asarray(self._key_layer, np.int32)
         mdict = pa.array(self._metric_names, pa.string())
@@ -83,6 +84,7 @@ class MetricBatcher:
                 "layer": pa.DictionaryArray.from_arrays(pa.array(np.repeat(kl[keys], n_steps)), ldict),
                 "value": pa.array(values),
                 "rank": pa.array(np.full(len(values), ranks[0], np.int32)),
+                "branch": pa.array(np.tile(np.asarray(branches, np.int32), len(keys))),
             })
         counts_a = np.asarray(counts, np.int64)
         idx = np.concatenate(idxs)
@@ -92,6 +94,7 @@ class MetricBatcher:
             "layer": pa.DictionaryArray.from_arrays(pa.array(kl[idx]), ldict),
             "value": pa.array(np.concatenate(vals)),
             "rank": pa.array(np.repeat(np.asarray(ranks, np.int32), counts_a)),
+            "branch": pa.array(np.repeat(np.asarray(branches, np.int32), counts_a)),
         })
         return cluster_by_series(t)
 
@@ -105,8 +108,8 @@ class MetricBatcher:
         return self._perm
 
 
-def columns_table(steps, metrics, layers, values, ranks) -> pa.Table:
-    """A metrics table from equal-length columns (lists, NumPy or Arrow arrays)."""
+def columns_table(steps, metrics, layers, values, ranks, branch: int = 0) -> pa.Table:
+    """A metrics table from equal-length columns (lists, NumPy or Arrow arrays), every row on `branch`."""
     n = len(steps)
 
     def strings(col):
@@ -127,6 +130,7 @@ def columns_table(steps, metrics, layers, values, ranks) -> pa.Table:
         "layer": strings(layers),
         "value": pa.array(numbers(values, np.float64)),
         "rank": pa.array(np.full(n, M.GLOBAL_RANK, np.int32) if ranks is None else numbers(ranks, np.int32)),
+        "branch": pa.array(np.full(n, branch, np.int32)),
     })
 
 

@@ -5,6 +5,10 @@ segments that run.duckdb or a wider merged segment already covers, and reads the
 read_parquet. That order (list first, then attach) means a compaction in between can only make segments
 redundant, never make rows disappear; a segment deleted under a running query makes the query start again.
 A damaged segment is reported once (stderr and `problems`) and skipped from then on.
+
+Metric rows and events are read by column name (UNION ALL BY NAME, with a typed empty relation) so that files written
+before the `branch` column existed read as branch 0; with `cutoffs` the rows a rollback abandoned are dropped
+(lineage.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import pandas as pd
 from stability.store import layout
 from stability.store.compact import read_covered, segment_problem
 from stability.store.layout import StoreError
-from stability.store.schema import COLUMNS, DDL, attach_read_only
+from stability.store.lineage import lineage_sql
+from stability.store.schema import BRANCHED, COLUMNS, DDL, attach_read_only
 
 _KIND_OF_TABLE = {"metrics": layout.KIND_METRICS, "events": layout.KIND_EVENTS,
                   "checkpoints": layout.KIND_CHECKPOINTS}
@@ -61,9 +66,11 @@ class RunReader:
         if con is not None:
             con.close()
 
-    def query(self, rd: Path, run: str, table: str, build, run_queries=None):
+    def query(self, rd: Path, run: str, table: str, build, run_queries=None, cutoffs: list[int] | None = None,
+              abandoned: bool = False):
         """Run a query over the run's `table` (run.duckdb rows + live segments), retrying if a compaction or
-        merge removed a segment under it. `build(src) -> (sql, params)`, or `run_queries(cur, src, params)`."""
+        merge removed a segment under it. `build(src) -> (sql, params)`, or `run_queries(cur, src, params)`.
+        `cutoffs` (metrics only): keep the run's lineage, or with `abandoned` only what it left out (lineage.py)."""
         last: Exception | None = None
         for _ in range(_RETRIES):
             segs = layout.list_segments(rd)  # first list, then attach: see the module docstring
@@ -88,15 +95,21 @@ class RunReader:
                             raise StoreError(f"cannot open {db}: {e}") from None
                         continue
                     covered = read_covered(cur, alias)
-                    parts.append(f"SELECT {COLUMNS[table]} FROM {alias}.{table}")
+                    parts.append(f"SELECT {_cols(table)} FROM {alias}.{table}")
                 kind = _KIND_OF_TABLE[table]
                 live = [s for s in layout.live_segments(segs, covered) if s.kind == kind and not self._is_bad(s)]
                 if live:
-                    parts.append(f"SELECT {COLUMNS[table]} FROM read_parquet(?)")
+                    by_name = ", union_by_name = true" if table in BRANCHED else ""
+                    parts.append(f"SELECT {_cols(table)} FROM read_parquet(?{by_name})")
                     sparams.append([s.path for s in live])
-                if not parts:
-                    parts.append(_empty_select(table))
-                src = "(" + " UNION ALL ".join(parts) + ")"
+                if table in BRANCHED:
+                    cols = COLUMNS[table].replace("branch", "coalesce(branch, 0)::INTEGER AS branch")
+                    src = f"(SELECT {cols} FROM ({' UNION ALL BY NAME '.join(parts + [_empty_select(table)])}))"
+                    if table == "metrics" and (cutoffs or abandoned):
+                        src = lineage_sql(src, abandoned)
+                        sparams.append([int(c) for c in cutoffs])
+                else:
+                    src = "(" + " UNION ALL ".join(parts or [_empty_select(table)]) + ")"
                 if run_queries is not None:
                     return run_queries(cur, src, sparams)
                 sql, params = build(src)
@@ -174,6 +187,10 @@ def filters(metrics, layers, step_min, step_max, rank):
     return (" WHERE " + " AND ".join(conds) if conds else ""), params
 
 
+def _cols(table: str) -> str:
+    return "*" if table in BRANCHED else COLUMNS[table]  # by name, see the module docstring
+
+
 def _empty_select(table: str) -> str:
     cols = [c.strip().split(" ") for c in DDL[table].split(",")]
     return "SELECT " + ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in cols) + " WHERE false"
@@ -183,7 +200,7 @@ def empty_events() -> pd.DataFrame:
     return pd.DataFrame({"run": pd.Series(dtype=object), "step": pd.Series(dtype="int64"),
                          "time": pd.Series(dtype="float64"), "kind": pd.Series(dtype=object),
                          "severity": pd.Series(dtype=object), "detail": pd.Series(dtype=object),
-                         "rank": pd.Series(dtype="int32")})
+                         "rank": pd.Series(dtype="int32"), "branch": pd.Series(dtype="int32")})
 
 
 # ---- many series in one go (the dashboard's first paint) --------------------------------------------------

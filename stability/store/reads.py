@@ -1,6 +1,7 @@
 """Reading a run: every series, downsampled series, events and checkpoints, finished, live or crashed. Reading
 never takes a lock and never writes (how a query stays exact while a writer publishes, merges and compacts:
-see query.py). Part of `RunStore` (store.py)."""
+see query.py). Series are read along the run's lineage: rows a rollback abandoned are left out unless asked for
+(lineage.py). Part of `RunStore` (store.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import pandas as pd
 
 from stability import metrics as M
+from stability.store import meta
+from stability.store.lineage import cutoffs, rewinds_of
 from stability.store.layout import StoreError
 from stability.store.query import as_list, empty_events, filters, read_series_many
 
@@ -23,15 +26,29 @@ class RunReads:
             f"SELECT DISTINCT metric, layer FROM {src} ORDER BY metric, layer", []))
 
     def metrics(self, run: str, metrics=None, layers=None, step_min=None, step_max=None,
-                rank: int | None = M.GLOBAL_RANK) -> pd.DataFrame:
+                rank: int | None = M.GLOBAL_RANK, branches: str = "lineage") -> pd.DataFrame:
         """Long form: step, metric, layer, value, ordered by step (then metric, layer). rank=None: every rank,
-        with a `rank` column."""
+        with a `rank` column. branches="lineage": the run as it stands, without what rollbacks abandoned;
+        "all": every row, with a `branch` column, in the order they were logged (branch, then step); "abandoned":
+        only the rows rollbacks abandoned, likewise."""
+        if branches not in ("lineage", "all", "abandoned"):
+            raise ValueError(f"branches must be 'lineage', 'all' or 'abandoned', got {branches!r}")
+        every = branches != "lineage"
+
         def build(src):
             where, params = filters(metrics, layers, step_min, step_max, rank)
-            cols = "step, metric, layer, value" + (", rank" if rank is None else "")
-            order = "step, metric, layer" + (", rank" if rank is None else "")
+            cols = "step, metric, layer, value" + (", rank" if rank is None else "") + (", branch" if every else "")
+            order = ("branch, " if every else "") + "step, metric, layer" + (", rank" if rank is None else "")
             return f"SELECT {cols} FROM {src}{where} ORDER BY {order}", params
-        return self._query(run, "metrics", build)
+        return self._query(run, "metrics", build, along_lineage=branches != "all",
+                           abandoned=branches == "abandoned")
+
+    def rewinds(self, run: str) -> list[tuple[int, int]]:
+        """(branch, resume_step) of each rollback the run recorded, oldest first; [] if it never rolled back."""
+        try:
+            return rewinds_of(meta.read(self._run_dir(run)))
+        except (OSError, ValueError):
+            return []
 
     def series(self, run: str, metric: str, layer: str = M.NO_LAYER, max_points: int = 2000,
                step_min=None, step_max=None, rank: int = M.GLOBAL_RANK) -> pd.DataFrame:
@@ -61,7 +78,7 @@ class RunReads:
                 f"count(*) FILTER (WHERE NOT isfinite(value)) AS nonfinite "
                 f"FROM ({base}) GROUP BY CAST(floor((step - ?) * ? / ?) AS BIGINT) ORDER BY step",
                 sparams + params + [int(lo), float(max_points), span]).df()
-        return self._query(run, "metrics", None, run_queries)
+        return self._query(run, "metrics", None, run_queries, along_lineage=True)
 
     def series_many(self, run: str, keys, max_points: int = 2000, per_key_points: dict | None = None,
                     step_min=None, step_max=None, rank: int = M.GLOBAL_RANK) -> dict[tuple[str, str], pd.DataFrame]:
@@ -91,10 +108,11 @@ class RunReads:
         if not wanted:
             return {}
         return self._reader.query(rd, run, "metrics", None, lambda cur, src, sparams: read_series_many(
-            cur, src, sparams, wanted, points_of, step_min, step_max, rank))
+            cur, src, sparams, wanted, points_of, step_min, step_max, rank), cutoffs(self.rewinds(run)))
 
     def events(self, run: str | None = None, kinds=None) -> pd.DataFrame:
-        """run, step, time, kind, severity, detail (dict), rank; all runs when run is None."""
+        """run, step, time, kind, severity, detail (dict), rank, branch; all runs when run is None. Every event,
+        those of branches a rollback abandoned included (`on_lineage` tells them apart)."""
         runs = [run] if run is not None else self.run_names()
         frames = []
         for r in runs:
@@ -102,7 +120,8 @@ class RunReads:
                 where, params = "", []
                 if kinds is not None:
                     where, params = " WHERE list_contains(?, kind)", [list(as_list(kinds))]
-                return f"SELECT step, time, kind, severity, detail, rank FROM {src}{where} ORDER BY step, time", params
+                return (f"SELECT step, time, kind, severity, detail, rank, branch FROM {src}{where} "
+                        f"ORDER BY step, time"), params
             if run is None and not self._may_have_events(r):
                 continue
             try:
@@ -130,5 +149,9 @@ class RunReads:
         from stability.store.watch import watch
         return watch(self, callback, run)
 
-    def _query(self, run: str, table: str, build, run_queries=None):
-        return self._reader.query(self._run_dir(run), run, table, build, run_queries)
+    def _query(self, run: str, table: str, build, run_queries=None, along_lineage: bool = False,
+               abandoned: bool = False):
+        cut = cutoffs(self.rewinds(run)) if along_lineage else None
+        if abandoned and cut is None:
+            cut = []  # no rollback: every row is on the lineage, and none abandoned
+        return self._reader.query(self._run_dir(run), run, table, build, run_queries, cut, abandoned)

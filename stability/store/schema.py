@@ -1,4 +1,10 @@
-"""Column types of the store's three tables (the same in segments and in run.duckdb)."""
+"""Column types of the store's three tables (the same in segments and in run.duckdb).
+
+A metric row's or an event's `branch` counts the rollbacks its writer had recorded when it was logged (0 before
+the first). A rollback replays steps, so one step can hold rows of several branches; the run's `rewinds` (run.json)
+say from which step each branch replays, and readers keep a row only while no later branch replays its step
+(see lineage.py). Files written before the column existed read as branch 0.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +14,28 @@ METRICS_SCHEMA = pa.schema([
     ("step", pa.int64()), ("metric", pa.string()), ("layer", pa.string()), ("value", pa.float64()),
     ("rank", pa.int32()),
 ])
+"""A metrics table as imported and exported (long form); stored rows add `branch` (arrowio.METRICS_DICT_SCHEMA)."""
 EVENTS_SCHEMA = pa.schema([
     ("step", pa.int64()), ("time", pa.float64()), ("kind", pa.string()), ("severity", pa.string()),
-    ("detail", pa.string()), ("rank", pa.int32()),
+    ("detail", pa.string()), ("rank", pa.int32()), ("branch", pa.int32()),
 ])
 CHECKPOINTS_SCHEMA = pa.schema([("step", pa.int64()), ("location", pa.string())])
 
 # DuckDB DDL of run.duckdb; `_segments` records which segment ranges the file already holds.
 DDL = {
-    "metrics": "step BIGINT, metric VARCHAR, layer VARCHAR, value DOUBLE, rank INTEGER",
-    "events": "step BIGINT, time DOUBLE, kind VARCHAR, severity VARCHAR, detail VARCHAR, rank INTEGER",
+    "metrics": "step BIGINT, metric VARCHAR, layer VARCHAR, value DOUBLE, rank INTEGER, branch INTEGER",
+    "events": "step BIGINT, time DOUBLE, kind VARCHAR, severity VARCHAR, detail VARCHAR, rank INTEGER, branch INTEGER",
     "checkpoints": "step BIGINT, location VARCHAR",
     "_segments": "kind VARCHAR, token VARCHAR, lo BIGINT, hi BIGINT",
 }
 COLUMNS = {
-    "metrics": "step, metric, layer, value, rank",
-    "events": "step, time, kind, severity, detail, rank",
+    "metrics": "step, metric, layer, value, rank, branch",
+    "events": "step, time, kind, severity, detail, rank, branch",
     "checkpoints": "step, location",
 }
 TABLE_OF_KIND = {"m": "metrics", "e": "events", "c": "checkpoints"}
+BRANCHED = ("metrics", "events")
+"""Tables with a `branch` column, read by column name (files from before it read as branch 0)."""
 # Sort order inside run.duckdb: one (metric, layer) series is contiguous, so zone maps skip the rest.
 SORT = {"metrics": "metric, layer, rank, step", "events": "step, time", "checkpoints": "step"}
 

@@ -5,6 +5,10 @@ seconds the writer thread drains the deque, turns the records into Arrow columns
 table by an atomic rename, then updates run.json (last step, last write time, heartbeat). Nothing the writer
 thread does can raise into the training thread: failures are counted in `errors`, the first few are reported on
 stderr, and the batch is retried at the next flush.
+
+A rollback calls `rewind(resume_step)`: rows logged after it carry the next branch number, and run.json's
+`rewinds` records from which step that branch replays the run, before any of its rows is published, so a reader
+never sees both branches of a step as one series (schema.py, lineage.py).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ class WriterConfig:
 
 
 # Queue record tags (first element of each tuple).
-_LOG, _COLS, _EVENT, _CKPT, _FLUSH = range(5)
+_LOG, _COLS, _EVENT, _CKPT, _FLUSH, _REWIND = range(6)
 _MAX_STDERR_LINES = 5
 
 
@@ -91,6 +95,8 @@ class RunWriter:
         self._carry: dict[str, list] = {}
         self._fail_streak = 0
         self._last_step: int | None = None
+        self._branch = 0  # rewinds so far (training-thread side; rows carry it from the queue)
+        self._new_rewinds: list[dict] = []  # seen by the writer thread, not yet in run.json
         self._last_heartbeat = 0.0
         self._stderr_lines = 0
 
@@ -112,7 +118,7 @@ class RunWriter:
             self.dropped_rows += n
             return
         self._enq_rows += n
-        self._q.append((_LOG, step, values.copy(), rank))
+        self._q.append((_LOG, step, values.copy(), rank, self._branch))
 
     def log_columns(self, steps, metrics, layers, values, ranks=None) -> None:
         """Enqueue many rows at once as equal-length columns (imports, bulk loads)."""
@@ -120,7 +126,7 @@ class RunWriter:
         if not (len(metrics) == len(layers) == len(values) == n) or (ranks is not None and len(ranks) != n):
             raise ValueError("log_columns: columns must have equal lengths")
         self._enq_rows += n
-        self._q.append((_COLS, steps, metrics, layers, values, ranks))
+        self._q.append((_COLS, steps, metrics, layers, values, ranks, self._branch))
 
     def event(self, step: int, kind: str, severity: str = "info", detail: dict | None = None,
               rank: int = M.GLOBAL_RANK, time_s: float | None = None) -> None:
@@ -128,7 +134,16 @@ class RunWriter:
         if severity not in M.SEVERITIES:
             raise ValueError(f"severity must be one of {M.SEVERITIES}, got {severity!r}")
         self._q.append((_EVENT, int(step), time.time() if time_s is None else float(time_s), str(kind), severity,
-                        detail, int(rank)))
+                        detail, int(rank), self._branch))
+
+    def rewind(self, resume_step: int) -> None:
+        """A rollback: the run goes on from `resume_step` again, and what was logged from there on before this
+        call is an abandoned branch. Readers drop it (keeping it on disk); `RunStore.metrics(branches="all")`
+        still shows it. Events keep their branch too (`RunStore.events` has every event, with `branch`)."""
+        if self.closed:
+            return
+        self._branch += 1
+        self._q.append((_REWIND, self._branch, int(resume_step), time.time()))
 
     def checkpoint(self, step: int, location: str) -> None:
         """Enqueue a checkpoint record: `location` is a path or e.g. `memory:ring-3`."""
@@ -227,6 +242,8 @@ class RunWriter:
         try:
             if items:
                 self._convert(items)
+            if self._new_rewinds:  # before the rows of the new branch become visible
+                self._record_rewinds()
             if self._carry:
                 self._publish()
         except Exception as e:
@@ -255,13 +272,13 @@ class RunWriter:
             print(f"stability store [{self.name}]: {msg}", file=sys.stderr, flush=True)
 
     def _convert(self, items):
-        steps, counts, ranks, idxs, vals = [], [], [], [], []
+        steps, counts, ranks, idxs, vals, branches = [], [], [], [], [], []
         cols_tables = []
         events, ckpts = [], []
         for it in items:
             tag = it[0]
             if tag == _LOG:
-                _, step, d, rank = it
+                _, step, d, rank, branch = it
                 n = len(d)
                 self._deq_rows += n
                 if not n:
@@ -285,18 +302,22 @@ class RunWriter:
                 ranks.append(rank)
                 idxs.append(idx)
                 vals.append(v)
+                branches.append(branch)
             elif tag == _COLS:
-                _, s, mt, ly, v, r = it
+                _, s, mt, ly, v, r, branch = it
                 self._deq_rows += len(s)
-                cols_tables.append(columns_table(s, mt, ly, v, r))
+                cols_tables.append(columns_table(s, mt, ly, v, r, branch))
             elif tag == _EVENT:
-                _, step, t, kind, sev, detail, rank = it
-                events.append((step, t, kind, sev, event_json(detail), rank))
+                _, step, t, kind, sev, detail, rank, branch = it
+                events.append((step, t, kind, sev, event_json(detail), rank, branch))
             elif tag == _CKPT:
                 ckpts.append((it[1], it[2]))
+            elif tag == _REWIND:
+                self._new_rewinds.append({"branch": it[1], "resume_step": it[2], "time": it[3]})
         carry = self._carry
         if steps:
-            carry.setdefault(layout.KIND_METRICS, []).append(self._batcher.table(steps, counts, ranks, idxs, vals))
+            table = self._batcher.table(steps, counts, ranks, idxs, vals, branches)
+            carry.setdefault(layout.KIND_METRICS, []).append(table)
             self._last_step = max(max(steps), self._last_step if self._last_step is not None else -1)
         for t in cols_tables:
             if len(t):
@@ -305,11 +326,11 @@ class RunWriter:
                 mx = int(pa.compute.max(t["step"]).as_py())
                 self._last_step = max(mx, self._last_step if self._last_step is not None else -1)
         if events:
-            s, t, k, sev, det, r = zip(*events)
+            s, t, k, sev, det, r, b = zip(*events)
             carry.setdefault(layout.KIND_EVENTS, []).append(pa.table(
                 [pa.array(s, pa.int64()), pa.array(t, pa.float64()), pa.array(k, pa.string()),
-                 pa.array(sev, pa.string()), pa.array(det, pa.string()), pa.array(r, pa.int32())],
-                schema=EVENTS_SCHEMA))
+                 pa.array(sev, pa.string()), pa.array(det, pa.string()), pa.array(r, pa.int32()),
+                 pa.array(b, pa.int32())], schema=EVENTS_SCHEMA))
         if ckpts:
             s, loc = zip(*ckpts)
             carry.setdefault(layout.KIND_CHECKPOINTS, []).append(pa.table(
@@ -342,6 +363,17 @@ class RunWriter:
         self._fail_streak = 0
         self.rows_written += written
         self._update_meta()
+
+    def _record_rewinds(self):
+        new = self._new_rewinds
+
+        def add(m):
+            # Every rank's writer rewinds at the same rollback: the first to record a branch says where it starts.
+            have = {int(r["branch"]) for r in m.get("rewinds") or ()}
+            m["rewinds"] = sorted((m.get("rewinds") or []) + [r for r in new if r["branch"] not in have],
+                                  key=lambda r: r["branch"])
+        meta.update(self.run_dir, add)
+        self._new_rewinds = []
 
     def _merge_loop(self):
         from stability.store.merge import maybe_merge

@@ -149,3 +149,30 @@ def test_compare_series_lines_are_the_stored_series(store):
         ref = store.series("pre-ln-fp16", m, lay, max_points=100)
         assert got[key]["step"].tolist() == ref["step"].tolist()
         np.testing.assert_allclose(got[key]["vmax"], ref["vmax"], rtol=1e-12)
+
+
+def test_a_rolled_back_run_draws_its_lineage_and_the_abandoned_branch_apart(tmp_path):
+    """Steps 0-49 logged, NaN from 45 on; a rollback resumes at 40 and the retry logs 40-79. The run view's loss
+    line is the run as it went on (one value per step, finite); the abandoned steps 40-49 are their own faint line."""
+    from dashboard.run_figure import run_figure
+
+    st = RunStore(tmp_path)
+    w = st.create_run("r")
+    first = {s: (3.0 if s < 45 else float("nan")) for s in range(50)}
+    retry = {s: 2.0 - 0.001 * s for s in range(40, 80)}
+    for s, v in first.items():
+        w.log(s, {(M.LOSS, ""): v})
+    w.rewind(40)
+    for s, v in retry.items():
+        w.log(s, {(M.LOSS, ""): v})
+    w.close()
+    series = q.run_series(st, "r")
+    loss = series[(M.LOSS, "")]
+    assert loss["step"].tolist() == list(range(80))
+    assert loss["value"].tolist() == [first[s] for s in range(40)] + [retry[s] for s in range(40, 80)]
+    fig = run_figure(series)
+    ab = [t for t in fig.data if t.name == "abandoned by rollback"]
+    assert len(ab) == 1 and list(ab[0].x) == list(range(40, 50))
+    assert list(ab[0].y[:5]) == [3.0] * 5 and all(np.isnan(ab[0].y[5:]))
+    line = [t for t in fig.data if t.name == "loss"]
+    assert len(line) == 1 and list(line[0].x) == list(range(80))

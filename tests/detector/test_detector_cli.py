@@ -194,3 +194,42 @@ def test_generate_a_tiny_suite_end_to_end(tmp_path):
     cfg = train_config(runs[0], model)
     expected = [lr_at(t, cfg) * 1.1 ** max(0, t - 6) for t in range(12)]
     assert r.column("lr")[1][10:] == pytest.approx(expected)
+
+
+class _Counting:
+    """A detector whose state is the number of updates it has seen, and whose every alert carries that number."""
+
+    def __init__(self):
+        self.n = 0
+
+    def update(self, step, metrics):
+        from stability.detector import Alert
+
+        self.n += 1
+        return [Alert(step, "count", float(self.n), "info", "")]
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def test_replay_goes_on_from_the_state_the_rollback_restored():
+    """Branch 0 logs steps 0-5, a rollback resumes at 4 (branch 1 logs 4-7), a retry resumes at 2 (branch 2 logs
+    2-8). At each resume the detector has the state it had before the resumed step was first seen, as the checkpoint
+    the rollback policy restores holds it: counted by hand, 4 updates before step 4 and 2 before step 2."""
+    from stability.commands.detect import replay
+    from stability.evaluation.series import from_long
+
+    logged = [(0, s) for s in range(6)] + [(1, s) for s in range(4, 8)] + [(2, s) for s in range(2, 9)]
+    df = pd.DataFrame({"step": [s for _, s in logged], "metric": M.LOSS, "layer": "", "value": 1.0,
+                       "branch": [b for b, _ in logged]}).sample(frac=1.0, random_state=0)  # any row order
+    series = from_long("r", df, rewinds=[(1, 4), (2, 2)])
+    assert series.steps.tolist() == [s for _, s in logged]
+    got = [(a.step, a.score) for a in replay(_Counting(), series)]
+    assert got == ([(s, s + 1.0) for s in range(6)] + [(s, s + 1.0) for s in range(4, 8)]
+                   + [(s, s + 1.0) for s in range(2, 9)])
+    # Without rewinds (a lineage, or a run that never rolled back) the count simply goes on.
+    plain = from_long("r", df.drop(columns="branch").drop_duplicates("step"))
+    assert [a.score for a in replay(_Counting(), plain)] == [float(i + 1) for i in range(9)]

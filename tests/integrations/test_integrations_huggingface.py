@@ -118,11 +118,15 @@ def test_rollback_restores_the_state_after_a_nan_in_the_trainer(tmp_path):
     ev = store.events("rb")
     rollbacks = ev[ev.kind == M.EV_ROLLBACK]
     assert list(rollbacks.step) == [3]
-    losses = store.metrics("rb", metrics=[M.LOSS])
+    losses = store.metrics("rb", metrics=[M.LOSS], branches="all")
     # The NaN step's update poisoned every weight: without the rollback every later loss would be NaN. With it,
     # the Trainer's last two steps train the restored state, recorded as steps 2 and 3 again (the run rewinds).
     assert len(losses) == 6 and losses.value.isna().sum() == 1
-    assert sorted(losses.step) == [0, 1, 2, 2, 3, 3]
+    assert losses[["branch", "step"]].values.tolist() == [[0, 0], [0, 1], [0, 2], [0, 3], [1, 2], [1, 3]]
+    assert math.isnan(losses.value.iloc[3])
+    lineage = store.metrics("rb", metrics=[M.LOSS])  # the run as it went on: the retry's steps 2 and 3
+    assert lineage.step.tolist() == [0, 1, 2, 3] and lineage.value.notna().all()
+    assert lineage.value.tolist()[2:] == losses.value.tolist()[4:]
 
 
 def test_egs_multiplies_the_llama_embedding_gradient_by_alpha(tmp_path):

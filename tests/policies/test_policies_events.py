@@ -11,6 +11,8 @@ from stability.policies import EGSConfig, EmbeddingGradShrink, Rollback, Rollbac
 from stability.reference.session import SessionOptions, build_trainer
 from stability.store import RunStore
 
+TRAINED = {}  # what the trainer itself saw, for references computed outside the store
+
 
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory, scripted_detector):
@@ -26,6 +28,7 @@ def store_dir(tmp_path_factory, scripted_detector):
     t.detector = scripted_detector({5}, once=True, signal="emb_grad_rate",
                                    message="embedding gradient norm growing fast")
     t.fit()
+    TRAINED["losses"] = list(t.losses)  # in the order trained: steps 0-5, then 4-7 again after the rollback
     return d
 
 
@@ -44,6 +47,18 @@ def test_actions_are_events_in_the_store_with_what_why_and_which_alert(store_dir
     # EGS_ACTIVE is logged on every logged step: 0 before the alert, 1 after (steps 4 and 5 are run twice).
     m = RunStore(store_dir).metrics("r1", metrics=[M.EGS_ACTIVE])
     assert set(m["value"]) == {0.0, 1.0} and m[m["value"] == 1.0]["step"].min() >= 4
+
+
+def test_the_store_reads_the_replayed_steps_from_the_branch_that_replaced_them(store_dir):
+    losses = TRAINED["losses"]
+    assert len(losses) == 10  # 6 steps, a rollback to step 4, 4 more
+    store = RunStore(store_dir)
+    loss = store.metrics("r1", metrics=[M.LOSS])
+    assert loss["step"].tolist() == list(range(8))
+    assert loss["value"].tolist() == losses[:4] + losses[6:]  # steps 0-3 once; 4-7 from after the rollback
+    assert store.rewinds("r1") == [(1, 4)]
+    every = store.metrics("r1", metrics=[M.LOSS], branches="all")
+    assert every["value"].tolist() == losses and every["branch"].tolist() == [0] * 6 + [1] * 4
 
 
 def test_events_command_prints_the_json_contract(store_dir, capsys):

@@ -69,8 +69,8 @@ def test_a_real_study_run_round_trips_through_tensorboards_reader(tmp_path):
     store_dir = tmp_path / "store"
     shutil.copytree(SAMPLE / SAMPLE_RUN, store_dir / SAMPLE_RUN)
     res = _check_round_trip(store_dir, SAMPLE_RUN, tmp_path / "tb")
-    # 2 layers x every probe: 56 tags; events: checkpoints, alerts, pages, 2 rollbacks and 2 LR back-offs
-    assert res["values"] > 20_000 and res["tags"] >= 50 and res["events"] >= 9
+    # 300 steps of its lineage x 2 layers x every probe: 56 tags; events: checkpoints, alerts, pages, 2 rollbacks and 2 LR back-offs
+    assert res["values"] > 12_000 and res["tags"] >= 50 and res["events"] >= 9
     assert "grad_norm/embedding" in res["acc"].Tags()["scalars"]          # per-layer tags
     assert any(t.startswith("grad_norm/layers.") for t in res["acc"].Tags()["scalars"])
 
