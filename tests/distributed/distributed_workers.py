@@ -45,6 +45,7 @@ class RollbackOnDip:
         elif self.fired_at is None and step >= 2 and g is not None and g < self.previous:
             trainer.load_state_dict(copy.deepcopy(self.snapshot))
             trainer.loader.skip(1)
+            trainer.sink.rewind(1)  # as the rollback policy does: every rank, the store starts a branch
             self.fired_at = step
         self.previous = g
 

@@ -197,8 +197,18 @@ def test_every_rank_decides_on_the_same_values_and_rolls_back_at_the_same_step(l
     assert r0["losses"] == r1["losses"]
     steps = [s for s, _, _ in r0["seen"]]
     assert steps.count(1) == 2  # step 1 ran twice: before and after the rollback
-    events = RunStore(launched["store"]).metrics("rollback", metrics=[M.LOSS])
-    assert len(events) == len(steps)
+    store = RunStore(launched["store"])
+    every = store.metrics("rollback", metrics=[M.LOSS], branches="all")
+    assert len(every) == len(steps) and store.rewinds("rollback") == [(1, 1)]
+    # Read along the lineage, every step once, the global rows and each rank's own rows alike: the values the run
+    # went on with (r0["losses"] lists them in the order trained, so the retry's come last).
+    lineage = store.metrics("rollback", metrics=[M.LOSS])
+    assert lineage["step"].tolist() == sorted(set(steps))
+    last = {s: v for s, v in zip(steps, r0["losses"])}
+    assert lineage["value"].tolist() == pytest.approx([last[s] for s in sorted(last)])
+    ranks = store.metrics("rollback", metrics=[M.LOSS], rank=None)
+    for r in (0, 1):
+        assert ranks[ranks["rank"] == r]["step"].tolist() == sorted(set(steps))
 
 
 @pytest.mark.slow
