@@ -204,14 +204,14 @@ def _loss_row(c: _Canvas, series: Series, ev: pd.DataFrame, spikes: Sequence[int
     alerts = ev[ev["kind"] == M.EV_ALERT]
     if len(alerts):
         colors = [{"critical": "#d62728", "warning": "#ff7f0e"}.get(str(v), "#bcbd22") for v in alerts["severity"]]
-        traces.append(dict(type="scatter", x=alerts["step"].to_numpy(), y=_y_at(loss, alerts["step"]),
+        traces.append(dict(type="scatter", x=alerts["step"].to_numpy(), y=_marker_y(loss, abandoned, alerts),
                            mode="markers", name="alert", yaxis=y, text=_event_text(alerts),
                            marker=dict(symbol="triangle-up", size=11, color=colors, line=dict(width=1, color="#333")),
                            hovertemplate="%{text}<extra></extra>"))
     for kind, style in ACTION_STYLE.items():
         sel = ev[ev["kind"] == kind]
         if len(sel):
-            traces.append(dict(type="scatter", x=sel["step"].to_numpy(), y=_y_at(loss, sel["step"]),
+            traces.append(dict(type="scatter", x=sel["step"].to_numpy(), y=_marker_y(loss, abandoned, sel),
                                mode="markers", name=style["name"], yaxis=y, text=_event_text(sel),
                                marker=dict(symbol=style["symbol"], size=10, color=style["color"]),
                                hovertemplate="%{text}<extra></extra>"))
@@ -246,6 +246,20 @@ def _loss_row(c: _Canvas, series: Series, ev: pd.DataFrame, spikes: Sequence[int
     c.yaxis("loss")["title"] = dict(text="loss")
     if log_loss:
         c.yaxis("loss").update(type="log", exponentformat="power")
+
+
+def _marker_y(loss: pd.DataFrame | None, abandoned: pd.DataFrame | None, ev: pd.DataFrame) -> np.ndarray:
+    """Where an event's marker sits: on the loss line, or, for an event of a branch a rollback abandoned, on that
+    branch's own line at its step (where it has a finite loss there)."""
+    y = _y_at(loss, ev["step"])
+    if abandoned is None or not len(abandoned) or "branch" not in ev:
+        return y
+    own = {(int(b), int(s)): float(v) for b, s, v in zip(abandoned["branch"], abandoned["step"], abandoned["value"])}
+    for i, (b, s) in enumerate(zip(ev["branch"], ev["step"])):
+        v = own.get((int(b), int(s)), math.nan) if b == b else math.nan
+        if math.isfinite(v):
+            y[i] = v
+    return y
 
 
 def _heat_row(c: _Canvas, series: Series, heat_bins: int) -> None:

@@ -158,21 +158,28 @@ def test_a_rolled_back_run_draws_its_lineage_and_the_abandoned_branch_apart(tmp_
 
     st = RunStore(tmp_path)
     w = st.create_run("r")
-    first = {s: (3.0 if s < 45 else float("nan")) for s in range(50)}
+    first = {s: (3.0 + 0.01 * s if s < 45 else float("nan")) for s in range(50)}
     retry = {s: 2.0 - 0.001 * s for s in range(40, 80)}
     for s, v in first.items():
         w.log(s, {(M.LOSS, ""): v})
+        if s == 44:
+            w.event(s, M.EV_ALERT, severity="warning", detail={"signal": "test"})
     w.rewind(40)
     for s, v in retry.items():
         w.log(s, {(M.LOSS, ""): v})
+        if s == 60:
+            w.event(s, M.EV_ALERT, severity="warning", detail={"signal": "test"})
     w.close()
     series = q.run_series(st, "r")
     loss = series[(M.LOSS, "")]
     assert loss["step"].tolist() == list(range(80))
     assert loss["value"].tolist() == [first[s] for s in range(40)] + [retry[s] for s in range(40, 80)]
-    fig = run_figure(series)
+    fig = run_figure(series, q.run_events(st, "r"))
     ab = [t for t in fig.data if t.name == "abandoned by rollback"]
     assert len(ab) == 1 and list(ab[0].x) == list(range(40, 50))
-    assert list(ab[0].y[:5]) == [3.0] * 5 and all(np.isnan(ab[0].y[5:]))
+    assert list(ab[0].y[:5]) == [first[s] for s in range(40, 45)] and all(np.isnan(ab[0].y[5:]))
+    # The alert raised on the abandoned branch sits on that branch's line, the later one on the run's own.
+    (alerts,) = [t for t in fig.data if t.name == "alert"]
+    assert list(alerts.x) == [44, 60] and list(alerts.y) == pytest.approx([first[44], retry[60]])
     line = [t for t in fig.data if t.name == "loss"]
     assert len(line) == 1 and list(line[0].x) == list(range(80))
