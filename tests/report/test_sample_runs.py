@@ -380,8 +380,9 @@ def test_ratio_column_on_a_committed_run_matches_the_total_gradient_norm(samples
     assert run_summary(samples, run)["embedding_to_rest_ratio"] == pytest.approx(want, rel=1e-3)
 
 
-def test_spike_leads_of_a_rolled_back_run_take_the_last_value_of_a_replayed_step(tmp_path):
-    """A rollback logs the replayed steps again; the lead table reads the value each step ended with."""
+def test_spike_leads_of_a_rolled_back_run_read_the_replayed_steps_from_the_retry(tmp_path):
+    """A rollback logs the replayed steps again (the writer told, as the rollback policy tells it); the lead table
+    reads the run's lineage: the value each step ended with."""
     from stability.report.summary import spike_leads
 
     store = RunStore(tmp_path)
@@ -390,6 +391,8 @@ def test_spike_leads_of_a_rolled_back_run_take_the_last_value_of_a_replayed_step
     steps = list(range(0, 130)) + list(range(60, 160))  # rolled back from 129 to 60
     for i, s in enumerate(steps):
         replay = i >= 130
+        if i == 130:
+            w.rewind(60)
         loss = 2.0 + 0.01 * rng.standard_normal() + (3.0 if (replay and s in (110, 111)) else 0.0)
         emb = 4.0 if (replay and s == 109) else 1.0      # the replay's pre-onset value is the one that counts
         w.log(s, {(M.LOSS, ""): loss, (M.GRAD_NORM, M.LAYER_EMBEDDING): emb, (M.GRAD_NORM, "head"): 1.0,
