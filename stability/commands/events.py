@@ -19,7 +19,8 @@ def add_arguments(parser):
     parser.add_argument("--kind", action="append", metavar="KIND",
                         help="only events of this kind (repeatable), e.g. rollback, egs_on, alert")
     parser.add_argument("--json", action="store_true",
-                        help='print {"run": ..., "events": [{"step", "kind", "severity", "time", "detail"}, ...]}')
+                        help='print {"run": ..., "events": [{"step", "kind", "severity", "time", "branch", "detail"}, '
+                             '...]} (branch: rollbacks before the event, see docs/store.md)')
 
 
 def _clean(x):
@@ -42,7 +43,7 @@ def load_events(store, run: str, kinds=None) -> list[dict]:
     except StoreError as e:
         raise UsageError(str(e)) from None
     rows = [{"step": int(r.step), "kind": str(r.kind), "severity": str(r.severity), "time": float(r.time),
-             "detail": _clean(r.detail)} for r in df.itertuples(index=False)]
+             "branch": int(r.branch), "detail": _clean(r.detail)} for r in df.itertuples(index=False)]
     # In the order they happened: after a rollback the steps go backwards, and the trail should say so.
     return sorted(rows, key=lambda e: e["time"])
 

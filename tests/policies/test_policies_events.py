@@ -67,6 +67,10 @@ def test_events_command_prints_the_json_contract(store_dir, capsys):
     assert out["run"] == "r1" and isinstance(out["events"], list)
     for e in out["events"]:
         assert isinstance(e["step"], int) and isinstance(e["kind"], str) and isinstance(e["detail"], dict)
+    # The trail in the order it happened: the rollback ends branch 0, the replayed steps' events are branch 1.
+    roll = next(i for i, e in enumerate(out["events"]) if e["kind"] == M.EV_ROLLBACK)
+    assert {e["branch"] for e in out["events"][:roll + 1]} == {0}
+    assert {e["branch"] for e in out["events"][roll + 1:]} <= {1}
     assert [e["kind"] for e in out["events"]].count(M.EV_ROLLBACK) == 1
     assert main(["events", "r1", "--store", str(store_dir), "--json", "--kind", "rollback"]) == 0
     only = json.loads(capsys.readouterr().out)["events"]
