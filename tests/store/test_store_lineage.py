@@ -120,17 +120,30 @@ def test_files_from_before_the_branch_column_still_read(tmp_path):
     con.execute("DROP TABLE metrics")
     con.execute("CREATE TABLE metrics (step BIGINT, metric VARCHAR, layer VARCHAR, value DOUBLE, rank INTEGER)")
     con.execute("INSERT INTO metrics VALUES (0, 'loss', '', 3.0, -1), (1, 'loss', '', 2.5, -1)")
+    con.execute("DROP TABLE events")
+    con.execute("CREATE TABLE events (step BIGINT, time DOUBLE, kind VARCHAR, severity VARCHAR, detail VARCHAR, "
+                "rank INTEGER)")
+    con.execute("INSERT INTO events VALUES (1, 10.0, 'alert', 'warning', '{\"signal\": \"x\"}', -1)")
     con.close()
+    eseg = rd / layout.SEGMENTS / layout.segment_name(layout.KIND_EVENTS, "0dd0dd00", 0, 0)
+    pq.write_table(pa.table({"step": pa.array([2], pa.int64()), "time": [11.0], "kind": ["rollback"],
+                             "severity": ["warning"], "detail": ["{}"], "rank": pa.array([-1], pa.int32())}), eseg)
     seg = rd / layout.SEGMENTS / layout.segment_name(layout.KIND_METRICS, "0dd0dd00", 0, 0)
     pq.write_table(pa.table({"step": pa.array([2], pa.int64()), "metric": ["loss"], "layer": [""],
                              "value": [2.25], "rank": pa.array([-1], pa.int32())}), seg)
     assert store.metrics("old")["value"].tolist() == [3.0, 2.5, 2.25]
     assert store.series("old", M.LOSS)["value"].tolist() == [3.0, 2.5, 2.25]
     assert store.metrics("old", branches="all")["branch"].tolist() == [0, 0, 0]
+
+    def events():
+        ev = store.events("old")
+        return [[s, k, b, d] for s, k, b, d in zip(ev["step"], ev["kind"], ev["branch"], ev["detail"])]
+    assert events() == [[1, "alert", 0, {"signal": "x"}], [2, "rollback", 0, {}]]
     from stability.store.compact import compact_run
     compact_run(rd)
     assert store.metrics("old", branches="all")[["step", "value", "branch"]].values.tolist() == [
         [0, 3.0, 0], [1, 2.5, 0], [2, 2.25, 0]]
+    assert events() == [[1, "alert", 0, {"signal": "x"}], [2, "rollback", 0, {}]]
 
 
 def test_abandoned_rows_are_the_rest(tmp_path):
