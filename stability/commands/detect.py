@@ -53,9 +53,10 @@ def detector_config(path: str | None = None, threshold: float | None = None):
         raise UsageError(f"--config {path or '(defaults)'}: {e}") from None
 
 
-def replay(det, series) -> list:
-    """The detector's alerts over `series` as logged. Where a rollback resumed at step r, the detector goes on from
-    the state it had before step r was first seen (the checkpoint the rollback policy restores holds it)."""
+def replay(det, series) -> list[tuple]:
+    """(alert, branch) of each of the detector's alerts over `series` as logged. Where a rollback resumed at step r,
+    the detector goes on from the state it had before step r was first seen (the checkpoint the rollback policy
+    restores holds it)."""
     import copy
 
     resumes = {int(b): int(r) for b, r in series.rewinds}
@@ -71,7 +72,7 @@ def replay(det, series) -> list:
         for r in resumes.values():
             if prev is not None and prev < r <= step:
                 saved[r] = copy.deepcopy(det.state_dict())
-        alerts.extend(det.update(step, rec))
+        alerts.extend((a, b) for a in det.update(step, rec))
         prev = step
     return alerts
 
@@ -86,12 +87,15 @@ def run(args) -> int:
         series = series.truncated(args.until)
     alerts = replay(OnlineDetector(cfg), series)
     seen = series.keys()
-    out = {"run": args.run, "alerts": [a.to_dict() for a in alerts], "logged_steps": len(series),
+    out = {"run": args.run, "alerts": [{**a.to_dict(), "branch": b} for a, b in alerts], "logged_steps": len(series),
            "last_step": int(series.steps[-1]) if len(series) else None, "metrics_seen": len(seen)}
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"run {args.run}: {len(alerts)} alert(s) over {len(series)} logged steps")
-    for a in alerts:
-        print(f"  step {a.step:>8}  {a.severity:<8}  {a.signal:<15} score {a.score:7.2f}  {a.message}")
+    if series.rewinds:
+        print(f"  (rolled back {len(series.rewinds)} time(s): replayed as trained, each alert with its branch)")
+    for a, b in alerts:
+        where = f"  [branch {b}]" if series.rewinds else ""
+        print(f"  step {a.step:>8}  {a.severity:<8}  {a.signal:<15} score {a.score:7.2f}  {a.message}{where}")
     return 0

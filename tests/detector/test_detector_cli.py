@@ -227,9 +227,10 @@ def test_replay_goes_on_from_the_state_the_rollback_restored():
                        "branch": [b for b, _ in logged]}).sample(frac=1.0, random_state=0)  # any row order
     series = from_long("r", df, rewinds=[(1, 4), (2, 2)])
     assert series.steps.tolist() == [s for _, s in logged]
-    got = [(a.step, a.score) for a in replay(_Counting(), series)]
+    got = [(a.step, a.score) for a, _ in replay(_Counting(), series)]
     assert got == ([(s, s + 1.0) for s in range(6)] + [(s, s + 1.0) for s in range(4, 8)]
                    + [(s, s + 1.0) for s in range(2, 9)])
     # Without rewinds (a lineage, or a run that never rolled back) the count simply goes on.
     plain = from_long("r", df.drop(columns="branch").drop_duplicates("step"))
-    assert [a.score for a in replay(_Counting(), plain)] == [float(i + 1) for i in range(9)]
+    assert [a.score for a, _ in replay(_Counting(), plain)] == [float(i + 1) for i in range(9)]
+    assert [b for _, b in replay(_Counting(), series)] == [b for b, _ in logged]

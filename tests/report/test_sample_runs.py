@@ -117,8 +117,8 @@ def test_replaying_the_protected_run_gives_the_alerts_it_raised_while_training()
     assert len(store.rewinds(protected)) >= 1
     recorded = store.events(protected, kinds=[M.EV_ALERT]).sort_values("time", kind="stable")
     replayed = _json_cli(["detect", protected, "--store", str(SAMPLES), "--json"])["alerts"]
-    assert [(a["step"], a["signal"]) for a in replayed] == [
-        (int(s), d["signal"]) for s, d in zip(recorded["step"], recorded["detail"])]
+    assert [(a["step"], a["signal"], a["branch"]) for a in replayed] == [
+        (int(s), d["signal"], int(b)) for s, d, b in zip(recorded["step"], recorded["detail"], recorded["branch"])]
     # Read along its lineage, the run has one loss per step and no NaN: the rollbacks undid both divergences.
     loss = store.metrics(protected, metrics=[M.LOSS])
     assert loss["step"].is_unique and np.isfinite(loss["value"]).all()
