@@ -13,6 +13,7 @@ from stability import metrics as M
 from stability.store import layout, meta
 from stability.store.compact import compact_run
 from stability.store.layout import StoreError
+from stability.store.lineage import rewinds_of
 from stability.store.writer import RunWriter, WriterConfig
 
 
@@ -30,11 +31,16 @@ class RunAdmin:
     and `forget()` (a run's cached metadata, dropped when the run changes under it)."""
 
     def create_run(self, name: str, config: dict | None = None, *, exist_ok: bool = False, git: str | None = None,
-                   writer_config: WriterConfig | None = None) -> RunWriter:
-        """Start writing run `name`. With exist_ok=True an existing run is resumed (new rows are appended)."""
+                   writer_config: WriterConfig | None = None, resume_step: int | None = None) -> RunWriter:
+        """Start writing run `name`. With exist_ok=True an existing run is resumed (new rows are appended, on the
+        run's newest branch); with `resume_step` as well, training restarts from that step (a checkpoint after a
+        crash): what the run logged from there on is an abandoned branch, as after a rollback."""
         layout.check_run_name(name)
         self.ensure_writable()
-        return self._open_writer(self.root / name, name, config, exist_ok, git, writer_config)
+        w = self._open_writer(self.root / name, name, config, exist_ok, git, writer_config)
+        if resume_step is not None:
+            w.rewind(resume_step)
+        return w
 
     def _open_writer(self, rd: Path, name: str, config, exist_ok: bool, git, writer_config) -> RunWriter:
         token = secrets.token_hex(4)
@@ -65,8 +71,10 @@ class RunAdmin:
                 m["ln"] = config.get("ln")
                 m["precision"] = config.get("precision")
             m.setdefault("writers", {})[token] = meta.writer_entry(now)
-        meta.update(rd, init)
-        return RunWriter(rd, name, token, writer_config or self.writer_config)
+        m = meta.update(rd, init)
+        # A resumed run goes on from its newest branch: rows numbered from 0 again would read as abandoned.
+        branch = max((b for b, _ in rewinds_of(m)), default=0)
+        return RunWriter(rd, name, token, writer_config or self.writer_config, branch=branch)
 
     def import_table(self, name: str, table, config: dict | None = None, *, replace: bool = False,
                      events=None) -> int:

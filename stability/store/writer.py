@@ -69,7 +69,7 @@ _MAX_STDERR_LINES = 5
 class RunWriter:
     """Writes one run. Create it with `RunStore.create_run()`; call `close()` when the run ends."""
 
-    def __init__(self, run_dir: Path, name: str, token: str, config: WriterConfig | None = None):
+    def __init__(self, run_dir: Path, name: str, token: str, config: WriterConfig | None = None, branch: int = 0):
         self.name = name
         self.run_dir = Path(run_dir)
         self.token = token
@@ -95,7 +95,7 @@ class RunWriter:
         self._carry: dict[str, list] = {}
         self._fail_streak = 0
         self._last_step: int | None = None
-        self._branch = 0  # rewinds so far (training-thread side; rows carry it from the queue)
+        self._branch = branch  # rewinds so far (training-thread side; rows carry it from the queue)
         self._new_rewinds: list[dict] = []  # seen by the writer thread, not yet in run.json
         self._last_heartbeat = 0.0
         self._stderr_lines = 0

@@ -158,3 +158,27 @@ def test_abandoned_rows_are_the_rest(tmp_path):
     w2.log(0, {(M.LOSS, ""): 1.0})
     w2.close()
     assert len(store.metrics("calm", branches="abandoned")) == 0
+
+
+def test_a_resumed_run_goes_on_from_its_newest_branch_or_from_the_step_it_restarts_at(tmp_path):
+    store = RunStore(tmp_path)
+    w = store.create_run("r", writer_config=FAST)
+    expected = _play(w)  # two rollbacks: the run is on branch 2
+    w.close()
+    # Resumed as it ended (exist_ok): new rows append to the newest branch and are on the lineage.
+    w = store.create_run("r", exist_ok=True, writer_config=FAST)
+    for s in range(100, 110):
+        w.log(s, {(M.LOSS, ""): 5000.0 + s})
+        expected[s] = 5000.0 + s
+    w.close()
+    loss = store.metrics("r", metrics=M.LOSS)
+    assert loss["value"].tolist() == [expected[s] for s in range(110)]
+    # Restarted from a checkpoint at step 90 after a crash: steps 90-109 of before are abandoned, by hand.
+    w = store.create_run("r", exist_ok=True, resume_step=90, writer_config=FAST)
+    for s in range(90, 95):
+        w.log(s, {(M.LOSS, ""): 7000.0 + s})
+    w.close()
+    loss = store.metrics("r", metrics=M.LOSS)
+    assert loss["step"].tolist() == list(range(95))
+    assert loss["value"].tolist() == [expected[s] for s in range(90)] + [7000.0 + s for s in range(90, 95)]
+    assert store.rewinds("r") == [(1, 40), (2, 30), (3, 90)]
