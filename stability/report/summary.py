@@ -265,7 +265,6 @@ def spike_leads(store, run: str, before: int = 20, window: int = 50) -> pd.DataF
     first_alert / alert_signal / lead: the online detector's first alert in the `before` steps up to the onset
     (as recorded in the run, on its lineage), and how many steps ahead of the onset it came.
     """
-    from stability.store.lineage import cutoffs, on_lineage
     from stability.detector import label_spikes
 
     loss = store.series(run, M.LOSS, max_points=10**9)
@@ -275,9 +274,8 @@ def spike_leads(store, run: str, before: int = 20, window: int = 50) -> pd.DataF
     grad = store.metrics(run, metrics=[M.GRAD_NORM])
     emb = grad[grad["layer"] == M.LAYER_EMBEDDING].set_index("step")["value"].astype(float)
     rest = emb / embedding_to_rest(grad).reindex(emb.index)
-    alerts = store.events(run, kinds=[M.EV_ALERT])
     # The spikes are the lineage's: an alert raised on a branch that a rollback abandoned did not precede them.
-    alerts = alerts[on_lineage(alerts["step"], alerts["branch"], cutoffs(store.rewinds(run)))]
+    alerts = store.events(run, kinds=[M.EV_ALERT], branches="lineage")
     rows = []
     for inc in lab.incidents:
         o = int(inc.onset)

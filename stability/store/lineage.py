@@ -40,21 +40,9 @@ def cutoffs(rewinds: list[tuple[int, int]]) -> list[int] | None:
 
 
 def lineage_sql(src: str, abandoned: bool = False) -> str:
-    """`src` (a metrics relation with a branch column) without the rows a rollback abandoned (with `abandoned`:
+    """`src` (metric rows or events: a relation with step and branch columns) without the rows a rollback abandoned (with `abandoned`:
     only those); takes the cutoffs list as its one parameter. A branch newer than the cutoffs list (its rewind not
     yet read) is on the lineage."""
     keep = f"step < coalesce(list_extract(?::BIGINT[], branch + 1), {NO_CUTOFF})"
     return f"(SELECT * FROM {src} WHERE {'NOT ' if abandoned else ''}{keep})"
 
-
-def on_lineage(steps, branches, cut: list[int] | None):
-    """Boolean mask of the rows (metric rows or events, by their step and branch) on the run's lineage, by the
-    same rule the SQL applies; `cut` is `cutoffs(...)` (None: everything is)."""
-    import numpy as np
-
-    steps = np.asarray(steps, dtype=np.int64)
-    if cut is None:
-        return np.ones(len(steps), dtype=bool)
-    b = np.asarray(branches, dtype=np.int64)
-    limit = np.asarray(cut + [NO_CUTOFF], dtype=np.int64)[np.minimum(b, len(cut))]
-    return steps < limit

@@ -70,7 +70,7 @@ class RunReader:
               abandoned: bool = False):
         """Run a query over the run's `table` (run.duckdb rows + live segments), retrying if a compaction or
         merge removed a segment under it. `build(src) -> (sql, params)`, or `run_queries(cur, src, params)`.
-        `cutoffs` (metrics only): keep the run's lineage, or with `abandoned` only what it left out (lineage.py)."""
+        `cutoffs` (metrics, events): keep the run's lineage, or with `abandoned` only what it left out (lineage.py)."""
         last: Exception | None = None
         for _ in range(_RETRIES):
             segs = layout.list_segments(rd)  # first list, then attach: see the module docstring
@@ -105,7 +105,7 @@ class RunReader:
                 if table in BRANCHED:
                     cols = COLUMNS[table].replace("branch", "coalesce(branch, 0)::INTEGER AS branch")
                     src = f"(SELECT {cols} FROM ({' UNION ALL BY NAME '.join(parts + [_empty_select(table)])}))"
-                    if table == "metrics" and (cutoffs or abandoned):
+                    if cutoffs or abandoned:
                         src = lineage_sql(src, abandoned)
                         sparams.append([int(c) for c in cutoffs])
                 else:

@@ -110,9 +110,12 @@ class RunReads:
         return self._reader.query(rd, run, "metrics", None, lambda cur, src, sparams: read_series_many(
             cur, src, sparams, wanted, points_of, step_min, step_max, rank), cutoffs(self.rewinds(run)))
 
-    def events(self, run: str | None = None, kinds=None) -> pd.DataFrame:
+    def events(self, run: str | None = None, kinds=None, branches: str = "all") -> pd.DataFrame:
         """run, step, time, kind, severity, detail (dict), rank, branch; all runs when run is None. Every event,
-        those of branches a rollback abandoned included (`on_lineage` tells them apart)."""
+        those of branches a rollback abandoned included; branches="lineage": only the events of the run as it went
+        on (the same rule as for metric rows; a `rollback` event ends the branch it abandons, so it is not)."""
+        if branches not in ("lineage", "all"):
+            raise ValueError(f"branches must be 'lineage' or 'all', got {branches!r}")
         runs = [run] if run is not None else self.run_names()
         frames = []
         for r in runs:
@@ -125,7 +128,7 @@ class RunReads:
             if run is None and not self._may_have_events(r):
                 continue
             try:
-                df = self._query(r, "events", build)
+                df = self._query(r, "events", build, along_lineage=branches == "lineage")
             except StoreError:
                 if run is not None:
                     raise

@@ -25,18 +25,26 @@ FAST = WriterConfig(flush_interval=0.02)
 SCRIPT = [("log", 0, 60), ("rewind", 40), ("log", 40, 75), ("rewind", 30), ("log", 30, 100)]
 
 
-def _play(w):
-    branch, expected = 0, {}
+def _play(w, events=None):
+    """Write SCRIPT; returns the lineage by hand ({step: value}); `events`, if given, gets the lineage's events
+    ({step: branch}, one event every 10 steps)."""
+    branch, expected, ev = 0, {}, {}
     for op in SCRIPT:
         if op[0] == "rewind":
             w.rewind(op[1])
             branch += 1
             expected = {s: v for s, v in expected.items() if s < op[1]}
+            ev = {s: b for s, b in ev.items() if s < op[1]}
             continue
         for s in range(op[1], op[2]):
             v = branch * 1000.0 + s
             w.log(s, {(M.LOSS, ""): v, (M.GRAD_NORM, M.LAYER_TOTAL): -v})
             expected[s] = v
+            if s % 10 == 0:
+                w.event(s, M.EV_ALERT, severity="warning", detail={"branch": branch})
+                ev[s] = branch
+    if events is not None:
+        events.update(ev)
     return expected
 
 
@@ -51,7 +59,8 @@ def test_cutoffs_from_the_definition():
 def test_replayed_steps_are_read_from_the_branch_that_replaced_them(tmp_path, compact):
     store = RunStore(tmp_path)
     w = store.create_run("r", writer_config=FAST)
-    expected = _play(w)
+    events = {}
+    expected = _play(w, events)
     assert w.flush()
     if compact:
         w.close()
@@ -75,6 +84,10 @@ def test_replayed_steps_are_read_from_the_branch_that_replaced_them(tmp_path, co
     assert len(everything) == 60 + 35 + 70  # nothing is lost: every logged row is still there
     assert everything["branch"].tolist() == [0] * 60 + [1] * 35 + [2] * 70  # in the order they were logged
     assert store.rewinds("r") == [(1, 40), (2, 30)]
+    ev = store.events("r", branches="lineage")
+    assert ev[["step", "branch"]].values.tolist() == [[s, b] for s, b in sorted(events.items())]
+    assert [d["branch"] for d in ev["detail"]] == ev["branch"].tolist()
+    assert len(store.events("r")) == 6 + 4 + 7  # every event is kept: 0-50, 40-70, 30-90 by tens
 
 
 def test_a_run_without_rollbacks_reads_as_before(tmp_path):
