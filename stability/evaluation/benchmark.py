@@ -296,8 +296,10 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
                                                              horizon, ign_build),
                                             **{s: report(key, thr, s) for s in scored}}
         ign_held = [ign_build[c.series.name] for c in parts[HELDOUT]]
-        # The held-out curve (what the best possible threshold would give, an oracle) spans every run's scores.
-        held_curve = curve(parts[HELDOUT], key, gate1, horizon, threshold_grid(cases, key, n=60), ignore=ign_held)
+        # The held-out curve (what the best possible threshold would give, an oracle) spans the tuning and held-out
+        # scores: not the fresh split's, which would move it whenever fresh runs are added.
+        held_grid = threshold_grid(parts[TUNE] + parts[HELDOUT], key, n=60)
+        held_curve = curve(parts[HELDOUT], key, gate1, horizon, held_grid, ignore=ign_held)
         entry["curve_heldout"] = held_curve
         entry["best_possible_heldout"] = operating_points(held_curve, BUDGETS)
         if key == DETECTOR:

@@ -29,8 +29,11 @@ ZOO_FILE = "zoo.parquet"
 MANIFEST = "zoo.json"
 COMMAND = "stability eval --generate-zoo"
 TUNE, HELDOUT, FRESH = "tune", "heldout", "fresh"
-SEEDS = {TUNE: (0, 1, 2, 3), HELDOUT: (10, 11, 12, 13), FRESH: (20, 21, 22, 23)}
-CALM_SEEDS = {TUNE: (0, 1, 2), HELDOUT: (10, 11, 12), FRESH: (20, 21, 22)}
+# The fresh split has twice the seeds of the others: it is the clean out-of-sample test, and 15 incidents made one
+# incident 7 % of its recall (seeds 24-27 and calm 24-25 were added after its first scoring, with no change to the
+# detector in between).
+SEEDS = {TUNE: (0, 1, 2, 3), HELDOUT: (10, 11, 12, 13), FRESH: (20, 21, 22, 23, 24, 25, 26, 27)}
+CALM_SEEDS = {TUNE: (0, 1, 2), HELDOUT: (10, 11, 12), FRESH: (20, 21, 22, 24, 25)}
 """`fresh`: recipes added after detector v2's features and weights were chosen (issue #14's second round), which
 no choice looked at: a clean out-of-sample estimate, reported apart from `heldout` (on which candidate features were
 scored while they were explored)."""
@@ -131,7 +134,7 @@ RECIPES: tuple[tuple[str, str, str, dict, dict, dict], ...] = (
      dict(grad_clip=0.0, lr=1e-2, bad_steps=(150, 151, 152, 250, 251, 252)), dict()),
     ("bad_batches", "badbatch-nano-mkv", HELDOUT, dict(_NANO_MKV, d_model=48, n_layer=2),
      dict(grad_clip=0.0, lr=1e-2, bad_steps=(150, 151, 152, 250, 251, 252)), dict()),
-    # The fresh split: the same mechanisms on model, data and size combinations neither split has, seeds 20-23.
+    # The fresh split: the same mechanisms on model, data and size combinations neither split has, seeds 20-27.
     ("postln_emb_surge", "fresh-postln-glm-d32", FRESH, dict(_GLM, ln="post", d_model=32, n_layer=4, seq_len=48),
      dict(grad_clip=0.0, lr=3e-3, ramp=1.02, ramp_from=50), dict(lr=1e-3)),
     ("attn_logit_growth", "fresh-attn-glm", FRESH, dict(_GLM, d_model=48, n_layer=2),
