@@ -114,6 +114,13 @@ class RunReader:
                     return run_queries(cur, src, sparams)
                 sql, params = build(src)
                 return cur.execute(sql, sparams + params).df()
+            except (duckdb.InterruptException, RuntimeError) as e:
+                # DuckDB takes a Ctrl-C that arrives during a query and reports it as an error (InterruptException
+                # in 1.x, RuntimeError "Query interrupted" in 2.x); a caller that retries or skips failed reads (a
+                # live view polling the store) would swallow it, so it is a Ctrl-C again here.
+                if isinstance(e, duckdb.InterruptException) or "interrupt" in str(e).lower():
+                    raise KeyboardInterrupt from None
+                raise
             except duckdb.Error as e:
                 last = e
                 if not self._sort_out(live):

@@ -195,3 +195,25 @@ def test_a_resumed_run_goes_on_from_its_newest_branch_or_from_the_step_it_restar
     assert loss["step"].tolist() == list(range(95))
     assert loss["value"].tolist() == [expected[s] for s in range(90)] + [7000.0 + s for s in range(90, 95)]
     assert store.rewinds("r") == [(1, 40), (2, 30), (3, 90)]
+
+
+def test_ctrl_c_during_a_query_is_a_keyboard_interrupt_not_a_store_error(tmp_path):
+    """DuckDB reports a SIGINT that arrives mid-query as its own InterruptException (a duckdb.Error); a reader that
+    retries or skips failed reads would swallow it (the demo's narrator did, and Ctrl-C did not stop the demo)."""
+    import os
+    import signal
+    import threading
+
+    store = RunStore(tmp_path)
+    w = store.create_run("r", writer_config=FAST)
+    w.log(0, {(M.LOSS, ""): 1.0})
+    w.close()
+    slow = "SELECT count(*) FROM range(100000000000) a"  # far longer than the timer below
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store._reader.query(tmp_path / "r", "r", "metrics", None,
+                                lambda cur, src, params: cur.execute(slow).fetchall())
+    finally:
+        timer.cancel()
