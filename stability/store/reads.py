@@ -10,7 +10,7 @@ import json
 import pandas as pd
 
 from stability import metrics as M
-from stability.store import meta
+from stability.store import layout
 from stability.store.lineage import cutoffs, rewinds_of
 from stability.store.layout import StoreError
 from stability.store.query import as_list, empty_events, filters, read_series_many
@@ -18,7 +18,7 @@ from stability.store.query import as_list, empty_events, filters, read_series_ma
 
 class RunReads:
     """The reading side of `RunStore`: uses its `root`, `_reader` (a query.RunReader), `_run_dir()`,
-    `run_names()` and `_may_have_events()`."""
+    `run_names()`, `_may_have_events()` and `_meta()` (run.json, cached)."""
 
     def metric_names(self, run: str) -> pd.DataFrame:
         """DataFrame metric, layer: every series the run has."""
@@ -45,10 +45,8 @@ class RunReads:
 
     def rewinds(self, run: str) -> list[tuple[int, int]]:
         """(branch, resume_step) of each rollback the run recorded, oldest first; [] if it never rolled back."""
-        try:
-            return rewinds_of(meta.read(self._run_dir(run)))
-        except (OSError, ValueError):
-            return []
+        m = self._meta(run, self._run_dir(run) / layout.RUN_JSON)  # run.json, cached by mtime (listing.py)
+        return rewinds_of(m) if m is not None else []
 
     def series(self, run: str, metric: str, layer: str = M.NO_LAYER, max_points: int = 2000,
                step_min=None, step_max=None, rank: int = M.GLOBAL_RANK) -> pd.DataFrame:
@@ -104,11 +102,11 @@ class RunReads:
         def points_of(key):
             return per.get(key, per.get((key[0], None), max_points))
 
-        rd = self._run_dir(run)
+        self._run_dir(run)  # a bad run name is refused even when no key is asked for
         if not wanted:
             return {}
-        return self._reader.query(rd, run, "metrics", None, lambda cur, src, sparams: read_series_many(
-            cur, src, sparams, wanted, points_of, step_min, step_max, rank), cutoffs(self.rewinds(run)))
+        return self._query(run, "metrics", None, lambda cur, src, sparams: read_series_many(
+            cur, src, sparams, wanted, points_of, step_min, step_max, rank), along_lineage=True)
 
     def events(self, run: str | None = None, kinds=None, branches: str = "all") -> pd.DataFrame:
         """run, step, time, kind, severity, detail (dict), rank, branch; all runs when run is None. Every event,
