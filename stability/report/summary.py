@@ -139,14 +139,14 @@ def _overflow_count(reads: RunReads) -> int:
 def _loss_columns(reads: RunReads, events: pd.DataFrame | None, final_window: int) -> dict:
     from stability.detector import label_spikes
 
-    loss = reads.rows(M.LOSS, (M.NO_LAYER,)).sort_values("step", kind="stable")
+    loss = reads.rows(M.LOSS, (M.NO_LAYER,)).sort_values("step")
     lv = loss["value"].to_numpy(dtype=float)
-    if events is None:
-        events = reads.store.events(reads.run, kinds=[M.EV_DIVERGENCE])
     # The store reads the run's lineage: a step a rollback replayed has the retry's value only. A divergence that
     # a rollback undid is not on it; its event says where the run first diverged.
     labels = label_spikes(loss["step"].to_numpy(), lv) if len(loss) else None
     div = [int(i.onset) for i in labels.incidents if i.diverged] if labels else []
+    if events is None:
+        events = reads.store.events(reads.run, kinds=[M.EV_DIVERGENCE])
     div += [int(s) for s in events.loc[events["kind"] == M.EV_DIVERGENCE, "step"]] if len(events) else []
     tail = lv[-final_window:]
     return {
