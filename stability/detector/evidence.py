@@ -27,7 +27,7 @@ chosen by cross-validation over the tuning split's recipes (leave one recipe out
 had separate total and embedding z-scores, latest-value z-scores, embedding and loss rises, a gradient-norm drift,
 FP16 overflow counts and a count of agreeing signals: none of those earned its place on recipes it was not
 fitted on (docs/detector.md). `grad_loss_rise` did (`stability eval --cv`, recall on the tuning split within 2 and
-10 false alarms per 10k calm steps: 0.23 and 0.33 without it, 0.33 and 0.40 with it).
+10 false alarms per 10k calm steps, tuning seeds 0-3: 0.23 and 0.33 without it, 0.33 and 0.40 with it).
 """
 
 from __future__ import annotations
