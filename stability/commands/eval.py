@@ -187,6 +187,7 @@ def format_benchmark(result: dict) -> str:
                 lines.append(f"| {name} | {b} | {_f(o['recall'])} ({o['hits']}/{o['incidents']}) | "
                              f"{_f(o['precision'])} | {_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} | "
                              f"{per} |")
+    lines += _noise_table(result.get("noise") or {})
     rel = result["reliability"]
     lines += ["", (f"Reliability of the risk on the held-out split (base rate {rel['heldout_summary']['base_rate']}, "
                    f"Brier {rel['heldout_summary']['brier']})"), "", "| risk bin | steps | mean predicted | observed |",
@@ -206,6 +207,35 @@ def format_benchmark(result: dict) -> str:
     lines += ["", "Targets at the shipped threshold (held-out, overall): " + ", ".join(
         f"{k} {_f(v['value'])} ({'met' if v['met'] else 'NOT met'}, target {v['target']:g})" for k, v in t.items())]
     return "\n".join(lines)
+
+
+def _noise_table(noise: dict) -> list[str]:
+    """Recall with its bootstrap interval per split, and the detector's recall minus each method's (paired)."""
+    if not noise:
+        return []
+    splits = list(noise)
+    first = noise[splits[0]][next(iter(noise[splits[0]]))]
+    pooled = splits[-1]
+    lines = ["", (f"Noise: {first['level']:.0%} bootstrap intervals over runs ({first['resamples']} resamples, paired "
+                  f"across methods); recall [interval] per split, and the detector's recall minus the method's on "
+                  f"{pooled}"), "",
+             "| method | budget / 10k | " + " | ".join(f"recall, {s}" for s in splits) + " | detector minus method |",
+             "|---|---|" + "---|" * len(splits) + "---|"]
+    for name in first["methods"]:
+        for b in noise[splits[0]]:
+            cells = []
+            for sp in splits:
+                m = noise[sp][b]["methods"][name]
+                cells.append(f"{_f(m['recall'])} {_ci(m['recall_ci'])}")
+            m = noise[pooled][b]["methods"][name]
+            diff = (f"{_f(m['detector_minus_recall'])} {_ci(m['detector_minus_recall_ci'])}"
+                    if "detector_minus_recall" in m else "-")
+            lines.append(f"| {name} | {b} | " + " | ".join(cells) + f" | {diff} |")
+    return lines
+
+
+def _ci(ci) -> str:
+    return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "[-]"
 
 
 def run_legacy(args) -> int:

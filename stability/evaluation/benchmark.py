@@ -12,6 +12,8 @@ Protocol (definitions of recall, precision, false alarms and lead in `stability.
   per run; for every method and false-alarm budget (2 and 10 per 10k calm steps) the alert threshold is the one
   with the most recall within the budget on the tuning split, and the figures are measured on the held-out split.
   Peers are also reported at their published default (threshold 1.0).
+- Noise: bootstrap intervals over runs of each method's recall and false-alarm rate, and of the detector's recall
+  minus each peer's (paired), per scored split and pooled (`noise`, `stability.evaluation.uncertainty`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from stability.detector.online import NONFINITE_SCORE, SIGNAL_OF, DetectorConfig
 from stability.detector.risk import RiskModel, fit_logistic
 from stability.evaluation.buildup import BUILD_UP, KINDS, BuildUpConfig, incident_kind
 from stability.evaluation.comparison import SUITE_LABELS
-from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, operating_points, pick_threshold, prepare,
-                                          threshold_grid, trace)
+from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, gate_alerts, operating_points, pick_threshold,
+                                          prepare, score_run, threshold_grid, trace)
 from stability.evaluation.series import RunSeries
+from stability.evaluation.uncertainty import intervals, run_counts
 from stability.evaluation.zoo import FRESH, HELDOUT, TUNE, UNPREDICTABLE
 
 DETECTOR = "detector"
@@ -312,6 +315,7 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         model = replace(model, threshold=float(min(max(pick, 1e-4), 0.9999)))
         result_methods[DETECTOR]["shipped"] = {"threshold": model.threshold,
                                                **{s: report(DETECTOR, model.threshold, s) for s in scored}}
+    result_noise = noise(parts, scored, result_methods, gate, horizon, ign_build)
     rel, rel_summary = reliability(parts[HELDOUT], evid, ign_fit, model, horizon)
     rel_tune, rel_tune_summary = reliability(parts[TUNE], evid, ign_fit, model, horizon)
     kinds_count = {}
@@ -340,9 +344,33 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         "detector": {**result_methods.pop(DETECTOR), "model": model.to_dict()},
         "baselines": result_methods,
         "reliability": {HELDOUT: rel, "heldout_summary": rel_summary, TUNE: rel_tune, "tune_summary": rel_tune_summary},
+        "noise": result_noise,
     }
     result["targets"] = _targets(result)
     return result, model
+
+
+POOLED = f"{HELDOUT}+{FRESH}"
+
+
+def noise(parts: dict, scored: tuple, methods: dict, gate: GateConfig, horizon: int, ignore: dict) -> dict:
+    """Bootstrap intervals over runs (`stability.evaluation.uncertainty`) of every method's recall and false-alarm
+    rate at each budget's tuning pick, and of the detector's recall minus each peer's (paired: the same resampled
+    runs for both), on each scored split and on the scored splits pooled (the thresholds are the same on all)."""
+    sets = {s: parts[s] for s in scored}
+    if len(scored) > 1:
+        sets[POOLED] = [c for s in scored for c in parts[s]]
+    out = {}
+    for name, cases in sets.items():
+        out[name] = {}
+        for b in BUDGETS:
+            counts = {}
+            for key, entry in methods.items():
+                g = replace(gate, threshold=float(entry["at_budget"][f"{b:g}"]["threshold"]))
+                counts[key] = run_counts([score_run(gate_alerts(c.traces[key], g), c.labels, horizon,
+                                                    ignore=ignore[c.series.name]) for c in cases])
+            out[name][f"{b:g}"] = intervals(counts, DETECTOR)
+    return out
 
 
 def cross_validate(runs: list[RunSeries], *, horizon: int = 50, evidence: EvidenceConfig | None = None,

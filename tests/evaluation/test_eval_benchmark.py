@@ -111,7 +111,7 @@ def test_committed_zoo_results_are_reproduced(capsys):
     assert main(["eval", "--json"]) == 0
     fresh = json.loads(capsys.readouterr().out)
     committed_result = json.loads(RESULTS.read_text())
-    for key in ("splits", "incident_kinds", "detector", "baselines", "reliability", "targets"):
+    for key in ("splits", "incident_kinds", "detector", "baselines", "reliability", "targets", "noise"):
         assert fresh[key] == committed_result[key], key
     assert set(fresh["baselines"]) == set(PEER_NAMES)
     for m in (fresh["detector"], *fresh["baselines"].values()):
