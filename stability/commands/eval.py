@@ -50,7 +50,8 @@ def add_arguments(parser):
                         help="leave-one-recipe-out cross-validation of the detector on the tuning split (the held-out "
                              "split is not read): the test a feature or setting passes before it ships")
     parser.add_argument("--config", metavar="FILE",
-                        help="--cv: DetectorConfig as JSON whose `evidence` fields and `disabled` features to test")
+                        help="--cv: DetectorConfig as JSON whose `evidence`, `gate` and `disabled` features to test, "
+                             "against the shipped settings (paired bootstrap interval of the recall difference)")
     g = parser.add_argument_group("generating the zoo")
     g.add_argument("--generate-zoo", action="store_true", help="train the zoo runs into --zoo first")
     g.add_argument("--jobs", type=int, default=2, help="training processes in parallel (default 2)")
@@ -106,7 +107,8 @@ def run(args) -> int:
         from stability.evaluation.benchmark import cross_validate
 
         cfg = detector_config(args.config)
-        result = cross_validate(runs, horizon=args.horizon, evidence=cfg.evidence, disabled=cfg.disabled)
+        result = cross_validate(runs, horizon=args.horizon, evidence=cfg.evidence, disabled=cfg.disabled,
+                                gate=cfg.gate, against_shipped=bool(args.config))
         return _emit({"zoo": str(zoo), **result}, args, format_cv)
     result, model = compare(runs, horizon=args.horizon, fit=args.fit)
     result = {"zoo": str(zoo), "suite": str(suite), "runs": len(runs), **result}
@@ -145,6 +147,16 @@ def format_cv(result: dict) -> str:
     for o in result["pooled_out_of_fold"]:
         lines.append(f"| {o['fa_budget_per_10k']:g} | {_f(o['recall'])} ({o['hits']}) | {_f(o['precision'])} | "
                      f"{_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} |")
+    against = result.get("against_shipped")
+    if against:
+        first = next(iter(against.values()))
+        lines += ["", (f"Against the shipped settings on the same runs: the variant's recall minus theirs, "
+                       f"{first['level']:.0%} paired bootstrap interval over runs ({first['resamples']} resamples)"),
+                  "", "| budget / 10k | variant | shipped | variant minus shipped |", "|---|---|---|---|"]
+        for b, r in against.items():
+            v, sh = r["methods"]["variant"], r["methods"]["shipped"]
+            lines.append(f"| {b} | {_f(v['recall'])} | {_f(sh['recall'])} | {_f(sh['variant_minus_recall'])} "
+                         f"{_ci(sh['variant_minus_recall_ci'])} |")
     return "\n".join(lines)
 
 

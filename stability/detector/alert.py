@@ -36,8 +36,13 @@ class Alert:
 class GateConfig:
     threshold: float = 1.0
     """Alert when the score reaches this (scores are already in units of each signal's own threshold)."""
-    cooldown: int = 100
-    """Training steps after an alert during which no new warning is raised (one incident, one alert)."""
+    cooldown: int = 50
+    """Training steps after an alert during which no new warning is raised (one incident, one alert). 50, the
+    evaluation's horizon: an alert that came more than H steps before an onset (a long build-up) may be followed by
+    one inside the horizon, if the score fell below the re-arm level between. Leave-one-recipe-out on the tuning
+    split, every method's gate at 50 against 100: recall within 10 false alarms per 10k 0.43 -> 0.57 (paired
+    bootstrap interval of the gain [0.06, 0.22]), within 2 0.33 -> 0.35. Pages are not multiplied by it: the
+    notifier folds alerts of an open incident into reminders."""
     rearm: float = 0.5
     """After an alert the score must fall below `rearm * threshold` once before the next alert (hysteresis)."""
     critical_factor: float = 3.0

@@ -374,12 +374,28 @@ def noise(parts: dict, scored: tuple, methods: dict, gate: GateConfig, horizon: 
 
 
 def cross_validate(runs: list[RunSeries], *, horizon: int = 50, evidence: EvidenceConfig | None = None,
-                   disabled: tuple[str, ...] = (), gate: GateConfig | None = None) -> dict:
+                   disabled: tuple[str, ...] = (), gate: GateConfig | None = None, against_shipped: bool = False
+                   ) -> dict:
     """Leave one recipe out on the tuning split, the test a feature or setting must pass before it ships: for each
     tuning recipe, fit the risk model (as `--fit` does) on the zoo's other tuning recipes and score the left-out
     recipe's runs; then pick thresholds on the pooled out-of-fold curve and report recall, precision, false alarms
-    and lead within each budget. The held-out split is not read. `disabled` features are zeroed before fitting."""
-    gate = gate or GateConfig()
+    and lead within each budget. The held-out split is not read. `disabled` features are zeroed before fitting.
+    `against_shipped`: also cross-validate the shipped settings on the same runs and report the variant's recall
+    minus theirs with a paired bootstrap interval over runs (`stability.evaluation.uncertainty`): a variant ships
+    only if that interval says it is not worse."""
+    ops, counts, folds = _out_of_fold(runs, horizon, evidence or EvidenceConfig(), disabled, gate or GateConfig())
+    out = {"split": TUNE, "folds": folds, "horizon": horizon,
+           "features": [f for f in FEATURES if f not in disabled], "evidence": vars(evidence or EvidenceConfig()),
+           "gate": vars(gate or GateConfig()), "pooled_out_of_fold": ops}
+    if against_shipped:
+        _, shipped, _ = _out_of_fold(runs, horizon, EvidenceConfig(), (), GateConfig())
+        out["against_shipped"] = {f"{b:g}": intervals({"variant": counts[b], "shipped": shipped[b]}, "variant")
+                                  for b in BUDGETS}
+    return out
+
+
+def _out_of_fold(runs, horizon, evidence, disabled, gate):
+    """(operating points on the pooled out-of-fold curve, per-run counts at each budget's pick, folds)."""
     cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == TUNE], horizon)
     evid = {}
     for c in cases:
@@ -402,9 +418,13 @@ def cross_validate(runs: list[RunSeries], *, horizon: int = 50, evidence: Eviden
     ign = _ignore(cases, kinds, {BUILD_UP})
     pooled = curve(cases, DETECTOR, replace(gate, threshold=1.0), horizon, threshold_grid(cases, DETECTOR, n=60),
                    ignore=[ign[c.series.name] for c in cases])
-    return {"split": TUNE, "folds": folds, "horizon": horizon,
-            "features": [f for f in FEATURES if f not in disabled], "evidence": vars(evidence or EvidenceConfig()),
-            "pooled_out_of_fold": operating_points(pooled, BUDGETS)}
+    ops = operating_points(pooled, BUDGETS)
+    counts = {}
+    for b, op in zip(BUDGETS, ops):
+        g = replace(gate, threshold=float(op["threshold"]))
+        counts[b] = run_counts([score_run(gate_alerts(c.traces[DETECTOR], g), c.labels, horizon,
+                                          ignore=ign[c.series.name]) for c in cases])
+    return ops, counts, folds
 
 
 TARGETS = {"recall": 0.8, "precision": 0.5, "median_lead": 5.0, "false_alarms_per_10k": 2.0}

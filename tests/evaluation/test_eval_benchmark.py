@@ -137,6 +137,20 @@ def test_cross_validation_reads_only_the_tuning_split_and_takes_a_config(tmp_pat
     ablated = json.loads(capsys.readouterr().out)
     assert "grad_loss_rise" not in ablated["features"] and "grad_loss_rise" in full["features"]
     assert ablated["pooled_out_of_fold"] != full["pooled_out_of_fold"]
+    # A variant is compared with the shipped settings on the same runs: its recall (as cross-validated alone) minus
+    # theirs (as `--cv` without a config gives them), with a paired interval; the shipped settings against
+    # themselves differ by exactly nothing.
+    assert "against_shipped" not in full
+    for b, o_var, o_ship in zip(("2", "10"), ablated["pooled_out_of_fold"], full["pooled_out_of_fold"]):
+        m = ablated["against_shipped"][b]["methods"]
+        assert m["variant"]["recall"] == pytest.approx(o_var["recall"], abs=1e-4)
+        assert m["shipped"]["recall"] == pytest.approx(o_ship["recall"], abs=1e-4)
+        assert m["shipped"]["variant_minus_recall"] == pytest.approx(o_var["recall"] - o_ship["recall"], abs=1e-3)
+    same = tmp_path / "same.json"
+    same.write_text("{}")
+    assert main(["eval", "--cv", "--json", "--config", str(same)]) == 0
+    itself = json.loads(capsys.readouterr().out)["against_shipped"]
+    assert all(r["methods"]["shipped"]["variant_minus_recall_ci"] == [0.0, 0.0] for r in itself.values())
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"evidence": {"agree_scale": -1}}))
     for argv, needle in ((["eval", "--cv", "--config", str(bad)], "agree_scale"),
