@@ -421,7 +421,9 @@ def _out_of_fold(runs, horizon, evidence, disabled, gate):
     ops = operating_points(pooled, BUDGETS)
     counts = {}
     for b, op in zip(BUDGETS, ops):
-        g = replace(gate, threshold=float(op["threshold"]))
+        # No point within the budget (the grid ends in a threshold no score reaches, so only a degenerate curve):
+        # no alert at all.
+        g = replace(gate, threshold=float(op.get("threshold", np.inf)))
         counts[b] = run_counts([score_run(gate_alerts(c.traces[DETECTOR], g), c.labels, horizon,
                                           ignore=ign[c.series.name]) for c in cases])
     return ops, counts, folds
