@@ -55,8 +55,8 @@ def detector_config(path: str | None = None, threshold: float | None = None):
 
 def replay(det, series) -> list[tuple]:
     """(alert, branch) of each of the detector's alerts over `series` as logged. Where a rollback resumed at step r,
-    the detector goes on from the state it had before step r was first seen (the checkpoint the rollback policy
-    restores holds it)."""
+    the detector goes on from the state it had when the run last passed step r (the checkpoint the rollback policy
+    restores holds it, saved by the branch that last trained through r)."""
     import copy
 
     resumes = {int(b): int(r) for b, r in series.rewinds}
@@ -67,7 +67,9 @@ def replay(det, series) -> list[tuple]:
         if b != branch:
             if branch is not None and resumes.get(b) in saved:
                 det.load_state_dict(copy.deepcopy(saved[resumes[b]]))
-            branch, prev = b, (None if branch is not None else -np.inf)
+            # A new branch trains from its resume step: steps from there up to its first logged one are passed
+            # with the restored state (with sparse logging a later rollback may resume among them).
+            branch, prev = b, (-np.inf if branch is None else resumes[b] - 1 if b in resumes else None)
         # Crossing a step some branch resumes at: the state now is the one a checkpoint there would hold.
         for r in resumes.values():
             if prev is not None and prev < r <= step:

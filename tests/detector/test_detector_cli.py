@@ -234,3 +234,20 @@ def test_replay_goes_on_from_the_state_the_rollback_restored():
     plain = from_long("r", df.drop(columns="branch").drop_duplicates("step"))
     assert [a.score for a, _ in replay(_Counting(), plain)] == [float(i + 1) for i in range(9)]
     assert [b for _, b in replay(_Counting(), series)] == [b for b, _ in logged]
+
+
+def test_replay_with_sparse_logging_restores_what_the_last_branch_through_the_resume_step_held():
+    """Branch 0 logs every 10 steps (0-200); a rollback resumes at 151 and branch 1 logs 165, 175, 185; a retry
+    resumes at 162. Step 162 was last passed by branch 1, between its resume and its first logged step, with the
+    state branch 1 restored (16 updates: steps 0-150): counted by hand, branch 2 goes on from 16, not from the 17
+    updates branch 0 had made when it passed 162."""
+    from stability.commands.detect import replay
+    from stability.evaluation.series import from_long
+
+    logged = ([(0, s) for s in range(0, 201, 10)] + [(1, s) for s in (165, 175, 185)] + [(2, s) for s in (165, 175)])
+    df = pd.DataFrame({"step": [s for _, s in logged], "metric": M.LOSS, "layer": "", "value": 1.0,
+                       "branch": [b for b, _ in logged]})
+    series = from_long("r", df, rewinds=[(1, 151), (2, 162)])
+    got = [(a.step, a.score, b) for a, b in replay(_Counting(), series)]
+    assert got == ([(s, s / 10 + 1, 0) for s in range(0, 201, 10)] + [(165, 17.0, 1), (175, 18.0, 1), (185, 19.0, 1)]
+                   + [(165, 17.0, 2), (175, 18.0, 2)])
