@@ -15,7 +15,7 @@ DESCRIPTION = (
     "2 and at 10 false alarms per 10,000 calm steps, and report recall, precision, false alarms and median lead "
     "on the held-out split, per mechanism and overall, with the risk's reliability table and bootstrap intervals "
     "over runs (the detector against each peer, paired). --generate-zoo trains "
-    "the zoo first (about 20 minutes of one core); --fit refits the risk model on the tuning split and writes "
+    "the zoo first (about 35 minutes of one idle core); --fit refits the risk model on the tuning split and writes "
     "it to stability/detector/risk_model.json; --legacy prints the former suite-only comparison."
 )
 
