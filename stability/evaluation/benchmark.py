@@ -29,8 +29,8 @@ from stability.detector.online import NONFINITE_SCORE, SIGNAL_OF, DetectorConfig
 from stability.detector.risk import RiskModel, fit_logistic
 from stability.evaluation.buildup import BUILD_UP, KINDS, BuildUpConfig, incident_kind
 from stability.evaluation.comparison import SUITE_LABELS
-from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, gate_alerts, operating_points, pick_threshold,
-                                          prepare, score_run, threshold_grid, trace)
+from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, operating_points, pick_threshold, prepare,
+                                          score_runs, threshold_grid, trace)
 from stability.evaluation.series import RunSeries
 from stability.evaluation.uncertainty import intervals, run_counts
 from stability.evaluation.zoo import FRESH, HELDOUT, TUNE, UNPREDICTABLE
@@ -356,20 +356,24 @@ POOLED = f"{HELDOUT}+{FRESH}"
 def noise(parts: dict, scored: tuple, methods: dict, gate: GateConfig, horizon: int, ignore: dict) -> dict:
     """Bootstrap intervals over runs (`stability.evaluation.uncertainty`) of every method's recall and false-alarm
     rate at each budget's tuning pick, and of the detector's recall minus each peer's (paired: the same resampled
-    runs for both), on each scored split and on the scored splits pooled (the thresholds are the same on all)."""
-    sets = {s: parts[s] for s in scored}
-    if len(scored) > 1:
-        sets[POOLED] = [c for s in scored for c in parts[s]]
-    out = {}
-    for name, cases in sets.items():
-        out[name] = {}
-        for b in BUDGETS:
-            counts = {}
-            for key, entry in methods.items():
-                g = replace(gate, threshold=float(entry["at_budget"][f"{b:g}"]["threshold"]))
-                counts[key] = run_counts([score_run(gate_alerts(c.traces[key], g), c.labels, horizon,
-                                                    ignore=ignore[c.series.name]) for c in cases])
-            out[name][f"{b:g}"] = intervals(counts, DETECTOR)
+    runs for both), on each scored split and on the scored splits pooled (the thresholds are the same on all, so the
+    pooled runs' counts are the splits' counts one after the other)."""
+    out = {s: {} for s in scored}
+    pooled = {}
+    for b in BUDGETS:
+        per_split = {s: {} for s in scored}
+        for key, entry in methods.items():
+            g = replace(gate, threshold=float(entry["at_budget"][f"{b:g}"]["threshold"]))
+            for s in scored:
+                per_split[s][key] = run_counts(score_runs(parts[s], key, g, horizon,
+                                                          [ignore[c.series.name] for c in parts[s]]))
+        for s in scored:
+            out[s][f"{b:g}"] = intervals(per_split[s], DETECTOR)
+        if len(scored) > 1:
+            pooled[f"{b:g}"] = intervals({key: np.vstack([per_split[s][key] for s in scored]) for key in methods},
+                                         DETECTOR)
+    if pooled:
+        out[POOLED] = pooled
     return out
 
 
@@ -383,10 +387,10 @@ def cross_validate(runs: list[RunSeries], *, horizon: int = 50, evidence: Eviden
     `against_shipped`: also cross-validate the shipped settings on the same runs and report the variant's recall
     minus theirs with a paired bootstrap interval over runs (`stability.evaluation.uncertainty`): a variant ships
     only if that interval says it is not worse."""
-    ops, counts, folds = _out_of_fold(runs, horizon, evidence or EvidenceConfig(), disabled, gate or GateConfig())
-    out = {"split": TUNE, "folds": folds, "horizon": horizon,
-           "features": [f for f in FEATURES if f not in disabled], "evidence": vars(evidence or EvidenceConfig()),
-           "gate": vars(gate or GateConfig()), "pooled_out_of_fold": ops}
+    evidence, gate = evidence or EvidenceConfig(), gate or GateConfig()
+    ops, counts, folds = _out_of_fold(runs, horizon, evidence, disabled, gate)
+    out = {"split": TUNE, "folds": folds, "horizon": horizon, "features": [f for f in FEATURES if f not in disabled],
+           "evidence": vars(evidence), "gate": vars(gate), "pooled_out_of_fold": ops}
     if against_shipped:
         _, shipped, _ = _out_of_fold(runs, horizon, EvidenceConfig(), (), GateConfig())
         out["against_shipped"] = {f"{b:g}": intervals({"variant": counts[b], "shipped": shipped[b]}, "variant")
@@ -424,8 +428,7 @@ def _out_of_fold(runs, horizon, evidence, disabled, gate):
         # No point within the budget (the grid ends in a threshold no score reaches, so only a degenerate curve):
         # no alert at all.
         g = replace(gate, threshold=float(op.get("threshold", np.inf)))
-        counts[b] = run_counts([score_run(gate_alerts(c.traces[DETECTOR], g), c.labels, horizon,
-                                          ignore=ign[c.series.name]) for c in cases])
+        counts[b] = run_counts(score_runs(cases, DETECTOR, g, horizon, [ign[c.series.name] for c in cases]))
     return ops, counts, folds
 
 

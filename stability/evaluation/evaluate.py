@@ -222,12 +222,18 @@ def add_traces(cases: list[Case], name: str, gate: GateConfig, detector_cfg: Det
         c.traces[key or name] = trace(make_method(name, gate, detector_cfg), c.series)
 
 
+def score_runs(cases: list[Case], key: str, gate: GateConfig, horizon: int, ignore=None) -> list[RunScore]:
+    """One `RunScore` per case. `ignore`, if given: per case (same order), the incidents `score_run` leaves out of
+    the count."""
+    left_out = ignore if ignore is not None else [()] * len(cases)
+    return [score_run(gate_alerts(c.traces[key], gate), c.labels, horizon, ignore=ig) for c, ig in zip(cases, left_out)]
+
+
 def evaluate(cases: list[Case], key: str, gate: GateConfig, horizon: int, ignore=None) -> RunScore:
-    """`ignore`, if given: per case (same order), the incidents `score_run` leaves out of the count."""
+    """The cases' `score_runs`, summed."""
     total = RunScore()
-    for i, c in enumerate(cases):
-        left_out = ignore[i] if ignore is not None else ()
-        total = total.add(score_run(gate_alerts(c.traces[key], gate), c.labels, horizon, ignore=left_out))
+    for s in score_runs(cases, key, gate, horizon, ignore):
+        total = total.add(s)
     return total
 
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from stability.store import layout
 from stability.store.arrowio import as_dict_metrics, cluster_by_series, concat, read_segment, sort_events, with_branch
-from stability.store.schema import BRANCHED, COLUMNS, DDL, TABLE_OF_KIND, arrow_table, attach_read_only
+from stability.store.schema import BRANCHED, COLUMNS, DDL, TABLE_OF_KIND, arrow_table, attach_read_only, read_columns
 
 STALE_TMP_S = 600.0
 
@@ -127,8 +127,7 @@ def _build(tmp: Path, old: Path | None, tables: dict[str, list], live: list[layo
             parts = list(tables[kind])
             if old is not None:
                 # By name: a file from before the branch column gets it, as 0.
-                cols = "*" if table in BRANCHED else COLUMNS[table]
-                prev = arrow_table(con.execute(f"SELECT {cols} FROM old.{table}"))
+                prev = arrow_table(con.execute(f"SELECT {read_columns(table)} FROM old.{table}"))
                 if table in BRANCHED:
                     prev = with_branch(prev).select(COLUMNS[table].split(", "))
                 parts.insert(0, as_dict_metrics(prev) if kind == layout.KIND_METRICS else prev)

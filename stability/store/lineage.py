@@ -40,9 +40,8 @@ def cutoffs(rewinds: list[tuple[int, int]]) -> list[int] | None:
 
 
 def lineage_sql(src: str, abandoned: bool = False) -> str:
-    """`src` (metric rows or events: a relation with step and branch columns) without the rows a rollback abandoned (with `abandoned`:
-    only those); takes the cutoffs list as its one parameter. A branch newer than the cutoffs list (its rewind not
-    yet read) is on the lineage."""
+    """`src` (metric rows or events: a relation with step and branch columns) without the rows a rollback abandoned
+    (with `abandoned`: only those); takes the cutoffs list as its one parameter. A branch newer than the cutoffs
+    list (its rewind not yet read) is on the lineage."""
     keep = f"step < coalesce(list_extract(?::BIGINT[], branch + 1), {NO_CUTOFF})"
     return f"(SELECT * FROM {src} WHERE {'NOT ' if abandoned else ''}{keep})"
-

@@ -29,7 +29,7 @@ from stability.store import layout
 from stability.store.compact import read_covered, segment_problem
 from stability.store.layout import StoreError
 from stability.store.lineage import lineage_sql
-from stability.store.schema import BRANCHED, COLUMNS, DDL, attach_read_only
+from stability.store.schema import BRANCHED, COLUMNS, DDL, attach_read_only, read_columns
 
 _KIND_OF_TABLE = {"metrics": layout.KIND_METRICS, "events": layout.KIND_EVENTS,
                   "checkpoints": layout.KIND_CHECKPOINTS}
@@ -95,12 +95,12 @@ class RunReader:
                             raise StoreError(f"cannot open {db}: {e}") from None
                         continue
                     covered = read_covered(cur, alias)
-                    parts.append(f"SELECT {_cols(table)} FROM {alias}.{table}")
+                    parts.append(f"SELECT {read_columns(table)} FROM {alias}.{table}")
                 kind = _KIND_OF_TABLE[table]
                 live = [s for s in layout.live_segments(segs, covered) if s.kind == kind and not self._is_bad(s)]
                 if live:
                     by_name = ", union_by_name = true" if table in BRANCHED else ""
-                    parts.append(f"SELECT {_cols(table)} FROM read_parquet(?{by_name})")
+                    parts.append(f"SELECT {read_columns(table)} FROM read_parquet(?{by_name})")
                     sparams.append([s.path for s in live])
                 if table in BRANCHED:
                     cols = COLUMNS[table].replace("branch", "coalesce(branch, 0)::INTEGER AS branch")
@@ -192,10 +192,6 @@ def filters(metrics, layers, step_min, step_max, rank):
         conds.append("rank = ?")
         params.append(int(rank))
     return (" WHERE " + " AND ".join(conds) if conds else ""), params
-
-
-def _cols(table: str) -> str:
-    return "*" if table in BRANCHED else COLUMNS[table]  # by name, see the module docstring
 
 
 def _empty_select(table: str) -> str:

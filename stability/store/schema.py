@@ -36,6 +36,12 @@ COLUMNS = {
 TABLE_OF_KIND = {"m": "metrics", "e": "events", "c": "checkpoints"}
 BRANCHED = ("metrics", "events")
 """Tables with a `branch` column, read by column name (files from before it read as branch 0)."""
+
+
+def read_columns(table: str) -> str:
+    """What to SELECT from a stored `table`: every column by name where files from before the `branch` column may
+    lack it (the reader adds it as 0), else the table's columns in order."""
+    return "*" if table in BRANCHED else COLUMNS[table]
 # Sort order inside run.duckdb: one (metric, layer) series is contiguous, so zone maps skip the rest.
 SORT = {"metrics": "metric, layer, rank, step", "events": "step, time", "checkpoints": "step"}
 
