@@ -200,6 +200,8 @@ def format_benchmark(result: dict) -> str:
                 lines.append(f"| {name} | {b} | {_f(o['recall'])} ({o['hits']}/{o['incidents']}) | "
                              f"{_f(o['precision'])} | {_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} | "
                              f"{per} |")
+    lines += _false_alarm_table(methods, [s for s in ("heldout", "fresh") if s in sp])
+    lines += _calm_control_table(methods, [s for s in ("heldout", "fresh") if s in sp])
     lines += _noise_table(result.get("noise") or {})
     rel = result["reliability"]
     lines += ["", (f"Reliability of the risk on the held-out split (base rate {rel['heldout_summary']['base_rate']}, "
@@ -216,10 +218,55 @@ def format_benchmark(result: dict) -> str:
         for name, m in sd["summary"].items():
             lines.append(f"| {name} | {m['runs_alerted']}/{m['runs']} | {m['alerts']} | {m['runs_warned_before_drift']} | "
                          f"{_f(m['median_lead_to_drift'])} |")
+    ceil = result["detector"].get("refit_on_heldout")
+    if ceil:
+        lines += ["", ("Ceiling of the detector's features: the risk model refitted on the held-out runs and its "
+                       "threshold picked on them (it has seen what it is scored on; an upper bound, not a result): " +
+                       "; ".join(f"within {p['fa_budget_per_10k']:g} / 10k recall {_f(p.get('recall'))} "
+                                 f"({p.get('hits')}), precision {_f(p.get('precision'))}, lead {_f(p.get('median_lead'))}"
+                                 for p in ceil["best_possible"]))]
     t = result["targets"]["overall"]
     lines += ["", "Targets at the shipped threshold (held-out, overall): " + ", ".join(
         f"{k} {_f(v['value'])} ({'met' if v['met'] else 'NOT met'}, target {v['target']:g})" for k, v in t.items())]
     return "\n".join(lines)
+
+
+def _false_alarm_table(methods: dict, splits: list[str]) -> list[str]:
+    """Where each method's false alarms fall: on the calm controls (pages for nothing), early in runs that later
+    turn unstable (an onset follows, more than H steps on), or elsewhere in unstable runs."""
+    lines = ["", ("Where the false alarms fall (tuning picks): on calm controls (alarms / runs alerted of runs, per "
+                  "10k of their steps), early (an onset follows later in the run; median steps ahead), other"), "",
+             "| method | budget / 10k | " + " | ".join(f"{s}: calm controls | {s}: early | {s}: other" for s in splits)
+             + " |", "|---|---|" + "---|---|---|" * len(splits)]
+    for name, m in methods.items():
+        for b, at in m["at_budget"].items():
+            cells = []
+            for s in splits:
+                o, cc = at[s]["overall"], at[s]["calm_controls"]
+                cells += [f"{cc['false_alarms']} / {cc['runs_alerted']} of {cc['runs']} ({_f(cc['false_alarms_per_10k'])})",
+                          f"{o['early_alarms']} ({_f(o['median_early_by'])})",
+                          str(o["false_alarms"] - o["early_alarms"] - cc["false_alarms"])]
+            lines.append(f"| {name} | {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _calm_control_table(methods: dict, splits: list[str]) -> list[str]:
+    """Every method at its calm-control pick (the second reading of the false-alarm budget)."""
+    rule = next(iter(methods.values()))["at_calm_control_budget"]["rule"]
+    lines = ["", f"Pages for nothing counted on the calm controls alone; threshold: {rule}", "",
+             "| method | threshold | " + " | ".join(f"{s}: recall | {s}: precision | {s}: median lead | "
+                                                   f"{s}: calm controls paged" for s in splits) + " |",
+             "|---|---|" + "---|---|---|---|" * len(splits)]
+    for name, m in methods.items():
+        at = m["at_calm_control_budget"]
+        cells = []
+        for s in splits:
+            o, cc = at[s]["overall"], at[s]["calm_controls"]
+            cells += [f"{_f(o['recall'])} ({o['hits']}/{o['incidents']})", _f(o["precision"]), _f(o["median_lead"]),
+                      f"{cc['runs_alerted']} of {cc['runs']} ({_f(cc['false_alarms_per_10k'])} / 10k)"]
+        thr = f"{at['threshold']:.4g}" + ("" if at["found_on_tune"] else " (none on tune)")
+        lines.append(f"| {name} | {thr} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _noise_table(noise: dict) -> list[str]:

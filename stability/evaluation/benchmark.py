@@ -12,6 +12,11 @@ Protocol (definitions of recall, precision, false alarms and lead in `stability.
   per run; for every method and false-alarm budget (2 and 10 per 10k calm steps) the alert threshold is the one
   with the most recall within the budget on the tuning split, and the figures are measured on the held-out split.
   Peers are also reported at their published default (threshold 1.0).
+- False alarms are also split by where they fall (`calm_controls`: pages on the calm controls, which have nothing
+  to warn of; `early_alarms`: an onset follows later in the run), and every method is also picked by a second
+  reading of the budget, pages counted on the calm controls alone with precision >= 0.5 (`at_calm_control_budget`).
+- Ceiling: the risk model refitted on the held-out runs themselves (`refit_on_heldout`), an upper bound for its
+  features.
 - Noise: bootstrap intervals over runs of each method's recall and false-alarm rate, and of the detector's recall
   minus each peer's (paired), per scored split and pooled (`noise`, `stability.evaluation.uncertainty`).
 """
@@ -194,7 +199,17 @@ def _ignore(cases, kinds, keep) -> dict[str, list]:
 def _summary(cases, key, gate, horizon, ignore) -> dict:
     s = evaluate(cases, key, gate, horizon, ignore=[ignore[c.series.name] for c in cases]).summary()
     return {k: s[k] for k in ("recall", "precision", "false_alarms_per_10k", "median_lead", "incidents", "hits",
-                              "alerts", "false_alarms", "calm_steps")}
+                              "alerts", "false_alarms", "calm_steps", "early_alarms", "median_early_by")}
+
+
+def _calm_controls(cases, key, gate, horizon, ignore) -> dict:
+    """False alarms on the calm controls alone (a recipe at its safe settings: no incident to warn of, so every
+    alert there is a page for nothing): how many, per 10k of their steps, and on how many of the runs."""
+    calm = [c for c in cases if c.series.meta.get("calm")]
+    per_run = score_runs(calm, key, gate, horizon, [ignore[c.series.name] for c in calm])
+    fa, steps = sum(r.false_alarms for r in per_run), sum(r.calm_steps for r in per_run)
+    return {"runs": len(calm), "runs_alerted": sum(1 for r in per_run if r.false_alarms), "false_alarms": fa,
+            "calm_steps": int(steps), "false_alarms_per_10k": round(1e4 * fa / steps, 3) if steps else None}
 
 
 def peer_factories(gate: GateConfig) -> dict:
@@ -272,7 +287,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     def report(key: str, threshold: float, part: str = HELDOUT) -> dict:
         g = replace(gate, threshold=float(threshold))
         scored_cases = parts[part]
-        out = {"overall": _summary(scored_cases, key, g, horizon, ign_build), "per_mechanism": {}}
+        out = {"overall": _summary(scored_cases, key, g, horizon, ign_build),
+               "calm_controls": _calm_controls(scored_cases, key, g, horizon, ign_build), "per_mechanism": {}}
         for m in predictable:
             sub = [c for c in scored_cases if mech[c.series.name] == m]
             out["per_mechanism"][m] = _summary(sub, key, g, horizon, ign_build)
@@ -298,11 +314,20 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
                                             "tune": _summary(parts[TUNE], key, replace(gate, threshold=thr),
                                                              horizon, ign_build),
                                             **{s: report(key, thr, s) for s in scored}}
+        pick = _calm_control_pick(tune_curve, parts[TUNE], key, gate, horizon, ign_build)
+        thr = pick["threshold"] if pick else max(grid)
+        entry["at_calm_control_budget"] = {"threshold": thr, "rule": CALM_CONTROL_RULE, "found_on_tune": pick is not None,
+                                           "tune": _summary(parts[TUNE], key, replace(gate, threshold=thr), horizon,
+                                                            ign_build),
+                                           **{s: report(key, thr, s) for s in scored}}
         ign_held = [ign_build[c.series.name] for c in parts[HELDOUT]]
         # The held-out curve (what the best possible threshold would give, an oracle) spans the tuning and held-out
         # scores: not the fresh split's, which would move it whenever fresh runs are added.
         held_grid = threshold_grid(parts[TUNE] + parts[HELDOUT], key, n=60)
         held_curve = curve(parts[HELDOUT], key, gate1, horizon, held_grid, ignore=ign_held)
+        for p in held_curve:  # how far down the curve the calm controls stay unpaged
+            p["calm_control_false_alarms"] = _calm_controls(parts[HELDOUT], key, replace(gate, threshold=p["threshold"]),
+                                                            horizon, ign_build)["false_alarms"]
         entry["curve_heldout"] = held_curve
         entry["best_possible_heldout"] = operating_points(held_curve, BUDGETS)
         if key == DETECTOR:
@@ -315,6 +340,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         model = replace(model, threshold=float(min(max(pick, 1e-4), 0.9999)))
         result_methods[DETECTOR]["shipped"] = {"threshold": model.threshold,
                                                **{s: report(DETECTOR, model.threshold, s) for s in scored}}
+    result_methods[DETECTOR]["refit_on_heldout"] = _refit_on_heldout(parts[HELDOUT], evid, ign_fit, ign_build,
+                                                                     gate1, horizon)
     result_noise = noise(parts, scored, result_methods, gate, horizon, ign_build)
     rel, rel_summary = reliability(parts[HELDOUT], evid, ign_fit, model, horizon)
     rel_tune, rel_tune_summary = reliability(parts[TUNE], evid, ign_fit, model, horizon)
@@ -350,27 +377,70 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     return result, model
 
 
+CALM_CONTROLS = "calm_controls"
+"""The key of the calm-control pick where the budgets' keys are "2" and "10" (the noise intervals)."""
+CALM_CONTROL_BUDGET = 2.0
+MIN_PRECISION = 0.5
+CALM_CONTROL_RULE = (f"the most recall on the tuning split with at most {CALM_CONTROL_BUDGET:g} false alarms per 10k steps "
+                     f"of the calm controls and precision at least {MIN_PRECISION:g}")
+
+
+def _calm_control_pick(tune_curve, cases, key, gate, horizon, ignore) -> dict | None:
+    """The second reading of the false-alarm budget: pages for nothing counted on the calm controls alone (a
+    recipe at safe settings, which has nothing to warn of), and alerts in runs that turn unstable later bounded by
+    precision instead (an alert more than H steps before an onset is not a hit, but it is not a page on a calm run).
+    Picked on the tuning split like the other budgets; None when no threshold meets both."""
+    ok = []
+    for p in tune_curve:
+        cc = _calm_controls(cases, key, replace(gate, threshold=p["threshold"]), horizon, ignore)
+        if (cc["false_alarms_per_10k"] or 0.0) <= CALM_CONTROL_BUDGET and (p["precision"] or 0.0) >= MIN_PRECISION:
+            ok.append(p)
+    if not ok:
+        return None
+    return max(ok, key=lambda p: (p["recall"] or 0.0, p["median_lead"] or 0.0, p["precision"] or 0.0, p["threshold"]))
+
+
+def _refit_on_heldout(cases, evid, ign_fit, ign_build, gate1, horizon) -> dict:
+    """The ceiling of the detector's features and model class on the held-out split: the risk model fitted (as
+    `--fit` does) on the held-out runs themselves and its threshold picked on their own curve, each the most
+    favourable choice there is. Not a result (it has seen what it is scored on): where even this stays far from a
+    target, no threshold and no refit of these features reaches it; what is missing is in the signals."""
+    model = fit_model(fitted_on(cases), evid, ign_fit, horizon)
+    key = "detector_refit_on_heldout"
+    for c in cases:
+        X, crit = evid[c.series.name]
+        c.traces[key] = detector_trace(model, X, crit, c.series.steps)
+    pts = curve(cases, key, gate1, horizon, threshold_grid(cases, key, n=60),
+                ignore=[ign_build[c.series.name] for c in cases])
+    for c in cases:
+        del c.traces[key]
+    return {"weights": model.weights, "intercept": model.intercept, "best_possible": operating_points(pts, BUDGETS)}
+
+
 POOLED = f"{HELDOUT}+{FRESH}"
 
 
 def noise(parts: dict, scored: tuple, methods: dict, gate: GateConfig, horizon: int, ignore: dict) -> dict:
     """Bootstrap intervals over runs (`stability.evaluation.uncertainty`) of every method's recall and false-alarm
-    rate at each budget's tuning pick, and of the detector's recall minus each peer's (paired: the same resampled
-    runs for both), on each scored split and on the scored splits pooled (the thresholds are the same on all, so the
-    pooled runs' counts are the splits' counts one after the other)."""
+    rate at each budget's tuning pick (and at the calm-control pick, key `calm_controls`), and of the detector's
+    recall minus each peer's (paired: the same resampled runs for both), on each scored split and on the scored
+    splits pooled (the thresholds are the same on all, so the pooled runs' counts are the splits' counts one after
+    the other)."""
     out = {s: {} for s in scored}
     pooled = {}
-    for b in BUDGETS:
+    picks = {f"{b:g}": (lambda e, b=b: e["at_budget"][f"{b:g}"]) for b in BUDGETS}
+    picks[CALM_CONTROLS] = lambda e: e["at_calm_control_budget"]
+    for label, pick in picks.items():
         per_split = {s: {} for s in scored}
         for key, entry in methods.items():
-            g = replace(gate, threshold=float(entry["at_budget"][f"{b:g}"]["threshold"]))
+            g = replace(gate, threshold=float(pick(entry)["threshold"]))
             for s in scored:
                 per_split[s][key] = run_counts(score_runs(parts[s], key, g, horizon,
                                                           [ignore[c.series.name] for c in parts[s]]))
         for s in scored:
-            out[s][f"{b:g}"] = intervals(per_split[s], DETECTOR)
+            out[s][label] = intervals(per_split[s], DETECTOR)
         if len(scored) > 1:
-            pooled[f"{b:g}"] = intervals({key: np.vstack([per_split[s][key] for s in scored]) for key in methods},
+            pooled[label] = intervals({key: np.vstack([per_split[s][key] for s in scored]) for key in methods},
                                          DETECTOR)
     if pooled:
         out[POOLED] = pooled

@@ -8,6 +8,8 @@ Definitions (H = horizon in training steps, default 50):
                  the loss is already spiking or after a divergence are counted apart as `late_alerts`)
   false alarms   alerts on calm steps, per 10,000 calm training steps; calm = labelled steps outside every
                  [onset - H, end] window and before any divergence
+  early alarms   the false alarms that an incident onset follows later in the same run (more than H steps later):
+                 a warning too early to count, not a page in a run that stays calm
   median lead    median over hits of the lead, in training steps
 
 A method is traced once per run (its per-step score does not depend on its alert threshold); thresholds are then
@@ -133,13 +135,15 @@ class RunScore:
     false_alarms: int = 0
     calm_steps: float = 0.0
     hit_signals: list[str] = field(default_factory=list)
+    early_by: list[int] = field(default_factory=list)
+    """For each early alarm (a false alarm an onset follows later in the run), the steps to that onset."""
 
     def add(self, other: RunScore) -> RunScore:
         return RunScore(
             self.incidents + other.incidents, self.hits + other.hits, self.leads + other.leads,
             self.alerts + other.alerts, self.true_alerts + other.true_alerts, self.late_alerts + other.late_alerts,
             self.false_alarms + other.false_alarms, self.calm_steps + other.calm_steps,
-            self.hit_signals + other.hit_signals)
+            self.hit_signals + other.hit_signals, self.early_by + other.early_by)
 
     def summary(self) -> dict:
         return {
@@ -149,7 +153,8 @@ class RunScore:
             "median_lead": float(np.median(self.leads)) if self.leads else None,
             "incidents": self.incidents, "hits": self.hits, "alerts": self.alerts,
             "true_alerts": self.true_alerts, "late_alerts": self.late_alerts, "false_alarms": self.false_alarms,
-            "calm_steps": int(self.calm_steps),
+            "calm_steps": int(self.calm_steps), "early_alarms": len(self.early_by),
+            "median_early_by": float(np.median(self.early_by)) if self.early_by else None,
         }
 
 
@@ -197,6 +202,10 @@ def score_run(alerts: list[tuple[int, str, float]], labels: Labels, horizon: int
             out.true_alerts += 1
         elif s in calm_steps:
             out.false_alarms += 1
+            # Any later onset makes it early, ignored incidents included: the run did turn unstable after it.
+            later = [inc.onset - s for inc in labels.incidents if inc.onset > s]
+            if later:
+                out.early_by.append(int(min(later)))
     return out
 
 

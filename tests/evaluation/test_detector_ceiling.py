@@ -76,6 +76,19 @@ def test_score_run_ignore_removes_incident_window_from_everything():
     assert none_calm.calm_steps == full.calm_steps
 
 
+def test_score_run_counts_early_alarms_with_the_steps_to_the_next_onset():
+    labels = label_spikes(np.arange(1, 1001), 2.0 + 0.01 * np.random.default_rng(0).standard_normal(1000))
+    labels.incidents = [_inc(300, 320), _inc(700, 720)]
+    # 100 and 500: calm, an onset 200 steps later (early); 880: calm, no onset after it; 280: a hit.
+    alerts = [(100, "x", 2.0), (280, "x", 2.0), (500, "x", 2.0), (880, "x", 2.0)]
+    s = score_run(alerts, labels, 50)
+    assert (s.false_alarms, s.early_by, s.hits) == (3, [200, 200], 1)
+    assert s.summary()["early_alarms"] == 2 and s.summary()["median_early_by"] == 200
+    # An ignored incident still makes an earlier false alarm early: the run did turn unstable after it.
+    part = score_run(alerts, labels, 50, ignore=[labels.incidents[1]])
+    assert (part.false_alarms, part.early_by) == (3, [200, 200])
+
+
 def test_score_kinds_keeps_only_the_asked_kind():
     r = planted_run(1500, seed=4, surge_at=1000, lag=15, jump=1.5)
     for s in range(602, 622):

@@ -105,6 +105,54 @@ def test_a_calm_recipe_trained_here_gives_no_alert():
     assert alerts == [] and risks.max() < det.threshold
 
 
+@committed
+def test_committed_calm_control_alarms_match_a_step_by_step_replay():
+    """`calm_controls` of the committed result, for every method at its three tuning picks (two budgets, and the
+    calm-control reading) on the held-out split, against
+    each method run step by step with its own alerting (the detector with its threshold set to the pick, each peer
+    through a fresh `AlertGate`), no trace, gate replay or scoring helper: every alert on a calm control's labelled
+    steps is a page for nothing."""
+    from dataclasses import replace
+
+    from stability.detector import DetectorConfig
+    from stability.detector.alert import AlertGate, GateConfig
+    from stability.detector.labeller import label_spikes
+    from stability.detector.online import K_LOSS
+    from stability.evaluation.benchmark import peer_factories
+    from stability.evaluation.comparison import SUITE_LABELS
+
+    result = json.loads(RESULTS.read_text())
+    calm = [r for r in load_zoo(ZOO_DIR) if r.meta["calm"] and r.meta["split"] == "heldout"]
+    first = {}
+    for r in calm:
+        st, loss = r.column(K_LOSS)
+        first[r.name] = label_spikes(st, loss, SUITE_LABELS).first_labelled_step
+    for name, factory in {DETECTOR: None, **peer_factories(GateConfig(threshold=1.0))}.items():
+        entry = result["detector"] if name == DETECTOR else result["baselines"][name]
+        for b in ("2", "10", "calm"):
+            pick = entry["at_calm_control_budget"] if b == "calm" else entry["at_budget"][b]
+            thr = pick["threshold"]
+            alarms, runs_alerted = 0, 0
+            for r in calm:
+                if factory is None:
+                    det = OnlineDetector(DetectorConfig(risk_threshold=thr))
+                    steps = [a.step for s, rec in zip(r.steps.tolist(), r.records) for a in det.update(s, rec)]
+                else:
+                    peer, gate, steps = factory(r), AlertGate(replace(GateConfig(), threshold=thr)), []
+                    for s, rec in zip(r.steps.tolist(), r.records):
+                        peer.update(s, rec)
+                        if peer.scores:
+                            sig = max(peer.scores, key=peer.scores.get)
+                            if gate.update(s, peer.scores[sig], sig) is not None:
+                                steps.append(s)
+                n = sum(1 for s in steps if first[r.name] is not None and s >= first[r.name])
+                alarms += n
+                runs_alerted += n > 0
+            got = pick["heldout"]["calm_controls"]
+            assert (got["false_alarms"], got["runs_alerted"], got["runs"]) == (alarms, runs_alerted, len(calm)), \
+                (name, b, got, alarms, runs_alerted)
+
+
 @pytest.mark.slow
 @committed
 def test_committed_zoo_results_are_reproduced(capsys):
