@@ -225,6 +225,18 @@ def format_benchmark(result: dict) -> str:
                        "; ".join(f"within {p['fa_budget_per_10k']:g} / 10k recall {_f(p.get('recall'))} "
                                  f"({p.get('hits')}), precision {_f(p.get('precision'))}, lead {_f(p.get('median_lead'))}"
                                  for p in ceil["best_possible"]))]
+    ps = result.get("planted_surges")
+    if ps:
+        factors = list(next(iter(ps["methods"].values()))["per_factor"])
+        lines += ["", (f"Planted GLM-130B-style surges (hand-made, reported apart; `stability.evaluation.surges`): the "
+                       f"embedding gradient ramps up N-fold over {ps['surge_steps']} steps, the loss jumps {ps['lag']} "
+                       f"steps after; runs warned of {ps['runs_per_factor']} (median lead) per N, and alerts on "
+                       f"{ps['calm_runs']} calm runs ({ps['calm_steps']} steps); shipped / published thresholds"), "",
+                  "| method | " + " | ".join(f"{f}x" for f in factors) + " | calm alerts |",
+                  "|---|" + "---|" * len(factors) + "---|"]
+        for name, m in ps["methods"].items():
+            cells = [f"{v['warned']} ({_f(v['median_lead'])})" for v in m["per_factor"].values()]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['calm_alerts']} |")
     t = result["targets"]["overall"]
     lines += ["", "Targets at the shipped threshold (held-out, overall): " + ", ".join(
         f"{k} {_f(v['value'])} ({'met' if v['met'] else 'NOT met'}, target {v['target']:g})" for k, v in t.items())]

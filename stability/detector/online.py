@@ -67,12 +67,17 @@ class DetectorConfig:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     model: dict | None = None
     """Risk-model coefficients (fields of RiskModel); None = the shipped model."""
-    surge_z: float = 15.0
+    surge_z: float = 10.0
     """A gradient-norm elevation (total or embedding, median of the last 3 values) of this many robust sigmas
     alerts on its own, whatever the risk (0 turns it off). A safety net for the surges the zoo's tiny models
-    never show (GLM-130B's embedding surge): on the zoo it changes no alert from 10 sigmas up (at 8 it would break
-    the false-alarm budget); at 12 the committed calm sample run post-s0 would page twice (a 33-sigma embedding
-    surge at step 319 that no labelled spike follows, 12.3 at step 566). The risk itself is not changed by it."""
+    never show (GLM-130B's embedding surge), which the risk alone would page only at about 110 sigmas. The zoo cannot
+    set it (10, 12 and 15 give the same alerts on every split; at 8 leave-one-recipe-out on the tuning split drops
+    from 29 to 25 of 51 within 10 false alarms per 10k),
+    so the hand-made GLM-130B-style surges of `stability.evaluation.surges` do (`stability eval`, "Planted"): of ten
+    runs per surge, 15 warned of 2 at 8x and 5 at 12x, 12 of 5 and 10, 10 of 10 and 10 (and 4 of 10 at 5x), no
+    setting alerting on the calm runs. The cost measured: on the committed sample runs 10 pages once on `post-s0`
+    (a run stuck on the unigram plateau, an embedding surge at step 319 that no labelled spike follows), 12 and 15
+    never. The risk itself is not changed by it."""
     disabled: tuple[str, ...] = ()
     """Evidence features to ignore (ablations), by name from `FEATURES`."""
     gate: GateConfig = field(default_factory=_default_gate)

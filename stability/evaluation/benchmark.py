@@ -17,6 +17,8 @@ Protocol (definitions of recall, precision, false alarms and lead in `stability.
   reading of the budget, pages counted on the calm controls alone with precision >= 0.5 (`at_calm_control_budget`).
 - Ceiling: the risk model refitted on the held-out runs themselves (`refit_on_heldout`), an upper bound for its
   features.
+- Planted surges: the detector and every peer on hand-made GLM-130B-style embedding-gradient surges
+  (`stability.evaluation.surges`), reported apart: the check that sets the detector's surge safety net.
 - Noise: bootstrap intervals over runs of each method's recall and false-alarm rate, and of the detector's recall
   minus each peer's (paired), per scored split and pooled (`noise`, `stability.evaluation.uncertainty`).
 """
@@ -37,6 +39,7 @@ from stability.evaluation.comparison import SUITE_LABELS
 from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, operating_points, pick_threshold, prepare,
                                           score_runs, threshold_grid, trace)
 from stability.evaluation.series import RunSeries
+from stability.evaluation.surges import default_methods, planted_surges
 from stability.evaluation.uncertainty import intervals, run_counts
 from stability.evaluation.zoo import FRESH, HELDOUT, TUNE, UNPREDICTABLE
 
@@ -254,9 +257,11 @@ def _recovery(cases) -> dict:
 
 
 def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None = None, fit: bool = False,
-            gate: GateConfig | None = None, peers: dict | None = None) -> tuple[dict, RiskModel]:
+            gate: GateConfig | None = None, peers: dict | None = None, surges: bool = True
+            ) -> tuple[dict, RiskModel]:
     """Every method on the zoo; returns (result, the risk model used). `fit`: refit the model on the tuning
-    split and set its threshold to the tuning pick at the first budget (what `stability eval --fit` ships)."""
+    split and set its threshold to the tuning pick at the first budget (what `stability eval --fit` ships).
+    `surges`: also the planted-surge check (`stability.evaluation.surges`, independent of `runs`)."""
     from stability.detector.online import shipped_model
 
     gate = gate or GateConfig()
@@ -374,6 +379,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         "noise": result_noise,
     }
     result["targets"] = _targets(result)
+    if surges:
+        result["planted_surges"] = planted_surges(default_methods(peers), horizon)
     return result, model
 
 

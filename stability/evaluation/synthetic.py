@@ -1,4 +1,5 @@
-"""Hand-made runs with planted patterns, for tests and examples (never used for the reported figures).
+"""Hand-made runs with planted patterns, for tests and examples, and for the planted-surge check
+(`stability.evaluation.surges`, reported apart from the benchmark's figures).
 
 A calm run: loss decays as a power law plus batch noise; gradient norms are log-normal around slowly drifting
 levels. Optionally an embedding-gradient surge is planted (the norm ramps up `surge_factor`-fold over

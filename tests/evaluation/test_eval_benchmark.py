@@ -37,6 +37,29 @@ def _online(series, surges=None):
     return np.array(risks), alerts, det
 
 
+def _alert_steps_by_hand(peer_factory, series, threshold: float | None) -> list[int]:
+    """Alert steps of a method run step by step with its own alerting, no trace and no gate replay: the detector
+    (`peer_factory` None; `threshold` None = the shipped one) through its own gate, a peer through a fresh
+    `AlertGate` at `threshold` in units of its published rule."""
+    from dataclasses import replace
+
+    from stability.detector import DetectorConfig
+    from stability.detector.alert import AlertGate, GateConfig
+
+    pairs = list(zip(series.steps.tolist(), series.records))
+    if peer_factory is None:
+        det = OnlineDetector(DetectorConfig(risk_threshold=threshold or 0.0))
+        return [a.step for s, rec in pairs for a in det.update(s, rec)]
+    peer, gate, steps = peer_factory(series), AlertGate(replace(GateConfig(), threshold=threshold or 1.0)), []
+    for s, rec in pairs:
+        peer.update(s, rec)
+        if peer.scores:
+            sig = max(peer.scores, key=peer.scores.get)
+            if gate.update(s, peer.scores[sig], sig) is not None:
+                steps.append(s)
+    return steps
+
+
 def test_benchmark_risk_is_the_online_detectors_risk():
     run = planted_run(n=900, seed=3, surge_at=600, lag=15, surge_factor=40)
     surges = []
@@ -112,10 +135,7 @@ def test_committed_calm_control_alarms_match_a_step_by_step_replay():
     each method run step by step with its own alerting (the detector with its threshold set to the pick, each peer
     through a fresh `AlertGate`), no trace, gate replay or scoring helper: every alert on a calm control's labelled
     steps is a page for nothing."""
-    from dataclasses import replace
-
-    from stability.detector import DetectorConfig
-    from stability.detector.alert import AlertGate, GateConfig
+    from stability.detector.alert import GateConfig
     from stability.detector.labeller import label_spikes
     from stability.detector.online import K_LOSS
     from stability.evaluation.benchmark import peer_factories
@@ -134,17 +154,7 @@ def test_committed_calm_control_alarms_match_a_step_by_step_replay():
             thr = pick["threshold"]
             alarms, runs_alerted = 0, 0
             for r in calm:
-                if factory is None:
-                    det = OnlineDetector(DetectorConfig(risk_threshold=thr))
-                    steps = [a.step for s, rec in zip(r.steps.tolist(), r.records) for a in det.update(s, rec)]
-                else:
-                    peer, gate, steps = factory(r), AlertGate(replace(GateConfig(), threshold=thr)), []
-                    for s, rec in zip(r.steps.tolist(), r.records):
-                        peer.update(s, rec)
-                        if peer.scores:
-                            sig = max(peer.scores, key=peer.scores.get)
-                            if gate.update(s, peer.scores[sig], sig) is not None:
-                                steps.append(s)
+                steps = _alert_steps_by_hand(factory, r, thr)
                 n = sum(1 for s in steps if first[r.name] is not None and s >= first[r.name])
                 alarms += n
                 runs_alerted += n > 0
@@ -159,7 +169,8 @@ def test_committed_zoo_results_are_reproduced(capsys):
     assert main(["eval", "--json"]) == 0
     fresh = json.loads(capsys.readouterr().out)
     committed_result = json.loads(RESULTS.read_text())
-    for key in ("splits", "incident_kinds", "detector", "baselines", "reliability", "targets", "noise"):
+    for key in ("splits", "incident_kinds", "detector", "baselines", "reliability", "targets", "noise",
+                "planted_surges"):
         assert fresh[key] == committed_result[key], key
     assert set(fresh["baselines"]) == set(PEER_NAMES)
     for m in (fresh["detector"], *fresh["baselines"].values()):
@@ -217,8 +228,8 @@ def test_the_fresh_split_moves_no_fit_and_no_threshold():
 
     runs = load_runs(ZOO_DIR, DATA / "eval_suite")
     assert any(r.meta.get("split") == "fresh" for r in runs)
-    with_fresh, model_a = compare(runs, fit=True)
-    without, model_b = compare([r for r in runs if r.meta.get("split") != "fresh"], fit=True)
+    with_fresh, model_a = compare(runs, fit=True, surges=False)
+    without, model_b = compare([r for r in runs if r.meta.get("split") != "fresh"], fit=True, surges=False)
     assert model_a == model_b
     for name in ("detector", *with_fresh["baselines"]):
         a = with_fresh["detector"] if name == "detector" else with_fresh["baselines"][name]
@@ -227,3 +238,30 @@ def test_the_fresh_split_moves_no_fit_and_no_threshold():
             assert a["at_budget"][budget]["threshold"] == b["at_budget"][budget]["threshold"], name
             assert a["at_budget"][budget]["heldout"] == b["at_budget"][budget]["heldout"], name
             assert "fresh" in a["at_budget"][budget] and "fresh" not in b["at_budget"][budget]
+
+
+@committed
+def test_committed_planted_surges_match_a_step_by_step_replay():
+    """The planted GLM-130B-style surges of the committed result, for the detector (shipped settings) and the two
+    peers that see them, against each method run step by step with its own alerting: a run is warned when an alert
+    falls 1..50 steps before the loss jump."""
+    from stability.detector.alert import GateConfig
+    from stability.evaluation.benchmark import peer_factories
+    from stability.evaluation.surges import LAG, SURGE_AT, calm_runs, surge_runs
+
+    result = json.loads(RESULTS.read_text())["planted_surges"]
+    peers = {DETECTOR: None, **peer_factories(GateConfig(threshold=1.0))}
+    onset = SURGE_AT + LAG
+
+    def alert_steps(name, r):
+        return _alert_steps_by_hand(peers[name], r, None)
+
+    for name in (DETECTOR, "olmo_core_monitor", "emb_grad_z"):
+        got = result["methods"][name]
+        for f, row in got["per_factor"].items():
+            warned = sum(any(onset - 50 <= s < onset for s in alert_steps(name, r)) for r in surge_runs(float(f)))
+            assert row["warned"] == warned, (name, f)
+        assert got["calm_alerts"] == sum(len(alert_steps(name, r)) for r in calm_runs()), name
+    # What the safety net is for: the detector sees an 8-fold embedding surge in every run, no calm run pages.
+    assert result["methods"][DETECTOR]["per_factor"]["8"]["warned"] == 10
+    assert result["methods"][DETECTOR]["calm_alerts"] == 0
