@@ -14,7 +14,9 @@ DESCRIPTION = (
     "Lightning, OLMo 2, embedding-gradient z-score) over it, pick each method's threshold on the tuning split at "
     "2 and at 10 false alarms per 10,000 calm steps, and report recall, precision, false alarms and median lead "
     "on the held-out split, per mechanism and overall, with the risk's reliability table and bootstrap intervals "
-    "over runs (the detector against each peer, paired). --generate-zoo trains "
+    "over runs (the detector against each peer, paired); also where each method's false alarms fall (calm "
+    "controls, early, other), every method picked with false alarms counted on the calm controls alone, the "
+    "detector's ceiling (refitted on the held-out runs) and hand-made GLM-130B-style surges. --generate-zoo trains "
     "the zoo first (about 35 minutes of one idle core); --fit refits the risk model on the tuning split and writes "
     "it to stability/detector/risk_model.json; --legacy prints the former suite-only comparison."
 )
