@@ -85,11 +85,30 @@ def open_monitor(model: torch.nn.Module, cfg):
     return monitor
 
 
-def open_detector(detect: bool):
-    """The online detector, or a NullDetector with detection off."""
+def detector_settings(detect):
+    """`watch`'s `detect` checked: True (the shipped detector) and False pass through, a `DetectorConfig` too, and a
+    dict of its fields becomes one (an unknown field or an impossible value: ValueError with one line naming it)."""
+    from stability.detector import DetectorConfig
+
+    if isinstance(detect, bool) or isinstance(detect, DetectorConfig):
+        return detect
+    if isinstance(detect, dict):
+        try:
+            return DetectorConfig.from_dict(detect)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"detect: {e}") from None
+    raise ValueError(f"detect: expected True, False, a dict of DetectorConfig fields or a DetectorConfig, "
+                     f"got {detect!r}")
+
+
+def open_detector(detect):
+    """The online detector (the shipped one for True, configured by a `DetectorConfig`), or a NullDetector with
+    detection off."""
     from stability.detector import OnlineDetector
 
-    return OnlineDetector() if detect else NullDetector()
+    if detect is False:
+        return NullDetector()
+    return OnlineDetector(None if detect is True else detect)
 
 
 def paging_notifier(make):
@@ -144,7 +163,7 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
           run: str | None = None, config: dict | None = None, policies=None, webhook: str | None = None,
           slack_webhook: str | None = None, metrics_port: int | None = None, alert_config: str | None = None,
           dashboard_url: str | None = None, every: int = 1, scaler=None, accumulation: int = 1, probes=True,
-          detect: bool = True, data=None, extra_state: dict | None = None, capture_loss: bool = False) -> Guard:
+          detect=True, data=None, extra_state: dict | None = None, capture_loss: bool = False) -> Guard:
     """Attach the whole pipeline to a training loop; returns the `Guard` (call `guard.step(loss)` after each
     optimizer step, and `guard.close()` at the end, or use it as a context manager).
 
@@ -153,6 +172,8 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
     webhook, slack_webhook, metrics_port, alert_config, dashboard_url
                        alerting (as `stability train`'s flags; environment variables also apply)
     every              record every N steps; probes: True, False, or `probes.MonitorConfig` fields as a dict
+    detect             the online spike detector: True (the shipped one), False (off), or its settings as a
+                       `stability.detector.DetectorConfig` or a dict of its fields, e.g. {"risk_threshold": 0.75}
     scaler             the loop's `torch.amp.GradScaler`, if any
     accumulation       backward passes per optimizer step (gradient accumulation)
     data, extra_state  for rollback: the data position (`get_state`/`set_state`/`skip`, e.g.
@@ -183,6 +204,7 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
         monitor_cfg = None
     else:
         raise ValueError(f"probes: expected True, False, a dict or a probes.MonitorConfig, got {probes!r}")
+    detect = detector_settings(detect)
     policies = preflight(store, run, policies)
     policy_objects, policy_settings = _policies(policies)
     host = LoopState(model, optimizer, scaler, data=data, extra=extra_state, rank=process_rank())
@@ -203,6 +225,8 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
     if scaler is not None and scaler.is_enabled():
         meta.setdefault("precision", "fp16")  # what `stability runs` and the dashboard show beside the run
     meta.update(host_metadata(), source="watch")
+    if not isinstance(detect, bool):  # settings other than the shipped ones go with the run, for its replay
+        meta.setdefault("detector", detect.to_dict())
     if policy_settings is not None:
         meta.setdefault("policies", policy_settings)
         meta.setdefault("egs", policy_settings["egs"]["mode"])

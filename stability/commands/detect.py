@@ -15,7 +15,8 @@ DESCRIPTION = (
     "training: the alert at step t uses metrics up to t only. Works with whatever metrics the run has "
     "(e.g. an imported log with only loss and grad_norm). A run that rolled back is replayed as it was trained: "
     "each abandoned branch up to its rollback, then the detector's state as it was at the resumed step, as the "
-    "rollback policy restores it."
+    "rollback policy restores it. A run trained with its own detector settings (stability train --risk-threshold "
+    "or --detector-config, stability.watch(detect=...)) is replayed with them unless --config is given."
 )
 
 
@@ -29,9 +30,11 @@ def add_arguments(parser):
     parser.add_argument("--config", metavar="FILE", help="DetectorConfig as JSON (fields of DetectorConfig)")
 
 
-def detector_config(path: str | None = None, threshold: float | None = None):
+def detector_config(path: str | None = None, threshold: float | None = None, *, config_flag: str = "--config",
+                    threshold_flag: str = "--threshold"):
     """The DetectorConfig of a JSON file (None: the defaults), its alert threshold replaced by `threshold` if given;
-    a missing file, bad JSON, an unknown field or an impossible value is a UsageError naming the file."""
+    a missing file, bad JSON, an unknown field or an impossible value is a UsageError naming the flag and the file.
+    The flag names are the calling command's (`stability train` says --detector-config / --risk-threshold)."""
     from dataclasses import replace
 
     from stability.detector.online import DetectorConfig
@@ -42,15 +45,18 @@ def detector_config(path: str | None = None, threshold: float | None = None):
         if path:
             with open(path) as f:
                 cfg = DetectorConfig.from_dict(json.load(f))
-        if threshold is not None:
-            cfg = replace(cfg, risk_threshold=threshold)
-        return cfg
     except OSError as e:
-        raise UsageError(f"--config {path}: {e.strerror or e}") from None
+        raise UsageError(f"{config_flag} {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
-        raise UsageError(f"--config {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise UsageError(f"{config_flag} {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--config {path or '(defaults)'}: {e}") from None
+        raise UsageError(f"{config_flag} {path}: {e}") from None
+    if threshold is None:
+        return cfg
+    try:
+        return replace(cfg, risk_threshold=threshold)
+    except ValueError as e:
+        raise UsageError(f"{threshold_flag} {threshold:g}: {e}") from None
 
 
 def replay(det, series) -> list[tuple]:
@@ -83,18 +89,37 @@ def run(args) -> int:
     from stability.commands.spikes import read_run
     from stability.detector.online import OnlineDetector
 
+    from dataclasses import replace
+
+    from stability.detector.online import DetectorConfig
+    from stability.errors import UsageError
+
     cfg = detector_config(args.config, args.threshold)
     series = read_run(args, timeline="logged")
+    # A run trained with other than the shipped settings (`stability train --risk-threshold`, `watch(detect=...)`)
+    # stored them; it is replayed with them unless --config says otherwise (--threshold still applies).
+    stored = (series.meta.get("config") or {}).get("detector")
+    settings = "file" if args.config else "shipped"
+    if not args.config and isinstance(stored, dict):
+        try:
+            cfg = DetectorConfig.from_dict(stored)
+            if args.threshold is not None:
+                cfg = replace(cfg, risk_threshold=args.threshold)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"run {args.run!r}: its stored detector settings: {e} (pass --config FILE)") from None
+        settings = "run"
     if args.until is not None:
         series = series.truncated(args.until)
     alerts = replay(OnlineDetector(cfg), series)
     seen = series.keys()
     out = {"run": args.run, "alerts": [{**a.to_dict(), "branch": b} for a, b in alerts], "logged_steps": len(series),
-           "last_step": int(series.steps[-1]) if len(series) else None, "metrics_seen": len(seen)}
+           "last_step": int(series.steps[-1]) if len(series) else None, "metrics_seen": len(seen),
+           "settings": settings}
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"run {args.run}: {len(alerts)} alert(s) over {len(series)} logged steps")
+    mine = " (with the detector settings it was trained with)" if settings == "run" else ""
+    print(f"run {args.run}: {len(alerts)} alert(s) over {len(series)} logged steps{mine}")
     if series.rewinds:
         print(f"  (rolled back {len(series.rewinds)} time(s): replayed as trained, each alert with its branch)")
     for a, b in alerts:

@@ -64,6 +64,11 @@ def add_arguments(p):
     r.add_argument("--log-every", type=int, default=1, help="monitor and log every N steps")
     r.add_argument("--no-monitor", action="store_true", help="train bare: no probes (loss and lr still logged)")
     r.add_argument("--no-detect", action="store_true", help="do not run the online spike detector")
+    r.add_argument("--risk-threshold", type=float, metavar="P",
+                   help="alert when the detector's spike risk reaches this probability (default: the tuned one; "
+                        "0.75 warns earlier of slow divergences, see README)")
+    r.add_argument("--detector-config", metavar="FILE",
+                   help="DetectorConfig as JSON, as `stability detect --config` reads it")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     from stability.alerting import cli_args as alert_args
     from stability.commands import _nproc
@@ -101,10 +106,18 @@ def session_options(args):
     check_writable_store(args.store)
     # A bad policy file or value is refused here, before any training starts.
     policy_cfg = policy_cli.config_from_args(args)
+    detect = not args.no_detect
+    if detect and (args.detector_config or args.risk_threshold is not None):
+        from stability.commands.detect import detector_config
+
+        detect = detector_config(args.detector_config, args.risk_threshold, config_flag="--detector-config",
+                                 threshold_flag="--risk-threshold")
+    meta = {"policies": dataclasses.asdict(policy_cfg), "egs": policy_cfg.egs.mode}
+    if not isinstance(detect, bool):  # settings other than the shipped ones go with the run, for its replay
+        meta["detector"] = detect.to_dict()
     return SessionOptions(store=args.store, run=args.run, monitor=not args.no_monitor,
-                          detect=not args.no_detect, progress=not args.quiet,
-                          policies=policy_cli.build_policies(policy_cfg),
-                          meta={"policies": dataclasses.asdict(policy_cfg), "egs": policy_cfg.egs.mode})
+                          detect=detect, progress=not args.quiet,
+                          policies=policy_cli.build_policies(policy_cfg), meta=meta)
 
 
 def run(args) -> int:

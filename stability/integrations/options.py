@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from stability.watch import preflight, watch
+from stability.watch import detector_settings, preflight, watch
 
 FROM_TRAINER = {"scaler", "accumulation", "capture_loss", "extra_state"}
 """`watch` settings a callback takes from the trainer it is attached to."""
@@ -22,4 +22,9 @@ def check_options(store, run, options: dict, adapter: str) -> dict:
         raise TypeError(f"{adapter}: {owned[0]!r} is taken from the trainer; leave it out")
     if options.get("every", 1) < 1:
         raise ValueError(f"{adapter}: every must be >= 1, got {options['every']}")
+    if "detect" in options:
+        try:
+            options = dict(options, detect=detector_settings(options["detect"]))
+        except ValueError as e:
+            raise ValueError(f"{adapter}: {e}") from None
     return dict(options, store=store, run=run, policies=preflight(store, run, options.get("policies")))

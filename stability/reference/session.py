@@ -23,7 +23,8 @@ class SessionOptions:
     run: str | None = None
     """Run name; default derived from the config and the time."""
     monitor: bool = True
-    detect: bool = True
+    detect: object = True
+    """True (the shipped detector), False (off) or a `DetectorConfig`."""
     progress: bool = True
     policies: list = field(default_factory=list)
     """Policy objects (see stability.policies) attached to the trainer."""

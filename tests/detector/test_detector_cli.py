@@ -145,6 +145,35 @@ def _planted_suite(path, n_cfg=2):
     _write(path, pd.concat(frames), SuiteModel(), runs, [], {})
 
 
+def test_a_run_trained_with_its_own_threshold_pages_at_it_and_is_replayed_with_it(tmp_path, capsys):
+    """`stability train --risk-threshold` reaches the live detector (a threshold under the risk's floor of about 3 %
+    pages at once; the shipped one never in 12 steps of a tiny run), the settings are stored with the run, and
+    `stability detect` replays them unless --config says otherwise."""
+    from stability.detector import OnlineDetector
+
+    store = tmp_path / "runs"
+    tiny = ["--steps", "12", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--batch-size", "2",
+            "--seq-len", "16", "--threads", "1", "--quiet", "--store", str(store)]
+    floor = 1 / (1 + np.exp(-OnlineDetector().model.intercept))  # the risk with no evidence at all
+    assert floor > 0.01
+    assert main(["train", *tiny, "--run", "low", "--risk-threshold", "0.01"]) == 0
+    assert main(["train", *tiny, "--run", "shipped"]) == 0
+    st = RunStore(store)
+    assert st.run_info("low")["config"]["detector"]["risk_threshold"] == 0.01
+    assert "detector" not in st.run_info("shipped")["config"]
+    live = st.events("low", kinds=["alert"])["step"].tolist()
+    assert live and st.events("shipped", kinds=["alert"]).empty
+    capsys.readouterr()
+    assert main(["detect", "low", "--store", str(store), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"] == "run" and [a["step"] for a in out["alerts"]] == live
+    empty = tmp_path / "defaults.json"
+    empty.write_text("{}")
+    assert main(["detect", "low", "--store", str(store), "--json", "--config", str(empty)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"] == "file" and out["alerts"] == []
+
+
 def test_eval_json_on_a_planted_suite(tmp_path, capsys):
     _planted_suite(tmp_path)
     assert {r.meta["split"] for r in load_suite(tmp_path)} == {"tune", "heldout"}

@@ -185,6 +185,8 @@ def test_bad_input_is_refused_when_the_callback_is_made(tmp_path):
     bad.write_text("[rollback]\nenabled = true\ninterval = 0\n")
     with pytest.raises(ValueError, match=r"p\.toml"):
         StabilityCallback(store=tmp_path / "runs", policies=bad)
+    with pytest.raises(ValueError, match="StabilityCallback.*detect: unknown field 'surge'"):
+        StabilityCallback(store=tmp_path / "runs", detect={"surge": 8})
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

@@ -159,6 +159,12 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path):
         stability.watch(model, opt, store=tmp_path / "s", run="r", policies=bad)
     with pytest.raises(ValueError, match="every"):
         stability.watch(model, opt, every=0)
+    with pytest.raises(ValueError, match="detect: unknown field 'risk_threshhold'"):
+        stability.watch(model, opt, store=tmp_path / "s", run="r", detect={"risk_threshhold": 0.5})
+    with pytest.raises(ValueError, match="detect: .*risk_threshold must be in"):
+        stability.watch(model, opt, store=tmp_path / "s", run="r", detect={"risk_threshold": 1.5})
+    with pytest.raises(ValueError, match="detect: expected"):
+        stability.watch(model, opt, detect="yes")
     assert not (tmp_path / "s").exists() or not RunStore(tmp_path / "s").run_names()
     assert not model._forward_pre_hooks and "step" not in opt.__dict__
 
@@ -343,3 +349,27 @@ def test_importing_the_package_does_not_import_torch():
 
     code = "import sys, stability; assert 'torch' not in sys.modules; assert callable(stability.watch)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_detector_settings_reach_the_live_detector_and_the_run(tmp_path):
+    """`detect` as a dict of DetectorConfig fields: the loop's detector alerts at that threshold (under the risk's
+    floor: at once), the settings are stored with the run; `detect=True` keeps the shipped detector."""
+    from stability.detector import OnlineDetector
+
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    with stability.watch(model, opt, store=tmp_path, run="low", detect={"risk_threshold": 0.01}) as guard:
+        assert isinstance(guard.detector, OnlineDetector) and guard.detector.threshold == 0.01
+        for _ in range(3):
+            x = torch.randint(0, V, (2, 8))
+            opt.zero_grad()
+            loss = loss_of(model, x)
+            loss.backward()
+            opt.step()
+            guard.step(loss)
+    st = RunStore(tmp_path)
+    assert st.run_info("low")["config"]["detector"]["risk_threshold"] == 0.01
+    assert not st.events("low", kinds=["alert"]).empty
+    with stability.watch(model, opt, detect=True) as guard:
+        assert guard.detector.threshold == OnlineDetector().model.threshold

@@ -75,6 +75,8 @@ def _cli(*args):
     (["train", "--precision", "fp8"], "--precision"),
     (["train", "--warmup-shape", "cubic"], "--warmup-shape"),
     (["train", "--warmup-shape", "exponential", "--warmup-start", "0"], "warmup_start"),
+    (["train", "--risk-threshold", "2"], "--risk-threshold"),
+    (["train", "--detector-config", "/nonexistent/detector.json"], "--detector-config"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(args, needle):
     r = _cli(*args)
