@@ -225,8 +225,8 @@ def format_benchmark(result: dict) -> str:
         lines += ["", ("Ceiling of the detector's features: the risk model refitted on the held-out runs and its "
                        "threshold picked on them (it has seen what it is scored on; an upper bound, not a result): " +
                        "; ".join(f"within {p['fa_budget_per_10k']:g} / 10k recall {_f(p.get('recall'))} "
-                                 f"({p.get('hits')}), precision {_f(p.get('precision'))}, lead {_f(p.get('median_lead'))}"
-                                 for p in ceil["best_possible"]))]
+                                 f"({p.get('hits')}), precision {_f(p.get('precision'))}, "
+                                 f"lead {_f(p.get('median_lead'))}" for p in ceil["best_possible"]))]
     ps = result.get("planted_surges")
     if ps:
         factors = list(next(iter(ps["methods"].values()))["per_factor"])
@@ -257,7 +257,8 @@ def _false_alarm_table(methods: dict, splits: list[str]) -> list[str]:
             cells = []
             for s in splits:
                 o, cc = at[s]["overall"], at[s]["calm_controls"]
-                cells += [f"{cc['false_alarms']} / {cc['runs_alerted']} of {cc['runs']} ({_f(cc['false_alarms_per_10k'])})",
+                cells += [f"{cc['false_alarms']} / {cc['runs_alerted']} of {cc['runs']} "
+                          f"({_f(cc['false_alarms_per_10k'])})",
                           f"{o['early_alarms']} ({_f(o['median_early_by'])})",
                           str(o["false_alarms"] - o["early_alarms"] - cc["false_alarms"])]
             lines.append(f"| {name} | {b} | " + " | ".join(cells) + " |")

@@ -25,6 +25,7 @@ Protocol (definitions of recall, precision, false alarms and lead in `stability.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -321,18 +322,18 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
                                             **{s: report(key, thr, s) for s in scored}}
         pick = _calm_control_pick(tune_curve, parts[TUNE], key, gate, horizon, ign_build)
         thr = pick["threshold"] if pick else max(grid)
-        entry["at_calm_control_budget"] = {"threshold": thr, "rule": CALM_CONTROL_RULE, "found_on_tune": pick is not None,
-                                           "tune": _summary(parts[TUNE], key, replace(gate, threshold=thr), horizon,
-                                                            ign_build),
-                                           **{s: report(key, thr, s) for s in scored}}
+        entry["at_calm_control_budget"] = {
+            "threshold": thr, "rule": CALM_CONTROL_RULE, "found_on_tune": pick is not None,
+            "tune": _summary(parts[TUNE], key, replace(gate, threshold=thr), horizon, ign_build),
+            **{s: report(key, thr, s) for s in scored}}
         ign_held = [ign_build[c.series.name] for c in parts[HELDOUT]]
         # The held-out curve (what the best possible threshold would give, an oracle) spans the tuning and held-out
         # scores: not the fresh split's, which would move it whenever fresh runs are added.
         held_grid = threshold_grid(parts[TUNE] + parts[HELDOUT], key, n=60)
         held_curve = curve(parts[HELDOUT], key, gate1, horizon, held_grid, ignore=ign_held)
         for p in held_curve:  # how far down the curve the calm controls stay unpaged
-            p["calm_control_false_alarms"] = _calm_controls(parts[HELDOUT], key, replace(gate, threshold=p["threshold"]),
-                                                            horizon, ign_build)["false_alarms"]
+            g = replace(gate, threshold=p["threshold"])
+            p["calm_control_false_alarms"] = _calm_controls(parts[HELDOUT], key, g, horizon, ign_build)["false_alarms"]
         entry["curve_heldout"] = held_curve
         entry["best_possible_heldout"] = operating_points(held_curve, BUDGETS)
         if key == DETECTOR:
@@ -388,8 +389,8 @@ CALM_CONTROLS = "calm_controls"
 """The key of the calm-control pick where the budgets' keys are "2" and "10" (the noise intervals)."""
 CALM_CONTROL_BUDGET = 2.0
 MIN_PRECISION = 0.5
-CALM_CONTROL_RULE = (f"the most recall on the tuning split with at most {CALM_CONTROL_BUDGET:g} false alarms per 10k steps "
-                     f"of the calm controls and precision at least {MIN_PRECISION:g}")
+CALM_CONTROL_RULE = (f"the most recall on the tuning split with at most {CALM_CONTROL_BUDGET:g} false alarms per 10k "
+                     f"steps of the calm controls and precision at least {MIN_PRECISION:g}")
 
 
 def _calm_control_pick(tune_curve, cases, key, gate, horizon, ignore) -> dict | None:
@@ -402,16 +403,14 @@ def _calm_control_pick(tune_curve, cases, key, gate, horizon, ignore) -> dict | 
         cc = _calm_controls(cases, key, replace(gate, threshold=p["threshold"]), horizon, ignore)
         if (cc["false_alarms_per_10k"] or 0.0) <= CALM_CONTROL_BUDGET and (p["precision"] or 0.0) >= MIN_PRECISION:
             ok.append(p)
-    if not ok:
-        return None
-    return max(ok, key=lambda p: (p["recall"] or 0.0, p["median_lead"] or 0.0, p["precision"] or 0.0, p["threshold"]))
+    return pick_threshold(ok, math.inf)  # the same order as every budget's pick; None if no point qualifies
 
 
 def _refit_on_heldout(cases, evid, ign_fit, ign_build, gate1, horizon) -> dict:
     """The ceiling of the detector's features and model class on the held-out split: the risk model fitted (as
     `--fit` does) on the held-out runs themselves and its threshold picked on their own curve, each the most
     favourable choice there is. Not a result (it has seen what it is scored on): where even this stays far from a
-    target, no threshold and no refit of these features reaches it; what is missing is in the signals."""
+    target, no threshold and no refit of this model over these features reaches it."""
     model = fit_model(fitted_on(cases), evid, ign_fit, horizon)
     key = "detector_refit_on_heldout"
     for c in cases:
