@@ -106,7 +106,7 @@ def open_detector(detect):
     detection off."""
     from stability.detector import OnlineDetector
 
-    if detect is False:
+    if not detect:
         return NullDetector()
     return OnlineDetector(None if detect is True else detect)
 

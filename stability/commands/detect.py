@@ -86,12 +86,10 @@ def replay(det, series) -> list[tuple]:
 
 
 def run(args) -> int:
-    from stability.commands.spikes import read_run
-    from stability.detector.online import OnlineDetector
-
     from dataclasses import replace
 
-    from stability.detector.online import DetectorConfig
+    from stability.commands.spikes import read_run
+    from stability.detector.online import DetectorConfig, OnlineDetector
     from stability.errors import UsageError
 
     cfg = detector_config(args.config, args.threshold)

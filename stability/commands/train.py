@@ -107,7 +107,11 @@ def session_options(args):
     # A bad policy file or value is refused here, before any training starts.
     policy_cfg = policy_cli.config_from_args(args)
     detect = not args.no_detect
-    if detect and (args.detector_config or args.risk_threshold is not None):
+    settings = [f for f, v in (("--detector-config", args.detector_config), ("--risk-threshold", args.risk_threshold))
+                if v is not None]
+    if settings and not detect:
+        raise UsageError(f"{settings[0]} sets the detector, which --no-detect turns off")
+    if settings:
         from stability.commands.detect import detector_config
 
         detect = detector_config(args.detector_config, args.risk_threshold, config_flag="--detector-config",

@@ -77,6 +77,7 @@ def _cli(*args):
     (["train", "--warmup-shape", "exponential", "--warmup-start", "0"], "warmup_start"),
     (["train", "--risk-threshold", "2"], "--risk-threshold"),
     (["train", "--detector-config", "/nonexistent/detector.json"], "--detector-config"),
+    (["train", "--no-detect", "--risk-threshold", "0.5"], "--no-detect"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(args, needle):
     r = _cli(*args)
