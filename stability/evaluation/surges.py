@@ -59,11 +59,17 @@ def planted_surges(methods: dict, horizon: int = 50) -> dict:
     return out
 
 
+OTHER_SURGE_Z = (12.0, 15.0)
+"""Settings of the detector's surge net besides the shipped one, reported beside it (the check that chose it)."""
+
+
 def default_methods(peers: dict) -> dict:
-    """The shipped detector (its tuned threshold, the surge rule in its `score`) and each peer at its published
-    threshold."""
-    from stability.detector.online import OnlineDetector
+    """The shipped detector (its tuned threshold, the surge rule in its `score`), the detector with the other
+    `surge_z` settings, and each peer at its published threshold."""
+    from stability.detector.online import DetectorConfig, OnlineDetector
 
     one = GateConfig(threshold=1.0)
-    return {"detector": (lambda series: OnlineDetector(), one),
+    variants = {f"detector, surge_z {z:g}": (lambda series, z=z: OnlineDetector(DetectorConfig(surge_z=z)), one)
+                for z in OTHER_SURGE_Z}
+    return {"detector": (lambda series: OnlineDetector(), one), **variants,
             **{n: (f, one) for n, f in peers.items()}}
