@@ -90,7 +90,7 @@ def detector_settings(detect):
     dict of its fields becomes one (an unknown field or an impossible value: ValueError with one line naming it)."""
     from stability.detector import DetectorConfig
 
-    if isinstance(detect, bool) or isinstance(detect, DetectorConfig):
+    if isinstance(detect, (bool, DetectorConfig)):
         return detect
     if isinstance(detect, dict):
         try:
@@ -99,6 +99,12 @@ def detector_settings(detect):
             raise ValueError(f"detect: {e}") from None
     raise ValueError(f"detect: expected True, False, a dict of DetectorConfig fields or a DetectorConfig, "
                      f"got {detect!r}")
+
+
+def detector_meta(detect) -> dict:
+    """What a run stores about its detector: settings other than the shipped ones, for its replay
+    (`stability detect` reads them back); nothing for the shipped detector or none."""
+    return {} if isinstance(detect, bool) or detect is None else {"detector": detect.to_dict()}
 
 
 def open_detector(detect):
@@ -225,8 +231,8 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, store: st
     if scaler is not None and scaler.is_enabled():
         meta.setdefault("precision", "fp16")  # what `stability runs` and the dashboard show beside the run
     meta.update(host_metadata(), source="watch")
-    if not isinstance(detect, bool):  # settings other than the shipped ones go with the run, for its replay
-        meta.setdefault("detector", detect.to_dict())
+    for k, v in detector_meta(detect).items():
+        meta.setdefault(k, v)
     if policy_settings is not None:
         meta.setdefault("policies", policy_settings)
         meta.setdefault("egs", policy_settings["egs"]["mode"])

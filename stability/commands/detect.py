@@ -35,8 +35,6 @@ def detector_config(path: str | None = None, threshold: float | None = None, *, 
     """The DetectorConfig of a JSON file (None: the defaults), its alert threshold replaced by `threshold` if given;
     a missing file, bad JSON, an unknown field or an impossible value is a UsageError naming the flag and the file.
     The flag names are the calling command's (`stability train` says --detector-config / --risk-threshold)."""
-    from dataclasses import replace
-
     from stability.detector.online import DetectorConfig
     from stability.errors import UsageError
 
@@ -51,12 +49,22 @@ def detector_config(path: str | None = None, threshold: float | None = None, *, 
         raise UsageError(f"{config_flag} {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"{config_flag} {path}: {e}") from None
+    return with_threshold(cfg, threshold, threshold_flag)
+
+
+def with_threshold(cfg, threshold: float | None, flag: str = "--threshold"):
+    """`cfg` with its alert threshold replaced by `threshold` (None: as it is); an impossible one is a UsageError
+    naming `flag`."""
+    from dataclasses import replace
+
+    from stability.errors import UsageError
+
     if threshold is None:
         return cfg
     try:
         return replace(cfg, risk_threshold=threshold)
     except ValueError as e:
-        raise UsageError(f"{threshold_flag} {threshold:g}: {e}") from None
+        raise UsageError(f"{flag} {threshold:g}: {e}") from None
 
 
 def replay(det, series) -> list[tuple]:
@@ -86,8 +94,6 @@ def replay(det, series) -> list[tuple]:
 
 
 def run(args) -> int:
-    from dataclasses import replace
-
     from stability.commands.spikes import read_run
     from stability.detector.online import DetectorConfig, OnlineDetector
     from stability.errors import UsageError
@@ -101,11 +107,9 @@ def run(args) -> int:
     if not args.config and isinstance(stored, dict):
         try:
             cfg = DetectorConfig.from_dict(stored)
-            if args.threshold is not None:
-                cfg = replace(cfg, risk_threshold=args.threshold)
         except (TypeError, ValueError) as e:
             raise UsageError(f"run {args.run!r}: its stored detector settings: {e} (pass --config FILE)") from None
-        settings = "run"
+        cfg, settings = with_threshold(cfg, args.threshold), "run"
     if args.until is not None:
         series = series.truncated(args.until)
     alerts = replay(OnlineDetector(cfg), series)

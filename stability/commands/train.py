@@ -116,12 +116,10 @@ def session_options(args):
 
         detect = detector_config(args.detector_config, args.risk_threshold, config_flag="--detector-config",
                                  threshold_flag="--risk-threshold")
-    meta = {"policies": dataclasses.asdict(policy_cfg), "egs": policy_cfg.egs.mode}
-    if not isinstance(detect, bool):  # settings other than the shipped ones go with the run, for its replay
-        meta["detector"] = detect.to_dict()
     return SessionOptions(store=args.store, run=args.run, monitor=not args.no_monitor,
                           detect=detect, progress=not args.quiet,
-                          policies=policy_cli.build_policies(policy_cfg), meta=meta)
+                          policies=policy_cli.build_policies(policy_cfg),
+                          meta={"policies": dataclasses.asdict(policy_cfg), "egs": policy_cfg.egs.mode})
 
 
 def run(args) -> int:

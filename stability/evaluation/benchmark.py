@@ -40,7 +40,7 @@ from stability.evaluation.comparison import SUITE_LABELS
 from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, operating_points, pick_threshold, prepare,
                                           score_runs, threshold_grid, trace)
 from stability.evaluation.series import RunSeries
-from stability.evaluation.surges import default_methods, planted_surges
+from stability.evaluation.surges import OTHER_SURGE_Z, planted_surges
 from stability.evaluation.uncertainty import intervals, run_counts
 from stability.evaluation.zoo import FRESH, HELDOUT, TUNE, UNPREDICTABLE
 
@@ -381,8 +381,22 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     }
     result["targets"] = _targets(result)
     if surges:
-        result["planted_surges"] = planted_surges(default_methods(peers), horizon)
+        result["planted_surges"] = planted_surges(_planted_surge_traces(model, peers), horizon)
     return result, model
+
+
+def _planted_surge_traces(model: RiskModel, peers: dict):
+    """The planted-surge check's methods on one run: the detector (its threshold; the shipped surge setting and the
+    others of `OTHER_SURGE_Z`, from one evidence pass) and each peer at its published threshold."""
+    at_model, one = GateConfig(threshold=model.threshold), GateConfig(threshold=1.0)
+
+    def traces(series: RunSeries) -> dict:
+        X, crit = evidence_matrix(series)
+        out = {DETECTOR: (detector_trace(model, X, crit, series.steps), at_model)}
+        for z in OTHER_SURGE_Z:
+            out[f"{DETECTOR}, surge_z {z:g}"] = (detector_trace(model, X, crit, series.steps, surge_z=z), at_model)
+        return {**out, **{n: (trace(f(series), series), one) for n, f in peers.items()}}
+    return traces
 
 
 CALM_CONTROLS = "calm_controls"

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stability.detector.alert import GateConfig
-from stability.evaluation.evaluate import gate_alerts, trace
+from stability.evaluation.evaluate import gate_alerts
 from stability.evaluation.synthetic import planted_run
 
 FACTORS = (3.0, 5.0, 8.0, 12.0, 20.0)
@@ -36,40 +35,30 @@ def calm_runs() -> list:
     return [planted_run(n=N_STEPS, seed=100 + s) for s in range(CALM_RUNS)]
 
 
-def planted_surges(methods: dict, horizon: int = 50) -> dict:
-    """`methods`: {name: (factory(series) -> online method, GateConfig at the threshold to check)}. Per method:
-    per surge factor, runs warned (an alert 1..H steps before the loss jump) of `SEEDS` and the median lead; and
-    the alerts over the calm runs."""
+def planted_surges(traces, horizon: int = 50) -> dict:
+    """`traces(series)` -> {method: (its Trace over the run, GateConfig at the threshold to check)}, every method's
+    for one run at once (so the detector's evidence is computed once for all its settings). Per method: per surge
+    factor, runs warned (an alert 1..H steps before the loss jump) of `SEEDS` and the median lead; and the alerts
+    over the calm runs."""
     onset = SURGE_AT + LAG
-    calm = calm_runs()
-    by_factor = {f: surge_runs(f) for f in FACTORS}
-    out = {"runs_per_factor": SEEDS, "calm_runs": CALM_RUNS, "calm_steps": CALM_RUNS * N_STEPS,
-           "surge_steps": SURGE_LEN, "lag": LAG, "methods": {}}
-    for name, (factory, gate) in methods.items():
-        per = {}
-        for f, runs in by_factor.items():
-            leads = []
-            for r in runs:
-                before = [s for s, _, _ in gate_alerts(trace(factory(r), r), gate) if onset - horizon <= s < onset]
+    leads: dict[str, dict[float, list[int]]] = {}
+    alarms: dict[str, int] = {}
+    for f in FACTORS:
+        for r in surge_runs(f):
+            for name, (tr, gate) in traces(r).items():
+                before = [s for s, _, _ in gate_alerts(tr, gate) if onset - horizon <= s < onset]
+                run_leads = leads.setdefault(name, {}).setdefault(f, [])
                 if before:
-                    leads.append(onset - before[0])
-            per[f"{f:g}"] = {"warned": len(leads), "median_lead": float(np.median(leads)) if leads else None}
-        alarms = sum(len(gate_alerts(trace(factory(r), r), gate)) for r in calm)
-        out["methods"][name] = {"per_factor": per, "calm_alerts": alarms}
-    return out
+                    run_leads.append(onset - before[0])
+    for r in calm_runs():
+        for name, (tr, gate) in traces(r).items():
+            alarms[name] = alarms.get(name, 0) + len(gate_alerts(tr, gate))
+    return {"runs_per_factor": SEEDS, "calm_runs": CALM_RUNS, "calm_steps": CALM_RUNS * N_STEPS,
+            "surge_steps": SURGE_LEN, "lag": LAG,
+            "methods": {name: {"per_factor": {f"{f:g}": {"warned": len(v), "median_lead": float(np.median(v))
+                                                         if v else None} for f, v in per.items()},
+                               "calm_alerts": alarms[name]} for name, per in leads.items()}}
 
 
 OTHER_SURGE_Z = (12.0, 15.0)
 """Settings of the detector's surge net besides the shipped one, reported beside it (the check that chose it)."""
-
-
-def default_methods(peers: dict) -> dict:
-    """The shipped detector (its tuned threshold, the surge rule in its `score`), the detector with the other
-    `surge_z` settings, and each peer at its published threshold."""
-    from stability.detector.online import DetectorConfig, OnlineDetector
-
-    one = GateConfig(threshold=1.0)
-    variants = {f"detector, surge_z {z:g}": (lambda series, z=z: OnlineDetector(DetectorConfig(surge_z=z)), one)
-                for z in OTHER_SURGE_Z}
-    return {"detector": (lambda series: OnlineDetector(), one), **variants,
-            **{n: (f, one) for n, f in peers.items()}}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stability.reference.config import TrainConfig
 from stability.reference.train import RunResult, Trainer, run_metadata
-from stability.watch import open_detector, open_monitor, open_sink, paging_notifier
+from stability.watch import detector_meta, open_detector, open_monitor, open_sink, paging_notifier
 
 
 @dataclass
@@ -45,7 +45,7 @@ def build_trainer(cfg: TrainConfig, opts: SessionOptions) -> Trainer:
     store, detector, policies and alerting); one run for all ranks under torch.distributed."""
     import probes
 
-    meta = dict(run_metadata(cfg), **opts.meta)
+    meta = dict(run_metadata(cfg), **detector_meta(opts.detect), **opts.meta)
     # The parts come from the same builders `stability.watch` uses (stability/watch.py).
     notifier = paging_notifier(lambda: opts.notifier)
     sink, name = open_sink(opts.store, opts.run or default_run_name(cfg), meta)
