@@ -166,19 +166,21 @@ def format_cv(result: dict) -> str:
 def format_benchmark(result: dict) -> str:
     """Held-out tables (Markdown): overall per method at each budget, then per mechanism, then reliability."""
     from stability.evaluation.benchmark import DETECTOR
+    from stability.evaluation.evaluate import AHEAD
 
     methods = {DETECTOR: result["detector"], **result["baselines"]}
     sp = result["splits"]
     lines = [f"Held-out split ({sp['heldout']['runs']} runs, recipes {', '.join(sp['heldout']['recipes'])}; "
              f"tuned on {sp['tune']['runs']} other runs), H = {result['horizon']}, build-up incidents; "
              "threshold picked on the tuning split at each false-alarm budget", "",
-             "| method | budget / 10k | threshold | recall | precision | false alarms / 10k | median lead |",
-             "|---|---|---|---|---|---|---|"]
+             f"| method | budget / 10k | threshold | recall | precision | false alarms / 10k | median lead | hits >= "
+             f"{AHEAD} steps ahead |", "|---|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         for b, at in m["at_budget"].items():
             o = at["heldout"]["overall"]
             lines.append(f"| {name} | {b} | {at['threshold']:.4g} | {_f(o['recall'])} ({o['hits']}/{o['incidents']}) "
-                         f"| {_f(o['precision'])} | {_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} |")
+                         f"| {_f(o['precision'])} | {_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} | "
+                         f"{o['hits_ahead']} |")
     mechs = list(result["detector"]["at_budget"]["2"]["heldout"]["per_mechanism"])
     for b in result["detector"]["at_budget"]:
         lines += ["", f"Per mechanism at <= {b} false alarms / 10k (tuning pick): recall / median lead / FA per 10k",
@@ -192,8 +194,8 @@ def format_benchmark(result: dict) -> str:
     if "fresh" in sp:
         lines += ["", f"Fresh split ({sp['fresh']['runs']} runs, recipes {', '.join(sp['fresh']['recipes'])}; added "
                   "after the detector's features were chosen), the same thresholds", "",
-                  "| method | budget / 10k | recall | precision | false alarms / 10k | median lead | per mechanism "
-                  "(hits / incidents) |", "|---|---|---|---|---|---|---|"]
+                  f"| method | budget / 10k | recall | precision | false alarms / 10k | median lead | hits >= {AHEAD} "
+                  "steps ahead | per mechanism (hits / incidents) |", "|---|---|---|---|---|---|---|---|"]
         for name, m in methods.items():
             for b, at in m["at_budget"].items():
                 o = at["fresh"]["overall"]
@@ -201,7 +203,7 @@ def format_benchmark(result: dict) -> str:
                                 if v["incidents"])
                 lines.append(f"| {name} | {b} | {_f(o['recall'])} ({o['hits']}/{o['incidents']}) | "
                              f"{_f(o['precision'])} | {_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} | "
-                             f"{per} |")
+                             f"{o['hits_ahead']} | {per} |")
     lines += _false_alarm_table(methods, [s for s in ("heldout", "fresh") if s in sp])
     lines += _calm_control_table(methods, [s for s in ("heldout", "fresh") if s in sp])
     lines += _noise_table(result.get("noise") or {})

@@ -203,7 +203,7 @@ def _ignore(cases, kinds, keep) -> dict[str, list]:
 def _summary(cases, key, gate, horizon, ignore) -> dict:
     s = evaluate(cases, key, gate, horizon, ignore=[ignore[c.series.name] for c in cases]).summary()
     return {k: s[k] for k in ("recall", "precision", "false_alarms_per_10k", "median_lead", "incidents", "hits",
-                              "alerts", "false_alarms", "calm_steps", "early_alarms", "median_early_by")}
+                              "hits_ahead", "alerts", "false_alarms", "calm_steps", "early_alarms", "median_early_by")}
 
 
 def _calm_controls(cases, key, gate, horizon, ignore) -> dict:

@@ -123,6 +123,11 @@ def gate_alerts_slow(tr: Trace, gate: GateConfig) -> list[tuple[int, str, float]
     return out
 
 
+AHEAD = 5
+"""Steps of lead for a hit to count as warned well ahead (`hits_ahead`; the issue's median-lead target): an alert
+1-4 steps before an onset is a hit, but it mostly sees the spike begin and leaves no time to act."""
+
+
 @dataclass
 class RunScore:
     incidents: int = 0
@@ -151,7 +156,8 @@ class RunScore:
             "precision": _ratio(self.true_alerts, self.alerts),
             "false_alarms_per_10k": round(1e4 * self.false_alarms / self.calm_steps, 3) if self.calm_steps else None,
             "median_lead": float(np.median(self.leads)) if self.leads else None,
-            "incidents": self.incidents, "hits": self.hits, "alerts": self.alerts,
+            "incidents": self.incidents, "hits": self.hits, "hits_ahead": sum(1 for x in self.leads if x >= AHEAD),
+            "alerts": self.alerts,
             "true_alerts": self.true_alerts, "late_alerts": self.late_alerts, "false_alarms": self.false_alarms,
             "calm_steps": int(self.calm_steps), "early_alarms": len(self.early_by),
             "median_early_by": float(np.median(self.early_by)) if self.early_by else None,

@@ -89,6 +89,16 @@ def test_score_run_counts_early_alarms_with_the_steps_to_the_next_onset():
     assert (part.false_alarms, part.early_by) == (3, [200, 200])
 
 
+def test_hits_ahead_counts_the_hits_warned_at_least_five_steps_before_the_onset():
+    labels = label_spikes(np.arange(1, 1001), 2.0 + 0.01 * np.random.default_rng(0).standard_normal(1000))
+    labels.incidents = [_inc(300, 320), _inc(500, 520), _inc(700, 720), _inc(900, 920)]
+    # Leads by hand: 300 - 296 = 4 (a hit, not ahead), 500 - 495 = 5 (ahead), 700 - 651 = 49 (ahead), 900: missed.
+    alerts = [(296, "x", 2.0), (495, "x", 2.0), (651, "x", 2.0), (900, "x", 2.0)]
+    s = score_run(alerts, labels, 50).summary()
+    assert (s["hits"], s["hits_ahead"], s["median_lead"]) == (3, 2, 5.0)
+    assert score_run([], labels, 50).summary()["hits_ahead"] == 0
+
+
 def test_score_kinds_keeps_only_the_asked_kind():
     r = planted_run(1500, seed=4, surge_at=1000, lag=15, jump=1.5)
     for s in range(602, 622):
