@@ -287,7 +287,10 @@ def _calm_control_table(methods: dict, splits: list[str]) -> list[str]:
 
 
 def _noise_table(noise: dict) -> list[str]:
-    """Recall with its bootstrap interval per split, and the detector's recall minus each method's (paired)."""
+    """Recall with its bootstrap interval per split, and the detector's recall minus each method's (paired), of all
+    hits and of those at least AHEAD steps ahead."""
+    from stability.evaluation.evaluate import AHEAD
+
     if not noise:
         return []
     splits = list(noise)
@@ -296,8 +299,8 @@ def _noise_table(noise: dict) -> list[str]:
     lines = ["", (f"Noise: {first['level']:.0%} bootstrap intervals over runs ({first['resamples']} resamples, paired "
                   f"across methods); recall [interval] per split, and the detector's recall minus the method's on "
                   f"{pooled}"), "",
-             "| method | budget / 10k | " + " | ".join(f"recall, {s}" for s in splits) + " | detector minus method |",
-             "|---|---|" + "---|" * len(splits) + "---|"]
+             "| method | budget / 10k | " + " | ".join(f"recall, {s}" for s in splits) + " | detector minus method | "
+             f"the same, hits >= {AHEAD} steps ahead |", "|---|---|" + "---|" * len(splits) + "---|---|"]
     for name in first["methods"]:
         for b in noise[splits[0]]:
             cells = []
@@ -305,9 +308,9 @@ def _noise_table(noise: dict) -> list[str]:
                 m = noise[sp][b]["methods"][name]
                 cells.append(f"{_f(m['recall'])} {_ci(m['recall_ci'])}")
             m = noise[pooled][b]["methods"][name]
-            diff = (f"{_f(m['detector_minus_recall'])} {_ci(m['detector_minus_recall_ci'])}"
-                    if "detector_minus_recall" in m else "-")
-            lines.append(f"| {name} | {b} | " + " | ".join(cells) + f" | {diff} |")
+            diff, ahead = ((f"{_f(m[k])} {_ci(m[k + '_ci'])}" if k in m else "-")
+                           for k in ("detector_minus_recall", "detector_minus_recall_ahead"))
+            lines.append(f"| {name} | {b} | " + " | ".join(cells) + f" | {diff} | {ahead} |")
     return lines
 
 

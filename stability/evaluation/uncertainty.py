@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from stability.evaluation.evaluate import AHEAD
+
 RESAMPLES = 2000
 LEVEL = 0.9
 SEED = 0
 """Fixed, so that the committed result is reproduced exactly."""
 
-COLUMNS = ("hits", "incidents", "false_alarms", "calm_steps")
+COLUMNS = ("hits", "incidents", "false_alarms", "calm_steps", "hits_ahead")
+AHEAD_COLUMN = COLUMNS.index("hits_ahead")
 
 
 def run_counts(scores) -> np.ndarray:
-    """Per-run (hits, incidents, false alarms, calm steps) from `RunScore`s, one row per run."""
-    return np.array([[s.hits, s.incidents, s.false_alarms, s.calm_steps] for s in scores], dtype=float).reshape(-1, 4)
+    """Per-run (hits, incidents, false alarms, calm steps, hits at least `AHEAD` steps ahead) from `RunScore`s,
+    one row per run."""
+    return np.array([[s.hits, s.incidents, s.false_alarms, s.calm_steps, sum(1 for x in s.leads if x >= AHEAD)]
+                     for s in scores], dtype=float).reshape(-1, len(COLUMNS))
 
 
 def resample_indices(n_runs: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
@@ -41,10 +46,10 @@ def _interval(values: np.ndarray, level: float) -> list[float] | None:
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
-def _recall(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _recall(counts: np.ndarray, idx: np.ndarray, hits: int = 0) -> np.ndarray:
     inc = counts[idx, 1].sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(inc > 0, counts[idx, 0].sum(axis=1) / inc, np.nan)
+        return np.where(inc > 0, counts[idx, hits].sum(axis=1) / inc, np.nan)
 
 
 def _fa_rate(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -57,7 +62,8 @@ def intervals(counts: dict[str, np.ndarray], reference: str, level: float = LEVE
               seed: int = SEED) -> dict:
     """For each method: its recall and false-alarm rate with their intervals, and (for every method but
     `reference`) the paired interval of `reference`'s recall minus the method's. `counts`: {method: run_counts(...)}
-    over the same runs in the same order."""
+    over the same runs in the same order. With the `hits_ahead` column, the same for the recall of warnings at
+    least `AHEAD` steps ahead (`recall_ahead`, `{reference}_minus_recall_ahead`)."""
     n = {len(c) for c in counts.values()}
     if len(n) != 1:
         raise ValueError(f"every method must be counted on the same runs, got {sorted(n)} runs")
@@ -76,6 +82,13 @@ def intervals(counts: dict[str, np.ndarray], reference: str, level: float = LEVE
             entry[f"{reference}_minus_recall"] = _round(_recall(counts[reference], all_runs)[0]
                                                         - _recall(c, all_runs)[0])
             entry[f"{reference}_minus_recall_ci"] = _interval(ref - _recall(c, idx), level)
+        if c.shape[1] > AHEAD_COLUMN:
+            entry["recall_ahead"] = _round(_recall(c, all_runs, AHEAD_COLUMN)[0])
+            entry["recall_ahead_ci"] = _interval(_recall(c, idx, AHEAD_COLUMN), level)
+            if name != reference:
+                r_all, r_idx = (_recall(counts[reference], x, AHEAD_COLUMN) for x in (all_runs, idx))
+                entry[f"{reference}_minus_recall_ahead"] = _round(r_all[0] - _recall(c, all_runs, AHEAD_COLUMN)[0])
+                entry[f"{reference}_minus_recall_ahead_ci"] = _interval(r_idx - _recall(c, idx, AHEAD_COLUMN), level)
         out[name] = entry
     return {"runs": n_runs, "resamples": resamples, "level": level, "seed": seed, "methods": out}
 

@@ -56,6 +56,25 @@ def test_intervals_match_a_resampling_written_out_by_hand():
     assert mb["a_minus_recall_ci"][0] >= 0
 
 
+def test_warnings_ahead_get_their_own_intervals_against_the_same_hand_resampling():
+    # A fifth column: hits at least 5 steps ahead. a's early hits become b's; the hand resampling treats that column
+    # as the hits, so the "ahead" figures must equal it run for run.
+    a = [(1, 1, 0, 200, 1), (0, 1, 1, 250, 0), (2, 2, 0, 180, 1), (0, 0, 0, 300, 0), (1, 2, 0, 220, 1),
+         (0, 1, 2, 260, 0), (1, 1, 0, 240, 0), (0, 0, 1, 300, 0)]
+    b = [(1, 1, 1, 200, 0), (0, 1, 1, 250, 0), (1, 2, 0, 180, 1), (0, 0, 0, 300, 0), (0, 2, 1, 220, 0),
+         (0, 1, 2, 260, 0), (1, 1, 0, 240, 1), (0, 0, 1, 300, 0)]
+    out = intervals({"a": np.array(a, float), "b": np.array(b, float)}, "a", level=0.9, resamples=500, seed=7)
+    swap = [(r[4], r[1], r[2], r[3]) for r in a], [(r[4], r[1], r[2], r[3]) for r in b]
+    ref = _by_hand(*swap, 500, 7, 0.9)
+    ma, mb = out["methods"]["a"], out["methods"]["b"]
+    assert ma["recall_ahead"] == pytest.approx(3 / 8) and mb["recall_ahead"] == pytest.approx(2 / 8)
+    assert ma["recall_ahead_ci"] == pytest.approx(ref["a"], abs=1e-4)
+    assert mb["a_minus_recall_ahead"] == pytest.approx(1 / 8)
+    assert mb["a_minus_recall_ahead_ci"] == pytest.approx(ref["diff"], abs=1e-4)
+    # The all-hits figures are unchanged by the extra column.
+    assert ma["recall"] == pytest.approx(5 / 8) and mb["a_minus_recall"] == pytest.approx(2 / 8)
+
+
 def test_a_method_against_itself_differs_by_exactly_nothing_and_bad_input_is_refused():
     rows = np.array([(1, 1, 0, 100), (0, 1, 1, 100), (1, 2, 0, 100)], float)
     out = intervals({"a": rows, "b": rows.copy()}, "a", resamples=200)
