@@ -53,7 +53,8 @@ def add_arguments(parser):
                         help="leave-one-recipe-out cross-validation of the detector on the tuning split (the held-out "
                              "split is not read): the test a feature or setting passes before it ships")
     parser.add_argument("--config", metavar="FILE",
-                        help="--cv: DetectorConfig as JSON whose `evidence`, `gate` and `disabled` features to test, "
+                        help="--cv: DetectorConfig as JSON whose `evidence`, `gate`, `disabled` features and surge net "
+                         "(`surge_z`, `agree_z`) to test, "
                              "against the shipped settings (paired bootstrap interval of the recall difference)")
     g = parser.add_argument_group("generating the zoo")
     g.add_argument("--generate-zoo", action="store_true", help="train the zoo runs into --zoo first")
@@ -111,7 +112,8 @@ def run(args) -> int:
 
         cfg = detector_config(args.config)
         result = cross_validate(runs, horizon=args.horizon, evidence=cfg.evidence, disabled=cfg.disabled,
-                                gate=cfg.gate, against_shipped=bool(args.config))
+                                gate=cfg.gate, surge_z=cfg.surge_z, agree_z=cfg.agree_z,
+                                against_shipped=bool(args.config))
         return _emit({"zoo": str(zoo), **result}, args, format_cv)
     result, model = compare(runs, horizon=args.horizon, fit=args.fit)
     result = {"zoo": str(zoo), "suite": str(suite), "runs": len(runs), **result}
@@ -143,23 +145,27 @@ def _emit(result: dict, args, table) -> int:
 
 
 def format_cv(result: dict) -> str:
+    from stability.evaluation.evaluate import AHEAD
+
     lines = [f"Leave one recipe out on the tuning split ({len(result['folds'])} folds: {', '.join(result['folds'])}), "
              f"H = {result['horizon']}, features {', '.join(result['features'])}; thresholds on the pooled "
-             "out-of-fold curve", "", "| budget / 10k | recall | precision | false alarms / 10k | median lead |",
-             "|---|---|---|---|---|"]
+             "out-of-fold curve", "", f"| budget / 10k | recall | precision | false alarms / 10k | median lead | "
+             f"hits >= {AHEAD} steps ahead |", "|---|---|---|---|---|---|"]
     for o in result["pooled_out_of_fold"]:
         lines.append(f"| {o['fa_budget_per_10k']:g} | {_f(o['recall'])} ({o['hits']}) | {_f(o['precision'])} | "
-                     f"{_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} |")
+                     f"{_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} | {o.get('hits_ahead', '-')} |")
     against = result.get("against_shipped")
     if against:
         first = next(iter(against.values()))
         lines += ["", (f"Against the shipped settings on the same runs: the variant's recall minus theirs, "
                        f"{first['level']:.0%} paired bootstrap interval over runs ({first['resamples']} resamples)"),
-                  "", "| budget / 10k | variant | shipped | variant minus shipped |", "|---|---|---|---|"]
+                  "", f"| budget / 10k | variant | shipped | variant minus shipped | the same, hits >= {AHEAD} steps "
+                  "ahead |", "|---|---|---|---|---|"]
         for b, r in against.items():
             v, sh = r["methods"]["variant"], r["methods"]["shipped"]
             lines.append(f"| {b} | {_f(v['recall'])} | {_f(sh['recall'])} | {_f(sh['variant_minus_recall'])} "
-                         f"{_ci(sh['variant_minus_recall_ci'])} |")
+                         f"{_ci(sh['variant_minus_recall_ci'])} | {_f(sh['variant_minus_recall_ahead'])} "
+                         f"{_ci(sh['variant_minus_recall_ahead_ci'])} |")
     return "\n".join(lines)
 
 

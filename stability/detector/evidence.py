@@ -50,6 +50,8 @@ P_NONFINITE = M.NONFINITE_GRADS
 
 FEATURES = ("grad_z", "attn_z", "loss_z", "grad_rise", "attn_rise", "grad_loss_rise")
 _SIGNALS = ("grad", "emb", "attn", "loss")
+_AGREE = "grad_agree"
+"""Held like a feature (a metric logged less often keeps it), kept out of FEATURES: see `Evidence.agreement`."""
 _RISES = ("grad", "attn")
 MAX_RISE = 5.0
 """Rises are capped (log units: 150x): past that a run has diverged, and the fit needs bounded features."""
@@ -172,6 +174,10 @@ class Evidence:
         """Why this step is critical (non-finite loss, or non-finite gradients without a scaler), else ""."""
         self.grad_source = "total"
         """Which gradient norm set `grad_z` at the last update: `total` or `embedding`."""
+        self.agreement = 0.0
+        """The smaller of the total and the embedding gradient norm's elevations (log(1 + z), as `grad_z`) at the
+        last update: how far *both* stand above their histories (0 unless both are logged). Not a feature of the
+        risk: the detector's surge net reads it (`DetectorConfig.agree_z`)."""
 
     def update(self, metrics: dict[str, float]) -> dict[str, float]:
         f: dict[str, float] = {}
@@ -195,6 +201,8 @@ class Evidence:
             rise = self._t["grad"].rise
             f["grad_loss_rise"] = math.log1p(max(0.0, min(rise, MAX_RISE, self.cfg.agree_scale * trend)))
         emb = f.pop("emb_z", None)
+        if emb is not None and "grad_z" in f:
+            f[_AGREE] = min(emb, f["grad_z"])
         if emb is not None and emb > f.get("grad_z", -1.0):
             f["grad_z"], self.grad_source = emb, "embedding"
         elif "grad_z" in f:
@@ -209,6 +217,7 @@ class Evidence:
                 del self._held[name]
             else:
                 f.setdefault(name, v)
+        self.agreement = f.get(_AGREE, 0.0)
         return {name: f.get(name, 0.0) for name in FEATURES}
 
     def _loss_trend(self) -> float | None:

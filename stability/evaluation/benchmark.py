@@ -40,7 +40,7 @@ from stability.evaluation.comparison import SUITE_LABELS
 from stability.evaluation.evaluate import (Case, Trace, curve, evaluate, operating_points, pick_threshold, prepare,
                                           score_runs, threshold_grid, trace)
 from stability.evaluation.series import RunSeries
-from stability.evaluation.surges import OTHER_SURGE_Z, planted_surges
+from stability.evaluation.surges import OTHER_SURGE_NETS, planted_surges
 from stability.evaluation.uncertainty import intervals, run_counts
 from stability.evaluation.zoo import FRESH, HELDOUT, TUNE, UNPREDICTABLE
 
@@ -78,16 +78,20 @@ def load_runs(zoo_dir: str | Path, suite_dir: str | Path | None) -> list[RunSeri
 
 
 # -- evidence and the risk model ---------------------------------------------------------------------------------
-def evidence_matrix(series: RunSeries, cfg: EvidenceConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features per logged step, n x len(FEATURES); critical flags), exactly as the online detector sees them."""
+def evidence_matrix(series: RunSeries, cfg: EvidenceConfig | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features per logged step, n x len(FEATURES); critical flags; `Evidence.agreement` per step), exactly as the
+    online detector sees them."""
     ev = Evidence(cfg)
     X = np.zeros((len(series), len(FEATURES)))
     crit = np.zeros(len(series), dtype=bool)
+    agree = np.zeros(len(series))
     for i, rec in enumerate(series.records):
         f = ev.update(rec)
         X[i] = [f[k] for k in FEATURES]
         crit[i] = bool(ev.nonfinite)
-    return X, crit
+        agree[i] = ev.agreement
+    return X, crit, agree
 
 
 def risk_of(model: RiskModel, X: np.ndarray) -> np.ndarray:
@@ -96,15 +100,20 @@ def risk_of(model: RiskModel, X: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
 
 
-def detector_trace(model: RiskModel, X: np.ndarray, crit: np.ndarray, steps: np.ndarray,
-                   surge_z: float | None = None) -> Trace:
+def detector_trace(model: RiskModel, X: np.ndarray, crit: np.ndarray, agree: np.ndarray, steps: np.ndarray,
+                   surge_z: float | None = None, agree_z: float | None = None) -> Trace:
     """The detector's per-step score in risk units (a sweep over the gate threshold is a sweep over the risk);
-    where the gradient surge rule fires (`DetectorConfig.surge_z`) the score is 1.0: an alert at any threshold."""
+    where the gradient surge net fires (`DetectorConfig.surge_z`, `agree_z`) the score is 1.0: an alert at any
+    threshold."""
     w = np.array([model.weights.get(k, 0.0) for k in FEATURES])
     risk = risk_of(model, X)
-    surge_z = DetectorConfig().surge_z if surge_z is None else surge_z
+    shipped = DetectorConfig()
+    surge_z = shipped.surge_z if surge_z is None else surge_z
+    agree_z = shipped.agree_z if agree_z is None else agree_z
     if surge_z > 0:
         risk = np.where(X[:, FEATURES.index("grad_z")] >= np.log1p(surge_z), 1.0, risk)
+    if agree_z > 0:
+        risk = np.where(agree >= np.log1p(agree_z), 1.0, risk)
     contrib = X * w
     top = np.argmax(contrib, axis=1)
     signals = []
@@ -151,7 +160,7 @@ def fit_model(cases: list[Case], evid: dict[str, tuple], ignore: dict[str, list]
               l2: float = 1e-3) -> RiskModel:
     Xs, ys = [], []
     for c in cases:
-        X, crit = evid[c.series.name]
+        X, crit, _ = evid[c.series.name]
         use, y = targets(c, horizon, ignore[c.series.name])
         use &= ~crit
         Xs.append(X[use])
@@ -170,7 +179,7 @@ def reliability(cases: list[Case], evid: dict, ignore: dict, model: RiskModel, h
     """Predicted risk vs observed frequency of an onset within H steps, per bin of predicted risk."""
     p_all, y_all = [], []
     for c in cases:
-        X, crit = evid[c.series.name]
+        X, crit, _ = evid[c.series.name]
         use, y = targets(c, horizon, ignore[c.series.name])
         use &= ~crit
         p_all.append(risk_of(model, X)[use])
@@ -282,8 +291,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     if fit:
         model = fit_model(fitted_on(parts[TUNE]), evid, ign_fit, horizon)
     for c in cases:
-        X, crit = evid[c.series.name]
-        c.traces[DETECTOR] = detector_trace(model, X, crit, c.series.steps)
+        X, crit, agree = evid[c.series.name]
+        c.traces[DETECTOR] = detector_trace(model, X, crit, agree, c.series.steps)
         for name, factory in peers.items():
             c.traces[name] = trace(factory(c.series), c.series)
 
@@ -387,14 +396,14 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
 
 def _planted_surge_traces(model: RiskModel, peers: dict):
     """The planted-surge check's methods on one run: the detector (its threshold; the shipped surge setting and the
-    others of `OTHER_SURGE_Z`, from one evidence pass) and each peer at its published threshold."""
+    others of `OTHER_SURGE_NETS`, from one evidence pass) and each peer at its published threshold."""
     at_model, one = GateConfig(threshold=model.threshold), GateConfig(threshold=1.0)
 
     def traces(series: RunSeries) -> dict:
-        X, crit = evidence_matrix(series)
-        out = {DETECTOR: (detector_trace(model, X, crit, series.steps), at_model)}
-        for z in OTHER_SURGE_Z:
-            out[f"{DETECTOR}, surge_z {z:g}"] = (detector_trace(model, X, crit, series.steps, surge_z=z), at_model)
+        X, crit, agree = evidence_matrix(series)
+        out = {DETECTOR: (detector_trace(model, X, crit, agree, series.steps), at_model)}
+        for name, kw in OTHER_SURGE_NETS.items():
+            out[f"{DETECTOR}, {name}"] = (detector_trace(model, X, crit, agree, series.steps, **kw), at_model)
         return {**out, **{n: (trace(f(series), series), one) for n, f in peers.items()}}
     return traces
 
@@ -428,8 +437,8 @@ def _refit_on_heldout(cases, evid, ign_fit, ign_build, gate1, horizon) -> dict:
     model = fit_model(fitted_on(cases), evid, ign_fit, horizon)
     key = "detector_refit_on_heldout"
     for c in cases:
-        X, crit = evid[c.series.name]
-        c.traces[key] = detector_trace(model, X, crit, c.series.steps)
+        X, crit, agree = evid[c.series.name]
+        c.traces[key] = detector_trace(model, X, crit, agree, c.series.steps)
     pts = curve(cases, key, gate1, horizon, threshold_grid(cases, key, n=60),
                 ignore=[ign_build[c.series.name] for c in cases])
     for c in cases:
@@ -468,35 +477,41 @@ def noise(parts: dict, scored: tuple, methods: dict, gate: GateConfig, horizon: 
 
 
 def cross_validate(runs: list[RunSeries], *, horizon: int = 50, evidence: EvidenceConfig | None = None,
-                   disabled: tuple[str, ...] = (), gate: GateConfig | None = None, against_shipped: bool = False
-                   ) -> dict:
+                   disabled: tuple[str, ...] = (), gate: GateConfig | None = None, surge_z: float | None = None,
+                   agree_z: float | None = None, against_shipped: bool = False) -> dict:
     """Leave one recipe out on the tuning split, the test a feature or setting must pass before it ships: for each
     tuning recipe, fit the risk model (as `--fit` does) on the zoo's other tuning recipes and score the left-out
     recipe's runs; then pick thresholds on the pooled out-of-fold curve and report recall, precision, false alarms
     and lead within each budget. The held-out split is not read. `disabled` features are zeroed before fitting.
     `against_shipped`: also cross-validate the shipped settings on the same runs and report the variant's recall
     minus theirs with a paired bootstrap interval over runs (`stability.evaluation.uncertainty`): a variant ships
-    only if that interval says it is not worse."""
+    only if that interval says it is not worse. `surge_z`, `agree_z`: the surge net (None = shipped)."""
     evidence, gate = evidence or EvidenceConfig(), gate or GateConfig()
-    ops, counts, folds = _out_of_fold(runs, horizon, evidence, disabled, gate)
+    shipped_cfg = DetectorConfig()
+    net = {"surge_z": shipped_cfg.surge_z if surge_z is None else surge_z,
+           "agree_z": shipped_cfg.agree_z if agree_z is None else agree_z}
+    ops, counts, folds = _out_of_fold(runs, horizon, evidence, disabled, gate, net)
     out = {"split": TUNE, "folds": folds, "horizon": horizon, "features": [f for f in FEATURES if f not in disabled],
-           "evidence": vars(evidence), "gate": vars(gate), "pooled_out_of_fold": ops}
+           "evidence": vars(evidence), "gate": vars(gate), "surge_net": net, "pooled_out_of_fold": ops}
     if against_shipped:
-        _, shipped, _ = _out_of_fold(runs, horizon, EvidenceConfig(), (), GateConfig())
+        _, shipped, _ = _out_of_fold(runs, horizon, EvidenceConfig(), (), GateConfig(), {})
         out["against_shipped"] = {f"{b:g}": intervals({"variant": counts[b], "shipped": shipped[b]}, "variant")
                                   for b in BUDGETS}
     return out
 
 
-def _out_of_fold(runs, horizon, evidence, disabled, gate):
-    """(operating points on the pooled out-of-fold curve, per-run counts at each budget's pick, folds)."""
+def _out_of_fold(runs, horizon, evidence, disabled, gate, net):
+    """(operating points on the pooled out-of-fold curve, per-run counts at each budget's pick, folds); `net`:
+    `detector_trace`'s surge-net arguments."""
     cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == TUNE], horizon)
     evid = {}
     for c in cases:
-        X, crit = evidence_matrix(c.series, evidence)
+        X, crit, agree = evidence_matrix(c.series, evidence)
         for name in disabled:
             X[:, FEATURES.index(name)] = 0.0
-        evid[c.series.name] = (X, crit)
+        if "grad_z" in disabled:
+            agree = np.zeros_like(agree)  # as the online detector: the agreement is the gradient's elevation too
+        evid[c.series.name] = (X, crit, agree)
     ign_fit = _ignore(cases, kinds, {BUILD_UP, "sudden"})
 
     def recipe(c):
@@ -507,8 +522,8 @@ def _out_of_fold(runs, horizon, evidence, disabled, gate):
         model = fit_model(fitted_on([c for c in cases if recipe(c) != r]), evid, ign_fit, horizon)
         for c in cases:
             if recipe(c) == r:
-                X, crit = evid[c.series.name]
-                c.traces[DETECTOR] = detector_trace(model, X, crit, c.series.steps)
+                X, crit, agree = evid[c.series.name]
+                c.traces[DETECTOR] = detector_trace(model, X, crit, agree, c.series.steps, **net)
     ign = _ignore(cases, kinds, {BUILD_UP})
     pooled = curve(cases, DETECTOR, replace(gate, threshold=1.0), horizon, threshold_grid(cases, DETECTOR, n=60),
                    ignore=[ign[c.series.name] for c in cases])

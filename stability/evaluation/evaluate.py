@@ -268,7 +268,8 @@ def curve(cases: list[Case], key: str, gate: GateConfig, horizon: int, threshold
     for t in thresholds:
         s = evaluate(cases, key, replace(gate, threshold=float(t)), horizon, ignore).summary()
         out.append({"threshold": round(float(t), 6), **{k: s[k] for k in (
-            "recall", "precision", "false_alarms_per_10k", "median_lead", "hits", "alerts", "false_alarms")}})
+            "recall", "precision", "false_alarms_per_10k", "median_lead", "hits", "hits_ahead", "alerts",
+            "false_alarms")}})
     return out
 
 

@@ -2,7 +2,8 @@
 
 No recipe of the zoo reproduces GLM-130B's embedding-gradient surge (a tiny model under a growing learning rate
 creeps into divergence instead), so the zoo cannot tell how large a surge must be before the detector pages on the
-gradient alone (`DetectorConfig.surge_z`): 10, 12 and 15 robust sigmas give identical cross-validated alerts there.
+gradient alone (`DetectorConfig.surge_z`, and `agree_z` for a surge in the total and the embedding norm at once):
+10, 12 and 15 robust sigmas give identical cross-validated alerts there.
 This check plants the surge GLM-130B describes into the hand-made runs of `stability.evaluation.synthetic` (the
 embedding gradient norm ramps up `factor`-fold over 4 steps, per-step noise of 15 % in log space, and the loss
 jumps 6 steps after the ramp began) and counts, per surge factor, the runs where a method alerts 1..H steps before
@@ -60,5 +61,8 @@ def planted_surges(traces, horizon: int = 50) -> dict:
                                "calm_alerts": alarms[name]} for name, per in leads.items()}}
 
 
-OTHER_SURGE_Z = (12.0, 15.0)
-"""Settings of the detector's surge net besides the shipped one, reported beside it (the check that chose it)."""
+OTHER_SURGE_NETS = {"agree_z 5": {"agree_z": 5.0}, "agree_z off": {"agree_z": 0.0},
+                    "surge_z 12, agree_z off": {"surge_z": 12.0, "agree_z": 0.0},
+                    "surge_z 15, agree_z off": {"surge_z": 15.0, "agree_z": 0.0}}
+"""Settings of the detector's surge net besides the shipped one (`DetectorConfig` fields), reported beside it: the
+check that chose it."""

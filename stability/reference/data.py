@@ -98,7 +98,7 @@ def make_sample(text: np.ndarray, rng: np.random.Generator, seq_len: int, use_ma
         # Keep spans that fit: total length = n_raw + 2 * len(spans) must be <= seq_len.
         while len(raw) + 2 * len(spans) > seq_len:
             spans.pop()
-        part_a, a_pos, mask_pos = [], [], []
+        part_a, mask_pos = [], []
         cursor = 0
         for start, length in spans:
             part_a.extend(raw[cursor:start])

@@ -345,6 +345,52 @@ def test_a_large_gradient_surge_alerts_on_its_own_without_changing_the_risk():
         DetectorConfig(surge_z=-1)
 
 
+def _robust_z_by_hand(logs: np.ndarray, at: int, window: int = 50, floor: float = 0.05, winsor: float = 4.0) -> float:
+    """z of the median of logs[at-2 .. at] against the `window` values before `at`, the history built value by value
+    as defined: each value enters clipped to median +- winsor x scale of the history it was scored against."""
+    hist: list[float] = []
+    z = math.nan
+    for i in range(at + 1):
+        if len(hist) >= 20:
+            h = np.array(hist[-window:])
+            med = np.median(h)
+            scale = max((np.percentile(h, 75) - np.percentile(h, 25)) / 1.349, floor)
+            z = (np.median(logs[max(0, i - 2):i + 1]) - med) / scale
+            hist.append(min(max(logs[i], med - winsor * scale), med + winsor * scale))
+        else:
+            hist.append(logs[i])
+    return float(z)
+
+
+def test_a_surge_in_both_gradient_norms_alerts_below_the_single_norm_net():
+    # Quiet run; at step 300 the embedding and the total gradient norm both step up 1.5x: each about 8 robust
+    # sigmas, under the single-norm net (10), over the agreement net (6). The embedding alone stepping up: no alert.
+    runs = {}
+    for both in (True, False):
+        rng = np.random.default_rng(7)
+        emb = 0.1 * np.exp(0.05 * rng.standard_normal(400)) * np.where(np.arange(400) >= 300, 1.5, 1.0)
+        tot = 2.0 * np.exp(0.05 * rng.standard_normal(400)) * np.where((np.arange(400) >= 300) & both, 1.5, 1.0)
+        runs[both] = (emb, tot)
+    emb, tot = runs[True]
+    z_emb, z_tot = _robust_z_by_hand(np.log(emb), 301), _robust_z_by_hand(np.log(tot), 301)
+    assert 6 <= min(z_emb, z_tot) and max(z_emb, z_tot) < 10, (z_emb, z_tot)
+    out, agreement = {}, {}
+    for both, (emb, tot) in runs.items():
+        for agree_z in (6.0, 0.0):
+            det, alerts = OnlineDetector(DetectorConfig(agree_z=agree_z)), []
+            for s in range(400):
+                alerts += det.update(s, {"loss": 2.5, "grad_norm/embedding": float(emb[s]),
+                                         "grad_norm/total": float(tot[s])})
+                if s == 301:
+                    agreement[both] = det.evidence.agreement
+            out[both, agree_z] = [a.step for a in alerts]
+    assert agreement[True] == pytest.approx(math.log1p(min(z_emb, z_tot)), rel=1e-9)
+    assert out[True, 6.0] == [301] and out[True, 0.0] == []
+    assert out[False, 6.0] == [] and out[False, 0.0] == []
+    with pytest.raises(ValueError):
+        DetectorConfig(agree_z=-1)
+
+
 def test_shipped_model_is_monotone_and_has_a_tuned_threshold():
     from stability.detector.evidence import FEATURES
     from stability.detector.risk import RiskModel

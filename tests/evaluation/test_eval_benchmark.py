@@ -64,8 +64,8 @@ def test_benchmark_risk_is_the_online_detectors_risk():
     run = planted_run(n=900, seed=3, surge_at=600, lag=15, surge_factor=40)
     surges = []
     risks, _, det = _online(run, surges)
-    X, crit = evidence_matrix(run)
-    tr = detector_trace(det.model, X, crit, run.steps)
+    X, crit, agree = evidence_matrix(run)
+    tr = detector_trace(det.model, X, crit, agree, run.steps)
     # The benchmark's score is the risk, and 1.0 (an alert at any threshold) where the surge rule fires.
     assert any(surges) and not all(surges)
     assert np.allclose(tr.scores, np.where(surges, 1.0, risks), rtol=1e-12, atol=1e-15)

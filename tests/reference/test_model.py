@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from stability.reference.config import LN_VARIANTS, ModelConfig
 from stability.reference.data import BlankInfillingLoader
