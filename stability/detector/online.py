@@ -149,8 +149,8 @@ class OnlineDetector:
         """The risk in units of the alert threshold (1.0 = alert)."""
         self.risk = 0.0
         """The calibrated probability of a labelled spike onset within the model's horizon (50 steps)."""
-        self.surge = False
-        """The gradient elevation alone reached `surge_z` at the last update."""
+        self.surge = ""
+        """Which surge net fired at the last update: `surge_z` (one gradient norm), `agree_z` (both), or ""."""
         self.last_step: int | None = None
 
     def readings(self) -> dict:
@@ -172,7 +172,7 @@ class OnlineDetector:
         self.risk = self.model.probability(f)
         # The agreement is the gradient's elevation too: an ablation without `grad_z` goes without it.
         agreement = 0.0 if "grad_z" in self.cfg.disabled else self.evidence.agreement
-        self.surge = is_surge(f, agreement, self.cfg.surge_z, self.cfg.agree_z)
+        self.surge = surge_net(f, agreement, self.cfg.surge_z, self.cfg.agree_z)
         self.score = max(self.risk / self.threshold, 1.0 if self.surge else 0.0)
         top = max(contrib, key=contrib.get) if contrib and max(contrib.values()) > 0 else ""
         top = "grad_z" if self.surge else top
@@ -180,7 +180,11 @@ class OnlineDetector:
         if top == "grad_z" and self.evidence.grad_source == "embedding":
             signal = EMB_SIGNAL
         self.scores = {signal: self.score}
-        alert = self.gate.update(step, self.score, signal, message=_message(signal, self.risk))
+        message = _message(signal, self.risk)
+        if self.surge == "agree_z":
+            message = (f"total and embedding gradient norms both {self.cfg.agree_z:g}+ robust sigmas above their recent "
+                       f"history: spike risk {self.risk:.0%} within 50 steps")
+        alert = self.gate.update(step, self.score, signal, message=message)
         return [alert] if alert else []
 
     # -- persistence (survives a rollback) ----------------------------------------------------------------
@@ -195,11 +199,15 @@ class OnlineDetector:
         self.last_step = state["last_step"]
 
 
-def is_surge(features: dict[str, float], agreement: float, surge_z: float, agree_z: float) -> bool:
-    """The gradient elevation feature (log(1 + z)) at or above `surge_z` robust sigmas, or the total and the
-    embedding gradient norm both at or above `agree_z` (`Evidence.agreement`, in the same units)."""
-    return ((surge_z > 0 and features.get("grad_z", 0.0) >= math.log1p(surge_z))
-            or (agree_z > 0 and agreement >= math.log1p(agree_z)))
+def surge_net(features: dict[str, float], agreement: float, surge_z: float, agree_z: float) -> str:
+    """Which surge net fires: `surge_z` (the gradient elevation feature, log(1 + z), at or above `surge_z` robust
+    sigmas), else `agree_z` (the total and the embedding gradient norm both at or above `agree_z`:
+    `Evidence.agreement`, in the same units), else ""."""
+    if surge_z > 0 and features.get("grad_z", 0.0) >= math.log1p(surge_z):
+        return "surge_z"
+    if agree_z > 0 and agreement >= math.log1p(agree_z):
+        return "agree_z"
+    return ""
 
 
 def _message(signal: str, risk: float) -> str:

@@ -384,6 +384,8 @@ def test_a_surge_in_both_gradient_norms_alerts_below_the_single_norm_net():
                 if s == 301:
                     agreement[both] = det.evidence.agreement
             out[both, agree_z] = [a.step for a in alerts]
+            if both and agree_z:
+                assert "total and embedding gradient norms both 6+" in alerts[0].message
     assert agreement[True] == pytest.approx(math.log1p(min(z_emb, z_tot)), rel=1e-9)
     assert out[True, 6.0] == [301] and out[True, 0.0] == []
     assert out[False, 6.0] == [] and out[False, 0.0] == []

@@ -33,7 +33,7 @@ def _online(series, surges=None):
         alerts += det.update(s, r)
         risks.append(det.risk)
         if surges is not None:
-            surges.append(det.surge)
+            surges.append(bool(det.surge))
     return np.array(risks), alerts, det
 
 
