@@ -120,15 +120,23 @@ class DetectorConfig:
         return _from_dict(cls, d, "")
 
 
+_NUMBERS = {"float": (int, float), "int": (int,)}
+"""JSON types a numeric field takes (by its annotation), so that a string is named, not compared."""
+
+
 def _from_dict(cls, d: dict, where: str):
-    """`cls(**d)`, but an unknown field is named (with its section) instead of a TypeError about kwargs."""
+    """`cls(**d)`, but an unknown field or a number given as something else is named (with its section) instead of
+    a TypeError about kwargs or about comparing a str."""
     if not isinstance(d, dict):
         raise ValueError(f"{where or cls.__name__} must be a JSON object, got {type(d).__name__}")
-    known = {f.name for f in fields(cls)}
-    for k in d:
-        if k not in known:
-            path = f"{where}.{k}" if where else k
-            raise ValueError(f"unknown field {path!r} (known: {', '.join(sorted(known))})")
+    types = {f.name: f.type for f in fields(cls)}
+    for k, v in d.items():
+        path = f"{where}.{k}" if where else k
+        if k not in types:
+            raise ValueError(f"unknown field {path!r} (known: {', '.join(sorted(types))})")
+        ok = _NUMBERS.get(types[k])
+        if ok and (isinstance(v, bool) or not isinstance(v, ok)):
+            raise ValueError(f"{path} must be a number ({types[k]}), got {v!r}")
     return cls(**d)
 
 

@@ -110,6 +110,10 @@ def test_bad_input_is_a_usage_error(store_dir, tmp_path, capsys):
     ('{"evidence": {"window": 2}}', "window must be >= 4"),
     ('{"gate": {"cooldown": -1}}', "cooldown must be >= 0"),
     ('{"disabled": ["grad_z", "nope"]}', "unknown features ['nope']"),
+    ('{"agree_z": -1}', "agree_z must be >= 0"),
+    ('{"agree_z": "6"}', "agree_z must be a number (float), got '6'"),      # a number as something else
+    ('{"evidence": {"window": true}}', "evidence.window must be a number (int), got True"),
+    ('{"gate": {"cooldown": 1.5}}', "gate.cooldown must be a number (int), got 1.5"),
     ('[1, 2]', "a detector config is a JSON object"),
     ('{"risk_threshold": 0.3,', "not valid JSON"),
 ])
