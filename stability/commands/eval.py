@@ -54,8 +54,8 @@ def add_arguments(parser):
                              "split is not read): the test a feature or setting passes before it ships")
     parser.add_argument("--config", metavar="FILE",
                         help="--cv: DetectorConfig as JSON whose `evidence`, `gate`, `disabled` features and surge net "
-                         "(`surge_z`, `agree_z`) to test, "
-                             "against the shipped settings (paired bootstrap interval of the recall difference)")
+                             "(`surge_z`, `agree_z`) to test, against the shipped settings (paired bootstrap interval "
+                             "of the recall difference)")
     g = parser.add_argument_group("generating the zoo")
     g.add_argument("--generate-zoo", action="store_true", help="train the zoo runs into --zoo first")
     g.add_argument("--jobs", type=int, default=2, help="training processes in parallel (default 2)")
