@@ -100,6 +100,10 @@ class RunWriter:
         self._last_heartbeat = 0.0
         self._stderr_lines = 0
 
+        self._done = threading.Event()
+        """Set by the writer thread as its last act. Not Thread.is_alive()/join(): a signal that raises in the main
+        thread while it joins (the launcher's SIGTERM, Ctrl-C) can leave is_alive() False for a thread still
+        writing (CPython), and the exit path would then skip the rows that thread was about to publish."""
         self._thread = threading.Thread(target=self._loop, name=f"stability-store-{name}", daemon=True)
         self._thread.start()
         # Merging runs in its own thread so that it never delays a flush (visibility stays within a flush).
@@ -151,7 +155,7 @@ class RunWriter:
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Block until everything enqueued before this call is published (or `timeout`); True if it was."""
-        if self.closed or not self._thread.is_alive():
+        if self.closed or self._done.is_set():
             return False
         done = threading.Event()
         result = [False]
@@ -166,7 +170,7 @@ class RunWriter:
         self._stop = True
         self._wake.set()
         self._merge_stop.set()
-        self._thread.join()
+        self._done.wait()
         self._merge_thread.join()
         self.closed = True
         atexit.unregister(self._atexit)
@@ -215,6 +219,12 @@ class RunWriter:
 
     # ---- writer thread ----------------------------------------------------------------------------------
     def _loop(self):
+        try:
+            self._rounds()
+        finally:
+            self._done.set()
+
+    def _rounds(self):
         while True:
             self._wake.wait(self.cfg.flush_interval)
             self._wake.clear()
@@ -407,6 +417,13 @@ class RunWriter:
 def _flush_at_exit(ref):
     def run():
         w = ref()
-        if w is not None and not w.closed:
+        if w is None or w.closed:
+            return
+        if not w._stop:
             w.flush(timeout=10.0)
+            return
+        # A close() cut short (a signal raised SystemExit in it): the writer thread was told to stop and takes
+        # no more flush requests, so let its last round end and write here whatever it left in the queue.
+        if w._done.wait(timeout=10.0):
+            w._write_pending()
     return run

@@ -159,3 +159,36 @@ def test_reader_process_sees_rows_live_and_never_breaks_the_writer(tmp_path):
     row = store.list_runs().iloc[0]
     assert (row["status"], row["last_step"], row["ln"], row["precision"]) == (M.ST_FINISHED, max(logged),
                                                                              "pre", "bf16")
+
+
+_CUT_SHORT_CHILD = textwrap.dedent("""
+    import signal, sys
+    from stability import metrics as M
+    from stability.store import RunStore
+    w = RunStore(sys.argv[1]).create_run("cut", config={})
+    for s in range(4):
+        w.log(s, {(M.LOSS, ""): 1.0 + s})
+
+    def stop(signum, frame):  # what exit_on_sigterm does with the launcher's SIGTERM
+        signal.signal(signum, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, float(sys.argv[2]))
+    try:
+        raise RuntimeError("the collective failed")  # a surviving rank's loop, unwinding
+    finally:
+        w.close(status=M.ST_FAILED)  # the signal lands somewhere in here
+""")
+
+
+@pytest.mark.parametrize("delay", [0.0005, 0.001, 0.002, 0.005, 0.02])
+def test_a_close_cut_short_by_a_signal_keeps_what_was_logged(tmp_path, delay):
+    """A signal that raises SystemExit while close() waits for the writer thread (a distributed survivor's SIGTERM
+    lands while it closes its run) must not cost the rows logged before: the exit path writes them. A CPython
+    Thread.join() interrupted that way can report a still-writing thread as dead, which once lost them all."""
+    proc = subprocess.run([sys.executable, "-c", _CUT_SHORT_CHILD, str(tmp_path), str(delay)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (128 + signal.SIGALRM, 1, -signal.SIGALRM), proc.stderr
+    loss = RunStore(tmp_path).series("cut", M.LOSS)
+    assert loss["step"].tolist() == [0, 1, 2, 3] and loss["value"].tolist() == [1.0, 2.0, 3.0, 4.0]
