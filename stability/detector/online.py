@@ -178,9 +178,9 @@ class OnlineDetector:
             return [alert] if alert else []
         contrib = self.model.contributions(f)
         self.risk = self.model.probability(f)
-        # The agreement is the gradient's elevation too: an ablation without `grad_z` goes without it.
-        agreement = 0.0 if "grad_z" in self.cfg.disabled else self.evidence.agreement
-        self.surge = surge_net(f, agreement, self.cfg.surge_z, self.cfg.agree_z)
+        level, agreed = surge_nets(f["grad_z"], ablated_agreement(self.evidence.agreement, self.cfg.disabled),
+                                   self.cfg.surge_z, self.cfg.agree_z)
+        self.surge = "surge_z" if level else "agree_z" if agreed else ""
         self.score = max(self.risk / self.threshold, 1.0 if self.surge else 0.0)
         top = max(contrib, key=contrib.get) if contrib and max(contrib.values()) > 0 else ""
         top = "grad_z" if self.surge else top
@@ -188,11 +188,9 @@ class OnlineDetector:
         if top == "grad_z" and self.evidence.grad_source == "embedding":
             signal = EMB_SIGNAL
         self.scores = {signal: self.score}
-        message = _message(signal, self.risk)
-        if self.surge == "agree_z":
-            message = (f"total and embedding gradient norms both {self.cfg.agree_z:g}+ robust sigmas above their recent "
-                       f"history: spike risk {self.risk:.0%} within 50 steps")
-        alert = self.gate.update(step, self.score, signal, message=message)
+        what = (f"total and embedding gradient norms both {self.cfg.agree_z:g}+ robust sigmas above their recent "
+                "history") if self.surge == "agree_z" else None
+        alert = self.gate.update(step, self.score, signal, message=_message(signal, self.risk, what))
         return [alert] if alert else []
 
     # -- persistence (survives a rollback) ----------------------------------------------------------------
@@ -207,19 +205,21 @@ class OnlineDetector:
         self.last_step = state["last_step"]
 
 
-def surge_net(features: dict[str, float], agreement: float, surge_z: float, agree_z: float) -> str:
-    """Which surge net fires: `surge_z` (the gradient elevation feature, log(1 + z), at or above `surge_z` robust
-    sigmas), else `agree_z` (the total and the embedding gradient norm both at or above `agree_z`:
-    `Evidence.agreement`, in the same units), else ""."""
-    if surge_z > 0 and features.get("grad_z", 0.0) >= math.log1p(surge_z):
-        return "surge_z"
-    if agree_z > 0 and agreement >= math.log1p(agree_z):
-        return "agree_z"
-    return ""
+def surge_nets(grad_z, agreement, surge_z: float, agree_z: float):
+    """(the single-norm net fires, the agreement net fires): the gradient elevation feature (log(1 + z)) at or above
+    `surge_z` robust sigmas; the total and the embedding gradient norm both at or above `agree_z`
+    (`Evidence.agreement`, in the same units). 0 turns a net off. Elementwise for arrays (the evaluation's traces)."""
+    return (grad_z >= math.log1p(surge_z)) & (surge_z > 0), (agreement >= math.log1p(agree_z)) & (agree_z > 0)
 
 
-def _message(signal: str, risk: float) -> str:
-    what = {
+def ablated_agreement(agreement, disabled):
+    """The agreement is the gradient's elevation too: an ablation without `grad_z` goes without it (a float or an
+    array, kept as it is otherwise)."""
+    return agreement * 0 if "grad_z" in disabled else agreement
+
+
+def _message(signal: str, risk: float, what: str | None = None) -> str:
+    what = what or {
         "emb_grad_z": "embedding gradient norm rising above its recent history",
         "grad_norm_z": "total gradient norm rising above its recent history",
         "attn_max_z": "attention-score maximum rising above its recent history",

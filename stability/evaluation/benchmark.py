@@ -33,7 +33,7 @@ import numpy as np
 
 from stability.detector.alert import GateConfig
 from stability.detector.evidence import FEATURES, Evidence, EvidenceConfig
-from stability.detector.online import NONFINITE_SCORE, SIGNAL_OF, DetectorConfig
+from stability.detector.online import NONFINITE_SCORE, SIGNAL_OF, DetectorConfig, ablated_agreement, surge_nets
 from stability.detector.risk import RiskModel, fit_logistic
 from stability.evaluation.buildup import BUILD_UP, KINDS, BuildUpConfig, incident_kind
 from stability.evaluation.comparison import SUITE_LABELS
@@ -110,10 +110,8 @@ def detector_trace(model: RiskModel, X: np.ndarray, crit: np.ndarray, agree: np.
     shipped = DetectorConfig()
     surge_z = shipped.surge_z if surge_z is None else surge_z
     agree_z = shipped.agree_z if agree_z is None else agree_z
-    if surge_z > 0:
-        risk = np.where(X[:, FEATURES.index("grad_z")] >= np.log1p(surge_z), 1.0, risk)
-    if agree_z > 0:
-        risk = np.where(agree >= np.log1p(agree_z), 1.0, risk)
+    level, agreed = surge_nets(X[:, FEATURES.index("grad_z")], agree, surge_z, agree_z)
+    risk = np.where(level | agreed, 1.0, risk)
     contrib = X * w
     top = np.argmax(contrib, axis=1)
     signals = []
@@ -509,9 +507,7 @@ def _out_of_fold(runs, horizon, evidence, disabled, gate, net):
         X, crit, agree = evidence_matrix(c.series, evidence)
         for name in disabled:
             X[:, FEATURES.index(name)] = 0.0
-        if "grad_z" in disabled:
-            agree = np.zeros_like(agree)  # as the online detector: the agreement is the gradient's elevation too
-        evid[c.series.name] = (X, crit, agree)
+        evid[c.series.name] = (X, crit, ablated_agreement(agree, disabled))
     ign_fit = _ignore(cases, kinds, {BUILD_UP, "sudden"})
 
     def recipe(c):

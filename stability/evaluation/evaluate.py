@@ -143,6 +143,11 @@ class RunScore:
     early_by: list[int] = field(default_factory=list)
     """For each early alarm (a false alarm an onset follows later in the run), the steps to that onset."""
 
+    @property
+    def hits_ahead(self) -> int:
+        """Hits whose first alert came at least `AHEAD` steps before the onset."""
+        return sum(1 for x in self.leads if x >= AHEAD)
+
     def add(self, other: RunScore) -> RunScore:
         return RunScore(
             self.incidents + other.incidents, self.hits + other.hits, self.leads + other.leads,
@@ -156,7 +161,7 @@ class RunScore:
             "precision": _ratio(self.true_alerts, self.alerts),
             "false_alarms_per_10k": round(1e4 * self.false_alarms / self.calm_steps, 3) if self.calm_steps else None,
             "median_lead": float(np.median(self.leads)) if self.leads else None,
-            "incidents": self.incidents, "hits": self.hits, "hits_ahead": sum(1 for x in self.leads if x >= AHEAD),
+            "incidents": self.incidents, "hits": self.hits, "hits_ahead": self.hits_ahead,
             "alerts": self.alerts,
             "true_alerts": self.true_alerts, "late_alerts": self.late_alerts, "false_alarms": self.false_alarms,
             "calm_steps": int(self.calm_steps), "early_alarms": len(self.early_by),

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from stability.evaluation.evaluate import AHEAD
-
 RESAMPLES = 2000
 LEVEL = 0.9
 SEED = 0
@@ -27,10 +25,10 @@ AHEAD_COLUMN = COLUMNS.index("hits_ahead")
 
 
 def run_counts(scores) -> np.ndarray:
-    """Per-run (hits, incidents, false alarms, calm steps, hits at least `AHEAD` steps ahead) from `RunScore`s,
-    one row per run."""
-    return np.array([[s.hits, s.incidents, s.false_alarms, s.calm_steps, sum(1 for x in s.leads if x >= AHEAD)]
-                     for s in scores], dtype=float).reshape(-1, len(COLUMNS))
+    """Per-run (hits, incidents, false alarms, calm steps, hits at least `evaluate.AHEAD` steps ahead) from
+    `RunScore`s, one row per run."""
+    return np.array([[s.hits, s.incidents, s.false_alarms, s.calm_steps, s.hits_ahead] for s in scores],
+                    dtype=float).reshape(-1, len(COLUMNS))
 
 
 def resample_indices(n_runs: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
@@ -73,6 +71,10 @@ def intervals(counts: dict[str, np.ndarray], reference: str, level: float = LEVE
     idx = resample_indices(n_runs, resamples, seed)
     all_runs = np.arange(n_runs)[None, :]
     ref = _recall(counts[reference], idx)
+    ahead = counts[reference].shape[1] > AHEAD_COLUMN
+    if ahead:
+        ref_ahead_all = _recall(counts[reference], all_runs, AHEAD_COLUMN)[0]
+        ref_ahead_idx = _recall(counts[reference], idx, AHEAD_COLUMN)
     out = {}
     for name, c in counts.items():
         entry = {"recall": _round(_recall(c, all_runs)[0]), "recall_ci": _interval(_recall(c, idx), level),
@@ -82,13 +84,13 @@ def intervals(counts: dict[str, np.ndarray], reference: str, level: float = LEVE
             entry[f"{reference}_minus_recall"] = _round(_recall(counts[reference], all_runs)[0]
                                                         - _recall(c, all_runs)[0])
             entry[f"{reference}_minus_recall_ci"] = _interval(ref - _recall(c, idx), level)
-        if c.shape[1] > AHEAD_COLUMN:
-            entry["recall_ahead"] = _round(_recall(c, all_runs, AHEAD_COLUMN)[0])
-            entry["recall_ahead_ci"] = _interval(_recall(c, idx, AHEAD_COLUMN), level)
+        if ahead:
+            own_all, own_idx = _recall(c, all_runs, AHEAD_COLUMN)[0], _recall(c, idx, AHEAD_COLUMN)
+            entry["recall_ahead"] = _round(own_all)
+            entry["recall_ahead_ci"] = _interval(own_idx, level)
             if name != reference:
-                r_all, r_idx = (_recall(counts[reference], x, AHEAD_COLUMN) for x in (all_runs, idx))
-                entry[f"{reference}_minus_recall_ahead"] = _round(r_all[0] - _recall(c, all_runs, AHEAD_COLUMN)[0])
-                entry[f"{reference}_minus_recall_ahead_ci"] = _interval(r_idx - _recall(c, idx, AHEAD_COLUMN), level)
+                entry[f"{reference}_minus_recall_ahead"] = _round(ref_ahead_all - own_all)
+                entry[f"{reference}_minus_recall_ahead_ci"] = _interval(ref_ahead_idx - own_idx, level)
         out[name] = entry
     return {"runs": n_runs, "resamples": resamples, "level": level, "seed": seed, "methods": out}
 
