@@ -169,6 +169,25 @@ def format_cv(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _architecture_table(methods: dict, split: str) -> list[str]:
+    """Hits / incidents (hits >= AHEAD steps ahead) per model architecture of `split`, at each tuning pick and in
+    the calm-control reading: whether what was tuned on GLM and nanoGPT carries over to a model nobody tuned on."""
+    from stability.evaluation.evaluate import AHEAD
+
+    first = next(iter(methods.values()))
+    archs = list(first["at_budget"]["2"][split]["per_architecture"])
+    picks = [(f"<= {b} / 10k", lambda m, b=b: m["at_budget"][b]) for b in first["at_budget"]]
+    picks.append(("calm-control reading", lambda m: m["at_calm_control_budget"]))
+    lines = ["", f"The {split} split per architecture: hits / build-up incidents (hits >= {AHEAD} steps ahead) at "
+             "each tuning pick", "", "| method | pick | " + " | ".join(archs) + " |", "|---" * (len(archs) + 2) + "|"]
+    for name, m in methods.items():
+        for label, at in picks:
+            per = at(m)[split]["per_architecture"]
+            lines.append(f"| {name} | {label} | " + " | ".join(
+                f"{per[a]['hits']}/{per[a]['incidents']} ({per[a]['hits_ahead']})" for a in archs) + " |")
+    return lines
+
+
 def format_benchmark(result: dict) -> str:
     """Held-out tables (Markdown): overall per method at each budget, then per mechanism, then reliability."""
     from stability.evaluation.benchmark import DETECTOR
@@ -210,6 +229,7 @@ def format_benchmark(result: dict) -> str:
                 lines.append(f"| {name} | {b} | {_f(o['recall'])} ({o['hits']}/{o['incidents']}) | "
                              f"{_f(o['precision'])} | {_f(o['false_alarms_per_10k'])} | {_f(o['median_lead'])} | "
                              f"{o['hits_ahead']} | {per} |")
+        lines += _architecture_table(methods, "fresh")
     lines += _false_alarm_table(methods, [s for s in ("heldout", "fresh") if s in sp])
     lines += _calm_control_table(methods, [s for s in ("heldout", "fresh") if s in sp])
     lines += _noise_table(result.get("noise") or {})

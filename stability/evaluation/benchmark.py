@@ -278,6 +278,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     cases, kinds = prepare_cases(runs, horizon)
     split = {c.series.name: c.series.meta.get("split") for c in cases}
     mech = {c.series.name: c.series.meta.get("mechanism") or "unknown" for c in cases}
+    # The re-warm suite's runs carry no `arch`: they are the reference GLM.
+    arch = {c.series.name: (c.series.meta.get("config") or {}).get("arch") or "glm" for c in cases}
     parts = {s: [c for c in cases if split[c.series.name] == s] for s in (TUNE, HELDOUT, FRESH)}
     # The fresh split (recipes added after the feature set was chosen) is reported beside the held-out one when the
     # zoo has it; nothing is fitted or picked on either.
@@ -310,6 +312,9 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
             if sub:  # all their incidents count: how often a method pages, and whether it is late or early
                 out["per_mechanism"][m] = {**_summary(sub, key, g, horizon, {c.series.name: [] for c in sub}),
                                            "reported_apart": True}
+        out["per_architecture"] = {
+            a: _summary([c for c in scored_cases if arch[c.series.name] == a], key, g, horizon, ign_build)
+            for a in sorted({arch[c.series.name] for c in scored_cases})}
         return out
 
     result_methods = {}

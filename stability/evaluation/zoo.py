@@ -10,7 +10,7 @@ on a handful of alerts, so seeds 4-9 and calm 3-5 were added (51 incidents), wit
 held-out split's seeds 14-19 and calm 13-15 followed (57 incidents), with nothing in the detector changed.
 Sources and the signal expected to lead are in docs/detector.md ("The instability zoo").
 
-`stability eval --generate-zoo DIR` trains every run (257 runs of 4-13 s each on an idle core, about 35 minutes;
+`stability eval --generate-zoo DIR` trains every run (296 runs of 4-13 s each on an idle core, about 40 minutes;
 each run's time is in `zoo.json`) and stores only the metrics the detectors read, long form, in one zstd Parquet
 file, with `zoo.json` recording the recipes and the command.
 """
@@ -52,7 +52,8 @@ class ZooRun:
     """A control of the recipe at safe settings."""
     seed: int = 0
     arch: str = "nanogpt"
-    """`nanogpt` (pre-LN, SDPA, tied head, causal LM) or `glm` (the reference GLM, blank infilling)."""
+    """`nanogpt` (pre-LN, SDPA, tied head, causal LM), `glm` (the reference GLM, blank infilling) or `llama`
+    (`transformers`' Llama built from a config: pre-RMSNorm, SwiGLU, rotary, untied head; the fresh split only)."""
     data: str = "cpython"
     """`cpython` (the shipped corpus, bytes) or `markov` (a seeded synthetic language, 64 tokens)."""
     d_model: int = 48
@@ -98,6 +99,8 @@ class ZooRun:
 _NANO_CPY = dict(arch="nanogpt", data="cpython")
 _NANO_MKV = dict(arch="nanogpt", data="markov")
 _GLM = dict(arch="glm", data="cpython")
+_LLAMA_CPY = dict(arch="llama", data="cpython")
+_LLAMA_MKV = dict(arch="llama", data="markov")
 
 RECIPES: tuple[tuple[str, str, str, dict, dict, dict], ...] = (
     # 1. Post-LN, no clipping, high learning rate: GLM-130B's embedding-gradient surge, then divergence.
@@ -148,6 +151,16 @@ RECIPES: tuple[tuple[str, str, str, dict, dict, dict], ...] = (
      dict(betas=(0.9, 0.999), eps=1e-15, grad_clip=0.0, lr=3e-3, ramp=1.015, ramp_from=50), dict()),
     ("fp16_scale_collapse", "fresh-fp16-nano-cpy", FRESH,
      dict(_NANO_CPY, d_model=32, n_layer=2, n_head=2, seq_len=32, batch_size=8, steps=250, precision="fp16"),
+     dict(grad_clip=0.0, lr=1e-2, ramp=1.025, ramp_from=30), dict(lr=3e-3)),
+    # A third architecture on the fresh split, added after detector v2 shipped with nothing in it changed:
+    # `transformers`' Llama (pre-RMSNorm, SwiGLU, rotary, untied head), which no choice of the detector looked at.
+    # It has no QK-LayerNorm switch, so its calm attention control is the lower rate with clipping.
+    ("attn_logit_growth", "fresh-attn-llama-mkv", FRESH, dict(_LLAMA_MKV, d_model=48, n_layer=2),
+     dict(grad_clip=0.0, lr=1e-2, ramp=1.02, ramp_from=50), dict(lr=3e-3)),
+    ("adam_sign_updates", "fresh-adam-llama-cpy", FRESH, dict(_LLAMA_CPY, d_model=48, n_layer=2),
+     dict(betas=(0.9, 0.999), eps=1e-15, grad_clip=0.0, lr=3e-3, ramp=1.015, ramp_from=50), dict()),
+    ("fp16_scale_collapse", "fresh-fp16-llama-mkv", FRESH,
+     dict(_LLAMA_MKV, d_model=32, n_layer=2, n_head=2, seq_len=32, batch_size=8, steps=250, precision="fp16"),
      dict(grad_clip=0.0, lr=1e-2, ramp=1.025, ramp_from=30), dict(lr=3e-3)),
 )
 MECHANISMS = tuple(dict.fromkeys(m for m, *_ in RECIPES))

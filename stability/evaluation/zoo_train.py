@@ -1,5 +1,5 @@
 """One zoo run: a tiny model trained from scratch by a small loop that records the store's metric names through
-`probes.Monitor` (the same probes `stability train` uses), for both architectures and both data sources.
+`probes.Monitor` (the same probes `stability train` uses), for the three architectures and both data sources.
 
 The loop is deliberately plain (AdamW, linear warm-up then constant or ramped learning rate, optional clipping,
 z-loss and FP16 loss scaling): each zoo mechanism is one of these knobs set where the literature says it breaks.
@@ -88,23 +88,44 @@ def build(r):
             return loader.batch_at(step)
 
         return model, loss_fn, batch_fn
-    from stability.reference.nanogpt import NanoGPT, NanoGPTConfig
-
     stream, vocab = _stream(r.data, r.seed)
-    model = NanoGPT(NanoGPTConfig(vocab_size=vocab, block_size=r.seq_len, n_layer=r.n_layer, n_head=r.n_head,
-                                  n_embd=r.d_model, qk_layernorm=r.qk_layernorm))
+    if r.arch == "llama":
+        model, forward = _llama(r, vocab)
+    else:
+        from stability.reference.nanogpt import NanoGPT, NanoGPTConfig
+
+        model = NanoGPT(NanoGPTConfig(vocab_size=vocab, block_size=r.seq_len, n_layer=r.n_layer, n_head=r.n_head,
+                                      n_embd=r.d_model, qk_layernorm=r.qk_layernorm))
+        forward = model
     data = _Data(stream, r.batch_size, r.seq_len, r.seed)
     bad = set(r.bad_steps)
 
     def loss_fn(batch):
         x, y = batch
-        logits = model(x)  # (B, T, V)
+        logits = forward(x)  # (B, T, V)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1)), logits
 
     def batch_fn(step):
         return data.bad(step, vocab) if step in bad else data.at(step)
 
     return model, loss_fn, batch_fn
+
+
+def _llama(r, vocab: int):
+    """A Llama-style causal LM (pre-RMSNorm, SwiGLU, rotary, untied head, SDPA attention) from `transformers`,
+    built from a config (nothing is downloaded): the zoo's third architecture, one that none of the detector's
+    choices looked at. Returns (model, tokens -> logits)."""
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError as e:
+        raise RuntimeError(f"zoo run {r.name}: the llama recipes need transformers "
+                           "(pip install 'stability[hf]')") from e
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=r.d_model, intermediate_size=4 * r.d_model,
+                      num_hidden_layers=r.n_layer, num_attention_heads=r.n_head, num_key_value_heads=r.n_head,
+                      max_position_embeddings=r.seq_len, tie_word_embeddings=False, attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg)
+    return model, lambda x: model(input_ids=x, use_cache=False).logits
 
 
 def train_run(r) -> tuple[dict[tuple[int, str, str], float], str]:

@@ -79,7 +79,8 @@ def test_recipes_split_by_recipe_and_seed():
         for split in ("tune", "heldout"):
             assert any(r.mechanism == m and r.split == split and r.calm for r in ZOO)
             assert any(r.mechanism == m and r.split == split and not r.calm for r in ZOO)
-    assert {r.arch for r in ZOO} == {"glm", "nanogpt"} and {r.data for r in ZOO} == {"cpython", "markov"}
+    assert {r.arch for r in ZOO if r.split != "fresh"} == {"glm", "nanogpt"}
+    assert {r.data for r in ZOO} == {"cpython", "markov"}
     assert len({r.name for r in ZOO}) == len(ZOO)
     # The fresh split: recipes and seeds of its own, each a model / data / size combination neither other split has.
     fresh = [r for r in ZOO if r.split == "fresh"]
@@ -89,27 +90,33 @@ def test_recipes_split_by_recipe_and_seed():
         return r.mechanism, r.arch, r.data, r.d_model, r.n_layer
 
     assert not {shape(r) for r in fresh} & {shape(r) for r in ZOO if r.split != "fresh"}
+    # ... and an architecture no choice of the detector looked at.
+    assert {r.arch for r in fresh} == {"glm", "nanogpt", "llama"}
 
 
 @pytest.mark.slow
 def test_generate_a_tiny_zoo_end_to_end(tmp_path):
-    """Real training of two tiny recipes (one per architecture, FP16 included), stored and reloaded."""
+    """Real training of three tiny recipes (one per architecture, FP16 included), stored and reloaded."""
     from stability.evaluation.zoo import generate
 
     runs = [ZooRun("m", "tiny-glm", "tune", arch="glm", d_model=32, n_layer=1, n_head=2, seq_len=32, batch_size=4,
                    steps=12, precision="fp16"),
             ZooRun("m", "tiny-nano", "heldout", seed=10, arch="nanogpt", data="markov", d_model=32, n_layer=1,
-                   n_head=2, seq_len=32, batch_size=4, steps=12, bad_steps=(5,))]
+                   n_head=2, seq_len=32, batch_size=4, steps=12, bad_steps=(5,)),
+            ZooRun("m", "tiny-llama", "fresh", seed=20, arch="llama", data="markov", d_model=32, n_layer=2,
+                   n_head=2, seq_len=32, batch_size=4, steps=12)]
     manifest = generate(tmp_path, runs, jobs=1, log=lambda *a: None)
     assert (tmp_path / ZOO_FILE).exists() and manifest["command"] == "stability eval --generate-zoo"
-    assert [d["status"] for d in manifest["results"]] == ["finished", "finished"]
+    assert [d["status"] for d in manifest["results"]] == ["finished"] * 3
     got = {r.name: r for r in load_zoo(tmp_path)}
     assert set(got) == {r.name for r in runs}
-    g, nano = got["tiny-glm-unstable-s0"], got["tiny-nano-unstable-s10"]
+    g, nano, llama = got["tiny-glm-unstable-s0"], got["tiny-nano-unstable-s10"], got["tiny-llama-unstable-s20"]
     assert g.steps.tolist() == list(range(12)) and nano.meta["split"] == "heldout"
     assert {"loss", "lr", "grad_norm/embedding", "grad_norm/total", "loss_scale"} <= g.keys()
     assert any(k.startswith("attn_score_max/") for k in nano.keys())  # SDPA scores recomputed by the probe
-    assert not any(k.startswith("grad_norm/layers") or k.startswith("grad_norm/h.") for k in g.keys() | nano.keys())
+    # transformers' Llama (SDPA): its attention layer and its embedding are found like the others'.
+    assert {"attn_score_max/model.layers.0", "grad_norm/embedding", "grad_norm/total"} <= llama.keys()
+    assert not any(k.startswith("grad_norm/layers") or k.startswith("grad_norm/h.") for k in g.keys() | nano.keys() | llama.keys())
     assert nano.meta["bad_steps"] == [5]
     # The bad batch (one n-gram repeated) is far easier than language: its loss sits apart from its neighbours.
     loss = nano.column("loss")[1]
