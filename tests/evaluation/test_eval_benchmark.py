@@ -265,3 +265,24 @@ def test_committed_planted_surges_match_a_step_by_step_replay():
     # What the safety net is for: the detector sees an 8-fold embedding surge in every run, no calm run pages.
     assert result["methods"][DETECTOR]["per_factor"]["8"]["warned"] == 10
     assert result["methods"][DETECTOR]["calm_alerts"] == 0
+
+
+@committed
+def test_committed_per_architecture_rows_partition_the_overall_ones():
+    """Every report's per-architecture rows add up to its overall row (each run counted under exactly one
+    architecture), and the architectures are those of the split's runs as the zoo's manifest configures them."""
+    result = json.loads(RESULTS.read_text())
+    manifest = json.loads((ZOO_DIR / "zoo.json").read_text())
+    arch_of = {}
+    for d in manifest["runs"]:
+        arch_of.setdefault(d["split"], set()).add(d["arch"])
+    arch_of["heldout"].add("glm")  # the re-warm suite's held-out half: the reference GLM
+    additive = ("incidents", "hits", "hits_ahead", "alerts", "false_alarms", "calm_steps", "early_alarms")
+    for m in (result["detector"], *result["baselines"].values()):
+        for pick in (*m["at_budget"].values(), m["at_calm_control_budget"]):
+            for split in ("heldout", "fresh"):
+                rep = pick[split]
+                assert set(rep["per_architecture"]) == arch_of[split]
+                for k in additive:
+                    assert sum(a[k] for a in rep["per_architecture"].values()) == rep["overall"][k], (split, k)
+    assert "llama" in arch_of["fresh"] and "llama" not in arch_of["heldout"] | arch_of["tune"]
