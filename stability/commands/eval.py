@@ -52,6 +52,9 @@ def add_arguments(parser):
     parser.add_argument("--cv", action="store_true",
                         help="leave-one-recipe-out cross-validation of the detector on the tuning split (the held-out "
                              "split is not read): the test a feature or setting passes before it ships")
+    parser.add_argument("--nested", action="store_true",
+                        help="--cv: instead, nested leave-one-recipe-out of how the detector's threshold is picked "
+                             "(on in-sample or on out-of-fold risks), about 35 s")
     parser.add_argument("--config", metavar="FILE",
                         help="--cv: DetectorConfig as JSON whose `evidence`, `gate`, `disabled` features and surge net "
                              "(`surge_z`, `agree_z`) to test, against the shipped settings (paired bootstrap interval "
@@ -85,6 +88,8 @@ def run(args) -> int:
         raise UsageError(f"--realworld {args.realworld}: no such folder")
     if args.config and not args.cv:
         raise UsageError("--config is for --cv (the detector settings to cross-validate)")
+    if args.nested and (not args.cv or args.config):
+        raise UsageError("--nested is for --cv, without --config")
     if args.legacy:
         return run_legacy(args)
     from stability.evaluation.benchmark import compare, load_runs
@@ -106,6 +111,10 @@ def run(args) -> int:
     runs = load_runs(zoo, suite)
     if not runs:
         raise UsageError(f"the zoo at {zoo} holds no runs")
+    if args.cv and args.nested:
+        from stability.evaluation.benchmark import threshold_protocols
+
+        return _emit({"zoo": str(zoo), **threshold_protocols(runs, horizon=args.horizon)}, args, format_nested)
     if args.cv:
         from stability.commands.detect import detector_config
         from stability.evaluation.benchmark import cross_validate
@@ -142,6 +151,28 @@ def _emit(result: dict, args, table) -> int:
         print()
         print(format_realworld(rw))
     return 0
+
+
+def format_nested(result: dict) -> str:
+    from stability.evaluation.evaluate import AHEAD
+
+    first = next(iter(result["pooled"].values()))
+    lines = [f"Nested leave one recipe out on the tuning split ({len(result['folds'])} folds), H = "
+             f"{result['horizon']}: the detector's threshold picked on the other recipes' in-sample or out-of-fold "
+             f"risks, scored on the left-out recipe; {first['level']:.0%} paired bootstrap interval over runs "
+             f"({first['resamples']} resamples)", "",
+             "| budget / 10k | protocol | recall | false alarms / 10k | recall, hits >= "
+             f"{AHEAD} steps ahead | out_of_fold minus in_sample | the same, hits >= {AHEAD} steps ahead |",
+             "|---|---|---|---|---|---|---|"]
+    for b, r in result["pooled"].items():
+        for name in ("in_sample", "out_of_fold"):
+            m = r["methods"][name]
+            diff = (f"{_f(m['out_of_fold_minus_recall'])} {_ci(m['out_of_fold_minus_recall_ci'])} | "
+                    f"{_f(m['out_of_fold_minus_recall_ahead'])} {_ci(m['out_of_fold_minus_recall_ahead_ci'])}"
+                    if name == "in_sample" else "- | -")
+            lines.append(f"| {b} | {name} | {_f(m['recall'])} | {_f(m['false_alarms_per_10k'])} | "
+                         f"{_f(m['recall_ahead'])} | {diff} |")
+    return "\n".join(lines)
 
 
 def format_cv(result: dict) -> str:

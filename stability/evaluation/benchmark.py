@@ -11,7 +11,10 @@ Protocol (definitions of recall, precision, false alarms and lead in `stability.
 - Methods: our detector (its calibrated risk) and each peer rule of `stability.evaluation.peers`, each traced once
   per run; for every method and false-alarm budget (2 and 10 per 10k calm steps) the alert threshold is the one
   with the most recall within the budget on the tuning split, and the figures are measured on the held-out split.
-  Peers are also reported at their published default (threshold 1.0).
+  The detector's thresholds are picked on its *out-of-fold* risks of the tuning split (each tuning recipe scored
+  by the model fitted without it, `out_of_fold_traces`): a model scored on the runs it was fitted on looks
+  better there than on a recipe it has not seen, and a peer's fixed rule has no such advantage. Peers are also
+  reported at their published default (threshold 1.0).
 - False alarms are also split by where they fall (`calm_controls`: pages on the calm controls, which have nothing
   to warn of; `early_alarms`: an onset follows later in the run), and every method is also picked by a second
   reading of the budget, pages counted on the calm controls alone with precision >= 0.5 (`at_calm_control_budget`).
@@ -45,6 +48,10 @@ from stability.evaluation.uncertainty import intervals, run_counts
 from stability.evaluation.zoo import FRESH, HELDOUT, TUNE, UNPREDICTABLE
 
 DETECTOR = "detector"
+THRESHOLD_RULE = ("the most recall within 2 false alarms per 10k calm steps on the tuning split's out-of-fold risks "
+                  "(each recipe scored by the model fitted without it)")
+DETECTOR_OOF = "detector_out_of_fold"
+"""Trace key of the detector's out-of-fold risks on the tuning split, on which its thresholds are picked."""
 BUDGETS = (2.0, 10.0)
 REWARM = "lr_rewarm_ramp"
 SUITE_SPLIT = {("pre", 0): TUNE, ("sandwich", 0): TUNE, ("post", 1): HELDOUT, ("deepnorm", 1): HELDOUT}
@@ -295,6 +302,7 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         c.traces[DETECTOR] = detector_trace(model, X, crit, agree, c.series.steps)
         for name, factory in peers.items():
             c.traces[name] = trace(factory(c.series), c.series)
+    out_of_fold_traces(parts[TUNE], evid, ign_fit, horizon, DETECTOR_OOF)
 
     mechanisms = sorted({mech[c.series.name] for c in cases})
     predictable = [m for m in mechanisms if m not in UNPREDICTABLE]
@@ -320,23 +328,25 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     result_methods = {}
     for key in (DETECTOR, *peers):
         # Candidate thresholds from the tuning split's scores only: a grid drawn from held-out scores would let the
-        # held-out split move the threshold picked on the tuning split.
-        grid = threshold_grid(parts[TUNE], key, n=60)
+        # held-out split move the threshold picked on the tuning split. The detector's from its out-of-fold risks
+        # (the module doc); its `tune` rows report those too.
+        tkey = DETECTOR_OOF if key == DETECTOR else key
+        grid = threshold_grid(parts[TUNE], tkey, n=60)
         ign_tune = [ign_build[c.series.name] for c in parts[TUNE]]
-        tune_curve = curve(parts[TUNE], key, gate1, horizon, grid, ignore=ign_tune)
+        tune_curve = curve(parts[TUNE], tkey, gate1, horizon, grid, ignore=ign_tune)
         entry = {"at_budget": {}}
         for b in BUDGETS:
             pick = pick_threshold(tune_curve, b)
             thr = pick["threshold"] if pick else max(grid)
             entry["at_budget"][f"{b:g}"] = {"threshold": thr, "within_budget_on_tune": pick is not None,
-                                            "tune": _summary(parts[TUNE], key, replace(gate, threshold=thr),
+                                            "tune": _summary(parts[TUNE], tkey, replace(gate, threshold=thr),
                                                              horizon, ign_build),
                                             **{s: report(key, thr, s) for s in scored}}
-        pick = _calm_control_pick(tune_curve, parts[TUNE], key, gate, horizon, ign_build)
+        pick = _calm_control_pick(tune_curve, parts[TUNE], tkey, gate, horizon, ign_build)
         thr = pick["threshold"] if pick else max(grid)
         entry["at_calm_control_budget"] = {
             "threshold": thr, "rule": CALM_CONTROL_RULE, "found_on_tune": pick is not None,
-            "tune": _summary(parts[TUNE], key, replace(gate, threshold=thr), horizon, ign_build),
+            "tune": _summary(parts[TUNE], tkey, replace(gate, threshold=thr), horizon, ign_build),
             **{s: report(key, thr, s) for s in scored}}
         ign_held = [ign_build[c.series.name] for c in parts[HELDOUT]]
         # The held-out curve (what the best possible threshold would give, an oracle) spans the tuning and held-out
@@ -355,7 +365,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         result_methods[key] = entry
     if fit:
         pick = result_methods[DETECTOR]["at_budget"][f"{BUDGETS[0]:g}"]["threshold"]
-        model = replace(model, threshold=float(min(max(pick, 1e-4), 0.9999)))
+        model = replace(model, threshold=float(min(max(pick, 1e-4), 0.9999)),
+                        fitted_on={**model.fitted_on, "threshold": THRESHOLD_RULE})
         result_methods[DETECTOR]["shipped"] = {"threshold": model.threshold,
                                                **{s: report(DETECTOR, model.threshold, s) for s in scored}}
     result_methods[DETECTOR]["refit_on_heldout"] = _refit_on_heldout(parts[HELDOUT], evid, ign_fit, ign_build,
@@ -503,6 +514,25 @@ def cross_validate(runs: list[RunSeries], *, horizon: int = 50, evidence: Eviden
     return out
 
 
+def _recipe(c: Case) -> str:
+    return c.series.meta.get("recipe") or ""
+
+
+def out_of_fold_traces(cases: list[Case], evid: dict, ign_fit: dict, horizon: int, key: str,
+                       net: dict | None = None) -> list[str]:
+    """Leave one recipe out over `cases` (the tuning split): each recipe's runs get, under `key`, the trace of the
+    risk model fitted as `--fit` fits it on the other recipes; returns the recipes (the folds). `net`:
+    `detector_trace`'s surge-net arguments (None = shipped)."""
+    folds = sorted({_recipe(c) for c in cases})
+    for r in folds:
+        model = fit_model(fitted_on([c for c in cases if _recipe(c) != r]), evid, ign_fit, horizon)
+        for c in cases:
+            if _recipe(c) == r:
+                X, crit, agree = evid[c.series.name]
+                c.traces[key] = detector_trace(model, X, crit, agree, c.series.steps, **(net or {}))
+    return folds
+
+
 def _out_of_fold(runs, horizon, evidence, disabled, gate, net):
     """(operating points on the pooled out-of-fold curve, per-run counts at each budget's pick, folds); `net`:
     `detector_trace`'s surge-net arguments."""
@@ -513,18 +543,7 @@ def _out_of_fold(runs, horizon, evidence, disabled, gate, net):
         for name in disabled:
             X[:, FEATURES.index(name)] = 0.0
         evid[c.series.name] = (X, crit, ablated_agreement(agree, disabled))
-    ign_fit = _ignore(cases, kinds, {BUILD_UP, "sudden"})
-
-    def recipe(c):
-        return c.series.meta.get("recipe") or ""
-
-    folds = sorted({recipe(c) for c in cases})
-    for r in folds:
-        model = fit_model(fitted_on([c for c in cases if recipe(c) != r]), evid, ign_fit, horizon)
-        for c in cases:
-            if recipe(c) == r:
-                X, crit, agree = evid[c.series.name]
-                c.traces[DETECTOR] = detector_trace(model, X, crit, agree, c.series.steps, **net)
+    folds = out_of_fold_traces(cases, evid, _ignore(cases, kinds, {BUILD_UP, "sudden"}), horizon, DETECTOR, net)
     ign = _ignore(cases, kinds, {BUILD_UP})
     pooled = curve(cases, DETECTOR, replace(gate, threshold=1.0), horizon, threshold_grid(cases, DETECTOR, n=60),
                    ignore=[ign[c.series.name] for c in cases])
@@ -536,6 +555,46 @@ def _out_of_fold(runs, horizon, evidence, disabled, gate, net):
         g = replace(gate, threshold=float(op.get("threshold", np.inf)))
         counts[b] = run_counts(score_runs(cases, DETECTOR, g, horizon, [ign[c.series.name] for c in cases]))
     return ops, counts, folds
+
+
+def threshold_protocols(runs: list[RunSeries], *, horizon: int = 50, gate: GateConfig | None = None) -> dict:
+    """Which way of picking the detector's threshold carries over to a recipe it has not seen? Nested leave one
+    recipe out on the tuning split (the held-out split is not read): for each tuning recipe, the model is fitted on
+    the other recipes, and at each budget a threshold is picked on those other recipes' risks, either as scored by
+    that model (`in_sample`, the risks of the runs it was fitted on) or out of fold (`out_of_fold`, an inner leave
+    one recipe out among them); the left-out recipe's runs are then scored at both thresholds. Pooled over the
+    folds, with the paired bootstrap interval of out_of_fold's recall minus in_sample's: the test behind picking
+    the shipped threshold on out-of-fold risks (`compare`)."""
+    gate = gate or GateConfig()
+    gate1 = replace(gate, threshold=1.0)
+    cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == TUNE], horizon)
+    evid = {c.series.name: evidence_matrix(c.series) for c in cases}
+    ign_fit, ign = _ignore(cases, kinds, {BUILD_UP, "sudden"}), _ignore(cases, kinds, {BUILD_UP})
+    protocols = {"in_sample": DETECTOR, "out_of_fold": DETECTOR_OOF}
+    counts = {(p, b): [] for p in protocols for b in BUDGETS}
+    folds = []
+    for r in sorted({_recipe(c) for c in cases}):
+        inner, left_out = [c for c in cases if _recipe(c) != r], [c for c in cases if _recipe(c) == r]
+        model = fit_model(fitted_on(inner), evid, ign_fit, horizon)
+        for c in inner + left_out:
+            X, crit, agree = evid[c.series.name]
+            c.traces[DETECTOR] = detector_trace(model, X, crit, agree, c.series.steps)
+        out_of_fold_traces(inner, evid, ign_fit, horizon, DETECTOR_OOF)
+        picked = {}
+        for p, key in protocols.items():
+            pts = curve(inner, key, gate1, horizon, threshold_grid(inner, key, n=60),
+                        ignore=[ign[c.series.name] for c in inner])
+            for b in BUDGETS:
+                op = pick_threshold(pts, b)
+                thr = float(op["threshold"]) if op else np.inf
+                picked[f"{p}@{b:g}"] = thr
+                counts[(p, b)].append(run_counts(score_runs(left_out, DETECTOR, replace(gate, threshold=thr), horizon,
+                                                            [ign[c.series.name] for c in left_out])))
+        folds.append({"recipe": r, "thresholds": picked})
+    out = {"split": TUNE, "horizon": horizon, "folds": folds, "pooled": {}}
+    for b in BUDGETS:
+        out["pooled"][f"{b:g}"] = intervals({p: np.vstack(counts[(p, b)]) for p in protocols}, "out_of_fold")
+    return out
 
 
 TARGETS = {"recall": 0.8, "precision": 0.5, "median_lead": 5.0, "false_alarms_per_10k": 2.0}

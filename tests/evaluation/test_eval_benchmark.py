@@ -190,6 +190,11 @@ def test_cross_validation_reads_only_the_tuning_split_and_takes_a_config(tmp_pat
     committed_result = json.loads(RESULTS.read_text())
     assert full["folds"] == committed_result["splits"]["tune"]["recipes"]
     assert [o["fa_budget_per_10k"] for o in full["pooled_out_of_fold"]] == [2.0, 10.0]
+    # The detector's committed thresholds are these out-of-fold picks (the shipped one is the first), not picks on
+    # the risks of the runs its model was fitted on.
+    for b, o in zip(("2", "10"), full["pooled_out_of_fold"]):
+        assert committed_result["detector"]["at_budget"][b]["threshold"] == o["threshold"]
+    assert committed_result["detector"]["model"]["threshold"] == full["pooled_out_of_fold"][0]["threshold"]
     off = tmp_path / "off.json"
     off.write_text(json.dumps({"disabled": ["grad_loss_rise"]}))
     assert main(["eval", "--cv", "--json", "--config", str(off)]) == 0
@@ -213,7 +218,9 @@ def test_cross_validation_reads_only_the_tuning_split_and_takes_a_config(tmp_pat
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"evidence": {"agree_scale": -1}}))
     for argv, needle in ((["eval", "--cv", "--config", str(bad)], "agree_scale"),
-                         (["eval", "--config", str(off)], "--config is for --cv")):
+                         (["eval", "--config", str(off)], "--config is for --cv"),
+                         (["eval", "--nested"], "--nested is for --cv"),
+                         (["eval", "--cv", "--nested", "--config", str(off)], "--nested is for --cv")):
         assert main(argv) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and needle in err[0], err
@@ -286,3 +293,22 @@ def test_committed_per_architecture_rows_partition_the_overall_ones():
                 for k in additive:
                     assert sum(a[k] for a in rep["per_architecture"].values()) == rep["overall"][k], (split, k)
     assert "llama" in arch_of["fresh"] and "llama" not in arch_of["heldout"] | arch_of["tune"]
+
+
+@committed
+def test_nested_threshold_protocols_never_pick_on_the_left_out_recipe():
+    """`stability eval --cv --nested`: each fold's thresholds (in-sample and out-of-fold) are picked on the other
+    recipes only, so changing the left-out recipe's runs changes none of its fold's thresholds, only its scores."""
+    from stability.evaluation.benchmark import threshold_protocols
+
+    tune = [r for r in load_zoo(ZOO_DIR) if r.meta["split"] == "tune"
+            and r.meta["recipe"] in ("attn-nano-cpy", "fp16-glm", "postln-glm-d48")]
+    first = threshold_protocols(tune)
+    assert [f["recipe"] for f in first["folds"]] == ["attn-nano-cpy", "fp16-glm", "postln-glm-d48"]
+    # The left-out recipe of the first fold loses half its runs: its thresholds stay, the other folds' may move.
+    cut = [r for r in tune if r.meta["recipe"] != "attn-nano-cpy" or r.meta["config"]["seed"] % 2 == 0]
+    second = threshold_protocols(cut)
+    assert second["folds"][0]["thresholds"] == first["folds"][0]["thresholds"]
+    assert second["folds"][1:] != first["folds"][1:]
+    pooled = first["pooled"]["2"]["methods"]
+    assert set(pooled) == {"in_sample", "out_of_fold"} and "out_of_fold_minus_recall_ci" in pooled["in_sample"]
