@@ -582,11 +582,11 @@ def threshold_protocols(runs: list[RunSeries], *, horizon: int = 50, gate: GateC
         out_of_fold_traces(inner, evid, ign_fit, horizon, DETECTOR_OOF)
         picked = {}
         for p, key in protocols.items():
-            pts = curve(inner, key, gate1, horizon, threshold_grid(inner, key, n=60),
-                        ignore=[ign[c.series.name] for c in inner])
+            grid = threshold_grid(inner, key, n=60)
+            pts = curve(inner, key, gate1, horizon, grid, ignore=[ign[c.series.name] for c in inner])
             for b in BUDGETS:
                 op = pick_threshold(pts, b)
-                thr = float(op["threshold"]) if op else np.inf
+                thr = float(op["threshold"] if op else max(grid))  # as `compare` does
                 picked[f"{p}@{b:g}"] = thr
                 counts[(p, b)].append(run_counts(score_runs(left_out, DETECTOR, replace(gate, threshold=thr), horizon,
                                                             [ign[c.series.name] for c in left_out])))
