@@ -28,9 +28,11 @@ from stability.evaluation import runset
 
 SUITE_VERSION = 1
 
-# Kept metrics: what the detector and the baselines read (per-layer attention maxima; gradient norms of the
-# embedding and of the whole model; FP16 events), plus lr to read the schedule off the store.
-KEEP_METRICS = (M.LOSS, M.LR, M.GRAD_NORM, M.ATTN_SCORE_MAX, M.NONFINITE_GRADS, M.LOSS_SCALE, M.SKIPPED_STEP)
+# Kept metrics: what the detector and the baselines read (per-layer attention maxima, and for SDPA models their
+# per-step log-sum-exp bound; gradient norms of the embedding and of the whole model; FP16 events), plus lr to read
+# the schedule off the store.
+KEEP_METRICS = (M.LOSS, M.LR, M.GRAD_NORM, M.ATTN_SCORE_MAX, M.ATTN_LSE_MAX, M.NONFINITE_GRADS, M.LOSS_SCALE,
+                M.SKIPPED_STEP)
 KEEP_LAYERS = {M.GRAD_NORM: (M.LAYER_EMBEDDING, M.LAYER_TOTAL), M.NONFINITE_GRADS: (M.LAYER_TOTAL,)}
 
 

@@ -73,7 +73,7 @@ def test_spiking_reference_run_pages_before_the_spike_and_exports_the_risk():
                                                 policies=[hooks], notifier=notifier))
     # This tests the alerting path, not the detector's operating point (`stability eval` measures that): a
     # sensitive threshold of risk 0.2 (the risk stays under 0.15 up to step 86, reaches 0.204 at step 87, three steps
-    # before the spike at 90; the shipped 0.981 does not page in these 95 steps), and a 20-step gate cooldown.
+    # before the spike at 90; the shipped 0.968 does not page in these 95 steps), and a 20-step gate cooldown.
     trainer.detector = OnlineDetector(DetectorConfig(risk_threshold=RISK_THRESHOLD, gate=GateConfig(cooldown=20)))
     scraper = Scraper(notifier.metrics_url)
     hooks.scraper = scraper
