@@ -29,7 +29,7 @@ Protocol (definitions of recall, precision, false alarms and lead in `stability.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +209,22 @@ def prepare_cases(runs: list[RunSeries], horizon: int, bcfg: BuildUpConfig | Non
     return cases, kinds
 
 
+@dataclass
+class TuningCurve:
+    """A method's curve over candidate thresholds drawn from its own scores on the cases it is picked on."""
+    points: list[dict]
+    highest: float
+    """The largest candidate: where a pick with no point within its budget lands (in practice no alert at all)."""
+
+    def threshold(self, pick: dict | None) -> float:
+        return pick["threshold"] if pick else self.highest
+
+
+def tuning_curve(cases: list[Case], key: str, gate1: GateConfig, horizon: int, ignore: list) -> TuningCurve:
+    grid = threshold_grid(cases, key, n=60)
+    return TuningCurve(curve(cases, key, gate1, horizon, grid, ignore=ignore), max(grid))
+
+
 def _ignore(cases, kinds, keep) -> dict[str, list]:
     return {c.series.name: [inc for inc, k in zip(c.labels.incidents, kinds[c.series.name]) if k not in keep]
             for c in cases}
@@ -331,19 +347,17 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         # held-out split move the threshold picked on the tuning split. The detector's from its out-of-fold risks
         # (the module doc); its `tune` rows report those too.
         tkey = DETECTOR_OOF if key == DETECTOR else key
-        grid = threshold_grid(parts[TUNE], tkey, n=60)
-        ign_tune = [ign_build[c.series.name] for c in parts[TUNE]]
-        tune_curve = curve(parts[TUNE], tkey, gate1, horizon, grid, ignore=ign_tune)
+        tune_curve = tuning_curve(parts[TUNE], tkey, gate1, horizon, [ign_build[c.series.name] for c in parts[TUNE]])
         entry = {"at_budget": {}}
         for b in BUDGETS:
-            pick = pick_threshold(tune_curve, b)
-            thr = pick["threshold"] if pick else max(grid)
+            pick = pick_threshold(tune_curve.points, b)
+            thr = tune_curve.threshold(pick)
             entry["at_budget"][f"{b:g}"] = {"threshold": thr, "within_budget_on_tune": pick is not None,
                                             "tune": _summary(parts[TUNE], tkey, replace(gate, threshold=thr),
                                                              horizon, ign_build),
                                             **{s: report(key, thr, s) for s in scored}}
-        pick = _calm_control_pick(tune_curve, parts[TUNE], tkey, gate, horizon, ign_build)
-        thr = pick["threshold"] if pick else max(grid)
+        pick = _calm_control_pick(tune_curve.points, parts[TUNE], tkey, gate, horizon, ign_build)
+        thr = tune_curve.threshold(pick)
         entry["at_calm_control_budget"] = {
             "threshold": thr, "rule": CALM_CONTROL_RULE, "found_on_tune": pick is not None,
             "tune": _summary(parts[TUNE], tkey, replace(gate, threshold=thr), horizon, ign_build),
@@ -453,8 +467,7 @@ def _refit_on_heldout(cases, evid, ign_fit, ign_build, gate1, horizon) -> dict:
     for c in cases:
         X, crit, agree = evid[c.series.name]
         c.traces[key] = detector_trace(model, X, crit, agree, c.series.steps)
-    pts = curve(cases, key, gate1, horizon, threshold_grid(cases, key, n=60),
-                ignore=[ign_build[c.series.name] for c in cases])
+    pts = tuning_curve(cases, key, gate1, horizon, [ign_build[c.series.name] for c in cases]).points
     for c in cases:
         del c.traces[key]
     return {"weights": model.weights, "intercept": model.intercept, "best_possible": operating_points(pts, BUDGETS)}
@@ -545,8 +558,8 @@ def _out_of_fold(runs, horizon, evidence, disabled, gate, net):
         evid[c.series.name] = (X, crit, ablated_agreement(agree, disabled))
     folds = out_of_fold_traces(cases, evid, _ignore(cases, kinds, {BUILD_UP, "sudden"}), horizon, DETECTOR, net)
     ign = _ignore(cases, kinds, {BUILD_UP})
-    pooled = curve(cases, DETECTOR, replace(gate, threshold=1.0), horizon, threshold_grid(cases, DETECTOR, n=60),
-                   ignore=[ign[c.series.name] for c in cases])
+    pooled = tuning_curve(cases, DETECTOR, replace(gate, threshold=1.0), horizon,
+                          [ign[c.series.name] for c in cases]).points
     ops = operating_points(pooled, BUDGETS)
     counts = {}
     for b, op in zip(BUDGETS, ops):
@@ -582,11 +595,9 @@ def threshold_protocols(runs: list[RunSeries], *, horizon: int = 50, gate: GateC
         out_of_fold_traces(inner, evid, ign_fit, horizon, DETECTOR_OOF)
         picked = {}
         for p, key in protocols.items():
-            grid = threshold_grid(inner, key, n=60)
-            pts = curve(inner, key, gate1, horizon, grid, ignore=[ign[c.series.name] for c in inner])
+            tc = tuning_curve(inner, key, gate1, horizon, [ign[c.series.name] for c in inner])
             for b in BUDGETS:
-                op = pick_threshold(pts, b)
-                thr = float(op["threshold"] if op else max(grid))  # as `compare` does
+                thr = tc.threshold(pick_threshold(tc.points, b))  # as `compare` picks
                 picked[f"{p}@{b:g}"] = thr
                 counts[(p, b)].append(run_counts(score_runs(left_out, DETECTOR, replace(gate, threshold=thr), horizon,
                                                             [ign[c.series.name] for c in left_out])))
