@@ -36,8 +36,8 @@ STEPS = 300
 UNSTABLE_LR = 0.6
 """The demo recipe's peak learning rate: the runs diverge near 0.45 on the way up (seeds 0-2 at steps 220-243)."""
 PACE = 8.0
-"""Steps per second of each live run, slow enough to watch the charts move: the protected run trains about 485
-steps (300, and the 185 its two rollbacks replay), about a minute."""
+"""Steps per second of each live run, slow enough to watch the charts move: the protected run trains about 393
+steps (300, and the 93 its rollback replays), about a minute."""
 PREFIXES = ("demo-unprotected-", "demo-protected-")
 HORIZON = 50
 """An alert counts as a warning of a spike at most this many steps before its onset (as in `stability eval`)."""

@@ -67,8 +67,9 @@ def with_threshold(cfg, threshold: float | None, flag: str = "--threshold"):
         raise UsageError(f"{flag} {threshold:g}: {e}") from None
 
 
-def replay(det, series) -> list[tuple]:
-    """(alert, branch) of each of the detector's alerts over `series` as logged. Where a rollback resumed at step r,
+def replay(det, series, risks: list | None = None) -> list[tuple]:
+    """(alert, branch) of each of the detector's alerts over `series` as logged; `risks`, if given, gets the risk
+    after every logged step. Where a rollback resumed at step r,
     the detector goes on from the state it had when the run last passed step r (the checkpoint the rollback policy
     restores holds it, saved by the branch that last trained through r)."""
     import copy
@@ -89,6 +90,8 @@ def replay(det, series) -> list[tuple]:
             if prev is not None and prev < r <= step:
                 saved[r] = copy.deepcopy(det.state_dict())
         alerts.extend((a, b) for a in det.update(step, rec))
+        if risks is not None:
+            risks.append(det.risk)
         prev = step
     return alerts
 
@@ -112,19 +115,34 @@ def run(args) -> int:
         cfg, settings = with_threshold(cfg, args.threshold), "run"
     if args.until is not None:
         series = series.truncated(args.until)
-    alerts = replay(OnlineDetector(cfg), series)
+    risks: list[float] = []
+    alerts = replay(OnlineDetector(cfg), series, risks)
     seen = series.keys()
     out = {"run": args.run, "alerts": [{**a.to_dict(), "branch": b} for a, b in alerts], "logged_steps": len(series),
            "last_step": int(series.steps[-1]) if len(series) else None, "metrics_seen": len(seen),
-           "settings": settings}
+           "settings": settings, "risk": _risk_summary(risks)}
     if args.json:
         print(json.dumps(out))
         return 0
     mine = " (with the detector settings it was trained with)" if settings == "run" else ""
     print(f"run {args.run}: {len(alerts)} alert(s) over {len(series)} logged steps{mine}")
+    r = out["risk"]
+    if r["median"] is not None:
+        print(f"  spike risk: median {r['median']:.3f}, 99th percentile {r['p99']:.3f}, max {r['max']:.3f}; "
+              f"{r['steps_above_half']} logged step(s) above 0.5")
     if series.rewinds:
         print(f"  (rolled back {len(series.rewinds)} time(s): replayed as trained, each alert with its branch)")
     for a, b in alerts:
         where = f"  [branch {b}]" if series.rewinds else ""
         print(f"  step {a.step:>8}  {a.severity:<8}  {a.signal:<15} score {a.score:7.2f}  {a.message}{where}")
     return 0
+
+
+def _risk_summary(risks: list[float]) -> dict:
+    """How high the risk (what the dashboard and `/metrics` show) stood over the replay: its median, 99th percentile
+    and maximum over logged steps, and the steps above 0.5, which is how often a calm run looks alarming."""
+    if not risks:
+        return {"median": None, "p99": None, "max": None, "steps_above_half": 0}
+    r = np.asarray(risks, dtype=float)
+    return {"median": round(float(np.median(r)), 4), "p99": round(float(np.percentile(r, 99)), 4),
+            "max": round(float(r.max()), 4), "steps_above_half": int((r > 0.5).sum())}

@@ -1,4 +1,4 @@
-"""The evidence the detector weighs: six robust, past-only features per logged step, each >= 0 and rising with
+"""The evidence the detector weighs: seven past-only features per logged step, each >= 0 and rising with
 danger, so a model over them can be constrained to be monotone (more evidence never lowers the risk).
 
 Every positive signal is tracked in log space against its own trailing history (median and inter-quartile range of
@@ -24,10 +24,12 @@ IQR, so the same swing scores low there and high in a quiet run. Each signal is 
 
 Elevations enter as log(1 + max(z, 0)): a z of 40 is more alarming than 8, but not five times more. The set was
 chosen by cross-validation over the tuning split's recipes (leave one recipe out) among larger sets that also
-had separate total and embedding z-scores, latest-value z-scores, embedding and loss rises, a gradient-norm drift,
-FP16 overflow counts and a count of agreeing signals: none of those earned its place on recipes it was not
+had separate total and embedding z-scores, latest-value robust z-scores, embedding and loss rises, a gradient-norm
+drift, FP16 overflow counts and a count of agreeing signals: none of those earned its place on recipes it was not
 fitted on (docs/detector.md). `grad_loss_rise` did (`stability eval --cv`, recall on the tuning split within 2 and
-10 false alarms per 10k calm steps, tuning seeds 0-3: 0.23 and 0.33 without it, 0.33 and 0.40 with it).
+10 false alarms per 10k calm steps, tuning seeds 0-3: 0.23 and 0.33 without it, 0.33 and 0.40 with it), and so
+did `loss_sigma` (all tuning seeds: 25 -> 38 of 51 within 10, 18 -> 17 within 2; the same statistic on the total
+or embedding gradient norm got weight 0).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from stability import metrics as M
-from stability.detector.robust import RollingWindow
+from stability.detector.robust import RollingMeanStd, RollingWindow
 
 K_LOSS = M.flat_key(M.LOSS)
 K_EMB = M.flat_key(M.GRAD_NORM, M.LAYER_EMBEDDING)
@@ -48,7 +50,7 @@ P_GRAD = M.GRAD_NORM + "/"
 P_ATTN = M.ATTN_SCORE_MAX + "/"
 P_NONFINITE = M.NONFINITE_GRADS
 
-FEATURES = ("grad_z", "attn_z", "loss_z", "grad_rise", "attn_rise", "grad_loss_rise")
+FEATURES = ("grad_z", "attn_z", "loss_z", "grad_rise", "attn_rise", "grad_loss_rise", "loss_sigma")
 _SIGNALS = ("grad", "emb", "attn", "loss")
 _AGREE = "grad_agree"
 """Held like a feature (a metric logged less often keeps it), kept out of FEATURES: see `Evidence.agreement`."""
@@ -89,6 +91,9 @@ class EvidenceConfig:
     """Weight of the loss trend against the gradient norm's rise in `grad_loss_rise`: a loss 5 % up over the
     trend window counts as much as a gradient norm 2.7x up (20 won leave-one-recipe-out on the tuning split
     against 5 and 10)."""
+    sigma_window: int = 128
+    """Previous logged losses in the mean and standard deviation of `loss_sigma` (OLMo-core's published window;
+    50 and 256 did worse in leave-one-recipe-out on the tuning split: 30 and 22 of 51 within 10 against 38)."""
 
     def __post_init__(self):
         if self.window < 4 or not 2 <= self.min_history <= self.window:
@@ -103,6 +108,8 @@ class EvidenceConfig:
             raise ValueError("scale_floor and winsor must be > 0")
         if self.hold < 0:
             raise ValueError(f"hold must be >= 0, got {self.hold}")
+        if self.sigma_window < self.min_history:
+            raise ValueError(f"sigma_window must be >= min_history, got {self.sigma_window}")
         if self.trend_window < 3 or not self.agree_scale > 0:
             raise ValueError(f"trend_window must be >= 3 and agree_scale > 0, got {self.trend_window}, "
                              f"{self.agree_scale}")
@@ -168,6 +175,8 @@ class Evidence:
         self._loss_line: deque[tuple[int, float]] = deque(maxlen=self.cfg.trend_window)
         """(update index, log loss) of the last `trend_window` finite losses: the trend's rise over the window does
         not depend on the x units, and the index keeps it working for callers that log every N steps."""
+        self._losses = RollingMeanStd(self.cfg.sigma_window)
+        """The previous `sigma_window` finite losses, raw (not log): `loss_sigma`'s history."""
         self._held: dict[str, tuple[float, int]] = {}
         self._updates = 0
         self.nonfinite = ""
@@ -195,6 +204,12 @@ class Evidence:
                         f[name + "_rise"] = min(t.rise, MAX_RISE)
         if loss is not None and math.isfinite(loss) and loss > 0:
             self._loss_line.append((self._updates, math.log(loss)))
+        if loss is not None and math.isfinite(loss):
+            if len(self._losses) >= self.cfg.min_history:
+                sd = self._losses.std()
+                if sd > 0:
+                    f["loss_sigma"] = math.log1p(max(0.0, (loss - self._losses.mean()) / sd))
+            self._losses.push(loss)
         # The trend (a least-squares line over the window) only where there is a gradient rise to weigh it against.
         trend = self._loss_trend() if "grad_rise" in f else None
         if trend is not None:
@@ -250,7 +265,7 @@ class Evidence:
     def state_dict(self) -> dict:
         return {"trackers": {k: t.state_dict() for k, t in self._t.items()}, "last_scale": self._last_scale,
                 "held": {k: list(v) for k, v in self._held.items()}, "updates": self._updates,
-                "loss_line": [list(p) for p in self._loss_line]}
+                "loss_line": [list(p) for p in self._loss_line], "losses": self._losses.state_dict()}
 
     def load_state_dict(self, s: dict) -> None:
         for k, t in self._t.items():
@@ -261,6 +276,9 @@ class Evidence:
         # States saved before the loss trend existed start its window empty.
         self._loss_line = deque(((int(a), float(b)) for a, b in s.get("loss_line", [])),
                                 maxlen=self.cfg.trend_window)
+        self._losses = RollingMeanStd(self.cfg.sigma_window)
+        if "losses" in s:  # states saved before `loss_sigma` existed start its history empty
+            self._losses.load_state_dict(s["losses"])
 
 
 def _finite_max(values) -> float | None:

@@ -37,7 +37,8 @@ from stability.metrics import NO_LAYER, SPIKE_RISK
 
 # Alert signal named after the feature that contributed most to the risk (names kept from version 1).
 SIGNAL_OF = {"grad_z": "grad_norm_z", "attn_z": "attn_max_z", "loss_z": "loss_z", "grad_rise": "grad_norm_rise",
-             "attn_rise": "attn_max_rise", "grad_loss_rise": "grad_loss_rise"}
+             "attn_rise": "attn_max_rise", "grad_loss_rise": "grad_loss_rise",
+             "loss_sigma": "loss_sigma"}
 EMB_SIGNAL = "emb_grad_z"
 """`grad_z` is named after the embedding gradient when that norm set it."""
 SIGNALS = tuple(SIGNAL_OF.values()) + (EMB_SIGNAL, "nonfinite")
@@ -227,5 +228,6 @@ def _message(signal: str, risk: float, what: str | None = None) -> str:
         "grad_norm_rise": "total gradient norm growing steadily",
         "attn_max_rise": "attention-score maximum growing steadily",
         "grad_loss_rise": "total gradient norm growing while the loss stops falling",
+        "loss_sigma": "loss standing above the mean of its last 128 values",
     }.get(signal, signal)
     return f"{what}: spike risk {risk:.0%} within 50 steps"

@@ -138,9 +138,14 @@ class RollingMeanStd:
         return math.sqrt(max(self._s2 / n - m * m, 0.0) * n / (n - 1))
 
     def state_dict(self) -> dict:
-        return {"size": self.size, "values": list(self._fifo)}
+        # The running sums and the push count too: summed again on load, they would differ in the last bits and a
+        # resumed run would not continue bit for bit.
+        return {"size": self.size, "values": list(self._fifo), "sums": [self._s, self._s2], "pushes": self._pushes}
 
     def load_state_dict(self, state: dict) -> None:
         self.__init__(int(state["size"]))
         for v in state["values"][-self.size:]:
             self.push(float(v))
+        if "sums" in state:  # states saved before the sums were kept: re-summed above
+            self._s, self._s2 = (float(v) for v in state["sums"])
+            self._pushes = int(state["pushes"])

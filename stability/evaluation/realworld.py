@@ -134,6 +134,8 @@ def analyse(root, detector_cfg: DetectorConfig | None = None, gate: GateConfig |
                 "first_alert": ({"step": alerts[0][0], "signal": alerts[0][1]} if alerts else None),
                 "lead_to_first_incident": _lead(alerts, first_inc),
                 "lead_to_drift_onset": _lead(alerts, drift),
+                # Alerts further ahead of the drift than a warning episode reaches: pages for a run still calm.
+                "early_alarms": sum(1 for a in alerts if drift is not None and a[0] < drift - REAL_HORIZON),
                 "alert_steps": [a[0] for a in alerts][:50],
             }
         runs.append(row)

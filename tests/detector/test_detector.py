@@ -589,3 +589,32 @@ def test_persistence_ignores_one_noisy_batch_but_not_a_surge():
     surge = planted_run(n=1200, seed=13, surge_at=800, lag=15)
     alerts = run_all(hand(), surge)
     assert alerts and 800 <= alerts[0].step < 815
+
+
+def test_loss_sigma_against_its_definition():
+    """`loss_sigma` from its definition, computed here with numpy: log(1 + max(0, (latest loss - mean) / std)) of
+    the previous 128 logged losses (sample std), raw values; 0 while the loss falls; a state saved mid-run
+    continues the same, and a state saved before the feature existed starts its history empty."""
+    from stability.detector.evidence import Evidence
+
+    rng = np.random.default_rng(4)
+    loss = 3.0 * np.exp(-np.arange(400) / 300) + 0.02 * rng.standard_normal(400)
+    loss[300:] += np.linspace(0.0, 0.5, 100)           # from step 300 the loss climbs
+    ev, got = Evidence(), []
+    for t in range(400):
+        got.append(ev.update({"loss": float(loss[t])})["loss_sigma"])
+        if t == 250:
+            saved = json.loads(json.dumps(ev.state_dict()))
+    for t in (30, 127, 128, 200, 320, 399):
+        prev = loss[max(0, t - 128):t]
+        z = (loss[t] - prev.mean()) / prev.std(ddof=1)
+        assert got[t] == pytest.approx(math.log1p(max(0.0, z)), rel=1e-9, abs=1e-12), t
+    assert got[0] == 0.0 and max(got[150:290]) < 1.0 < got[399]   # the decay scores low, the climb high
+    resumed = Evidence()
+    resumed.load_state_dict(saved)
+    assert [resumed.update({"loss": float(x)})["loss_sigma"] for x in loss[251:]] == got[251:]
+    old = dict(saved)
+    del old["losses"]
+    legacy = Evidence()
+    legacy.load_state_dict(old)
+    assert legacy.update({"loss": float(loss[251])})["loss_sigma"] == 0.0

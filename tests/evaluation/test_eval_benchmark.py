@@ -9,14 +9,23 @@ import pytest
 
 from stability.cli import main
 from stability.detector import OnlineDetector
+from stability.detector.alert import GateConfig
+from stability.detector.risk import RiskModel
 from stability.evaluation.benchmark import (
     DETECTOR,
+    DETECTOR_OOF,
     PEER_NAMES,
+    PROTOCOLS,
+    THRESHOLD_PROTOCOL,
+    THRESHOLD_RULE,
     detector_trace,
     evidence_matrix,
+    load_runs,
     prepare_cases,
     reliability,
+    tuning_curve,
 )
+from stability.evaluation.evaluate import pick_threshold
 from stability.evaluation.synthetic import planted_run
 from stability.evaluation.zoo import ZOO_FILE, ZooRun, load_zoo
 
@@ -190,11 +199,25 @@ def test_cross_validation_reads_only_the_tuning_split_and_takes_a_config(tmp_pat
     committed_result = json.loads(RESULTS.read_text())
     assert full["folds"] == committed_result["splits"]["tune"]["recipes"]
     assert [o["fa_budget_per_10k"] for o in full["pooled_out_of_fold"]] == [2.0, 10.0]
-    # The detector's committed thresholds are these out-of-fold picks (the shipped one is the first), not picks on
-    # the risks of the runs its model was fitted on.
-    for b, o in zip(("2", "10"), full["pooled_out_of_fold"]):
-        assert committed_result["detector"]["at_budget"][b]["threshold"] == o["threshold"]
-    assert committed_result["detector"]["model"]["threshold"] == full["pooled_out_of_fold"][0]["threshold"]
+    # The detector's committed thresholds are picked on the tuning risks `THRESHOLD_PROTOCOL` names (the shipped one
+    # is the first): out of fold, these pooled out-of-fold picks; in sample, the picks on the committed model's own
+    # risks of the tuning runs, recomputed here from its traces.
+    model = RiskModel(**committed_result["detector"]["model"])
+    if PROTOCOLS[THRESHOLD_PROTOCOL] == DETECTOR_OOF:
+        expected = [o["threshold"] for o in full["pooled_out_of_fold"]]
+    else:
+        runs = load_runs(ZOO_DIR, DATA / "eval_suite")
+        cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == "tune"], 50)
+        ign = [[i for i, k in zip(c.labels.incidents, kinds[c.series.name]) if k != "build_up"] for c in cases]
+        for c in cases:
+            X, crit, agree = evidence_matrix(c.series)
+            c.traces["detector"] = detector_trace(model, X, crit, agree, c.series.steps)
+        tc = tuning_curve(cases, "detector", GateConfig(threshold=1.0), 50, ign)
+        expected = [tc.threshold(pick_threshold(tc.points, b)) for b in (2.0, 10.0)]
+        assert expected != [o["threshold"] for o in full["pooled_out_of_fold"]]
+    assert [committed_result["detector"]["at_budget"][b]["threshold"] for b in ("2", "10")] == expected
+    assert model.threshold == expected[0]
+    assert model.fitted_on["threshold"] == THRESHOLD_RULE
     off = tmp_path / "off.json"
     off.write_text(json.dumps({"disabled": ["grad_loss_rise"]}))
     assert main(["eval", "--cv", "--json", "--config", str(off)]) == 0

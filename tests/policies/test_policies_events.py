@@ -97,8 +97,8 @@ def test_policies_demo_command_runs_and_reports_the_table_fields(capsys):
         for key in ("spikes", "max_loss", "diverged", "final_loss", "val_loss", "vs_calm_pct", "rollbacks",
                     "steps_computed", "wall_s"):
             assert key in r, key
-    # The unstable configuration spikes near step 179 (late in its 200-step warm-up) without policies; the policies
-    # see the spike, roll back and back off.
+    # The unstable configuration spikes near step 195 (late in its 200-step warm-up) without policies; the detector
+    # warns at step 179, and the policies roll back and back off on the warning.
     assert runs["no-policies"]["spikes"] >= 1 and runs["no-policies"]["rollbacks"] == 0
     assert runs["egs+rollback+backoff"]["rollbacks"] >= 1
     assert runs["egs+rollback+backoff"]["events"].get(M.EV_EGS_ON, 0) >= 1
