@@ -202,9 +202,9 @@ class Evidence:
                     f[name + "_z"] = math.log1p(max(z, 0.0))
                     if name in _RISES:
                         f[name + "_rise"] = min(t.rise, MAX_RISE)
-        if loss is not None and math.isfinite(loss) and loss > 0:
-            self._loss_line.append((self._updates, math.log(loss)))
         if loss is not None and math.isfinite(loss):
+            if loss > 0:
+                self._loss_line.append((self._updates, math.log(loss)))
             if len(self._losses) >= self.cfg.min_history:
                 sd = self._losses.std()
                 if sd > 0:

@@ -602,8 +602,7 @@ def threshold_protocols(runs: list[RunSeries], *, horizon: int = 50, gate: GateC
     cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == TUNE], horizon)
     evid = {c.series.name: evidence_matrix(c.series) for c in cases}
     ign_fit, ign = _ignore(cases, kinds, {BUILD_UP, "sudden"}), _ignore(cases, kinds, {BUILD_UP})
-    protocols = PROTOCOLS
-    counts = {(p, b): [] for p in protocols for b in BUDGETS}
+    counts = {(p, b): [] for p in PROTOCOLS for b in BUDGETS}
     folds = []
     for r in sorted({_recipe(c) for c in cases}):
         inner, left_out = [c for c in cases if _recipe(c) != r], [c for c in cases if _recipe(c) == r]
@@ -613,7 +612,7 @@ def threshold_protocols(runs: list[RunSeries], *, horizon: int = 50, gate: GateC
             c.traces[DETECTOR] = detector_trace(model, X, crit, agree, c.series.steps)
         out_of_fold_traces(inner, evid, ign_fit, horizon, DETECTOR_OOF)
         picked = {}
-        for p, key in protocols.items():
+        for p, key in PROTOCOLS.items():
             tc = tuning_curve(inner, key, gate1, horizon, [ign[c.series.name] for c in inner])
             for b in BUDGETS:
                 thr = tc.threshold(pick_threshold(tc.points, b))  # as `compare` picks
@@ -623,7 +622,7 @@ def threshold_protocols(runs: list[RunSeries], *, horizon: int = 50, gate: GateC
         folds.append({"recipe": r, "thresholds": picked})
     out = {"split": TUNE, "horizon": horizon, "folds": folds, "pooled": {}}
     for b in BUDGETS:
-        out["pooled"][f"{b:g}"] = intervals({p: np.vstack(counts[(p, b)]) for p in protocols}, "out_of_fold")
+        out["pooled"][f"{b:g}"] = intervals({p: np.vstack(counts[(p, b)]) for p in PROTOCOLS}, "out_of_fold")
     return out
 
 
