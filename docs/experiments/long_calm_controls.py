@@ -33,26 +33,36 @@ def cv_row(runs, disabled=()):
     return " | ".join(f"{o.get('hits')} ({o.get('hits_ahead')}), {o.get('false_alarms_per_10k')}" for o in ops)
 
 
-def main():
-    zoo = B.load_runs(ROOT / "tests" / "data" / "zoo", ROOT / "tests" / "data" / "eval_suite")
-    grown = zoo + calm_samples()
+def print_cv(variants):
+    """Leave-one-recipe-out with and without `loss_sigma`, one pair of rows per (label, runs)."""
     print("| tuning split | leave-one-recipe-out: within 2 / 10k hits (5+ ahead), FA | within 10 |")
     print("|---|---|---|")
-    for label, runs in (("the zoo's", zoo), ("+ 11 long calm sample runs", grown)):
+    for label, runs in variants:
         print(f"| {label}, with `loss_sigma` | {cv_row(runs)} |")
         print(f"| {label}, without | {cv_row(runs, ('loss_sigma',))} |")
     print()
-    for label, runs in (("the zoo's", zoo), ("+ 11 long calm sample runs", grown)):
-        result, model = B.compare(runs, fit=True, surges=False)
-        det = result["detector"]
-        w = ", ".join(f"{k} {v:.2f}" for k, v in model.weights.items() if v)
-        print(f"{label}: weights {w}; threshold {model.threshold:.4f}")
-        for b in ("2", "10"):
-            e = det["at_budget"][b]
-            cells = [f"{s}: {e[s]['overall']['hits']}/{e[s]['overall']['incidents']} "
-                     f"({e[s]['overall']['hits_ahead']}), FA {e[s]['overall']['false_alarms_per_10k']}"
-                     for s in ("heldout", "fresh") if s in e]
-            print(f"  within {b} / 10k (threshold {e['threshold']:.4f}): " + "; ".join(cells))
+
+
+def print_fit(label, result, model):
+    """The fitted weights and threshold, and the held-out and fresh figures at each tuning pick."""
+    det = result["detector"]
+    w = ", ".join(f"{k} {v:.2f}" for k, v in model.weights.items() if v)
+    print(f"{label}: weights {w}; threshold {model.threshold:.4f}")
+    for b in ("2", "10"):
+        e = det["at_budget"][b]
+        cells = [f"{s}: {e[s]['overall']['hits']}/{e[s]['overall']['incidents']} "
+                 f"({e[s]['overall']['hits_ahead']}), FA {e[s]['overall']['false_alarms_per_10k']}, calm "
+                 f"controls paged {e[s]['calm_controls']['false_alarms']} of {e[s]['calm_controls']['runs']} runs"
+                 for s in ("heldout", "fresh") if s in e]
+        print(f"  within {b} / 10k (threshold {e['threshold']:.4f}): " + "; ".join(cells))
+
+
+def main():
+    zoo = B.load_runs(ROOT / "tests" / "data" / "zoo", ROOT / "tests" / "data" / "eval_suite")
+    variants = (("the zoo's", zoo), ("+ 11 long calm sample runs", zoo + calm_samples()))
+    print_cv(variants)
+    for label, runs in variants:
+        print_fit(label, *B.compare(runs, fit=True, surges=False))
 
 
 if __name__ == "__main__":

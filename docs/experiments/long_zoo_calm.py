@@ -13,6 +13,8 @@ figures (with the pages on the held-out calm controls) at the tuning picks. An e
 import sys
 from pathlib import Path
 
+from long_calm_controls import print_cv, print_fit  # beside this file
+
 from stability.evaluation import benchmark as B
 from stability.evaluation import zoo as Z
 
@@ -31,35 +33,15 @@ def long_calm_runs() -> list:
     return runs
 
 
-def cv_row(runs, disabled=()):
-    ops = B.cross_validate(runs, disabled=disabled)["pooled_out_of_fold"]
-    return " | ".join(f"{o.get('hits')} ({o.get('hits_ahead')}), {o.get('false_alarms_per_10k')}" for o in ops)
-
-
 def main(out: Path):
     if not (out / Z.ZOO_FILE).exists():
         Z.generate(out, long_calm_runs(), jobs=2)
     zoo = B.load_runs(ROOT / "tests" / "data" / "zoo", ROOT / "tests" / "data" / "eval_suite")
-    grown = zoo + Z.load_zoo(out)
-    print("| zoo | leave-one-recipe-out: within 2 / 10k hits (5+ ahead), FA | within 10 |")
-    print("|---|---|---|")
-    for label, runs in (("as committed", zoo), ("+ 20 long calm controls", grown)):
-        print(f"| {label}, with `loss_sigma` | {cv_row(runs)} |")
-        print(f"| {label}, without | {cv_row(runs, ('loss_sigma',))} |")
-    print()
-    for label, runs in (("as committed", zoo), ("+ 20 long calm controls", grown)):
-        for disabled in ((), ("loss_sigma",)):
-            result, model = B.compare(runs, fit=True, surges=False) if not disabled else _without(runs)
-            det = result["detector"]
-            w = ", ".join(f"{k} {v:.2f}" for k, v in model.weights.items() if v)
-            print(f"{label}{', without loss_sigma' if disabled else ''}: weights {w}; threshold {model.threshold:.4f}")
-            for b in ("2", "10"):
-                e = det["at_budget"][b]
-                cells = [f"{s}: {e[s]['overall']['hits']}/{e[s]['overall']['incidents']} "
-                         f"({e[s]['overall']['hits_ahead']}), FA {e[s]['overall']['false_alarms_per_10k']}, calm "
-                         f"controls paged {e[s]['calm_controls']['false_alarms']} of {e[s]['calm_controls']['runs']} runs"
-                         for s in ("heldout", "fresh") if s in e]
-                print(f"  within {b} / 10k (threshold {e['threshold']:.4f}): " + "; ".join(cells))
+    variants = (("as committed", zoo), ("+ 20 long calm controls", zoo + Z.load_zoo(out)))
+    print_cv(variants)
+    for label, runs in variants:
+        print_fit(label, *B.compare(runs, fit=True, surges=False))
+        print_fit(f"{label}, without loss_sigma", *_without(runs))
 
 
 def _without(runs):
