@@ -90,3 +90,24 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 30
         g[1:] += l2 * look[1:]
         prev, theta = theta, project(look - step * g)
     return float(theta[0]), theta[1:]
+
+
+def fit_platt(z: np.ndarray, y: np.ndarray, iters: int = 100) -> tuple[float, float]:
+    """(a, b) of the maximum-likelihood recalibration p = sigmoid(a * z + b) of logits `z` against outcomes `y`
+    (Platt scaling; Newton's method on two parameters). A slope that is not positive would reverse the ranking
+    the logits were fitted for: that is an error, not a calibration."""
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    a, b = 1.0, 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -50, 50)))
+        w = p * (1 - p) + 1e-12
+        g = np.array([np.sum((p - y) * z), np.sum(p - y)])
+        h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-9 * np.eye(2)
+        da, db = np.linalg.solve(h, g)
+        a, b = a - da, b - db
+        if abs(da) < 1e-10 and abs(db) < 1e-10:
+            break
+    if not a > 0:
+        raise ValueError(f"calibration slope {a:.3g} is not positive: the logits rank the outcomes backwards")
+    return float(a), float(b)

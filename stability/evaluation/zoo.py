@@ -81,10 +81,14 @@ class ZooRun:
     """Steps whose batch is a repeated n-gram (nanoGPT only)."""
     blowup: float = 3.0
     """The run stops once its loss stayed above this multiple of its first loss (or non-finite) for 10 steps."""
+    long: bool = False
+    """A long calm control (`LONG_CALM`): the recipe's safe settings for three times the steps, at its batch size
+    or a smaller one, so the loss flattens out and its batch noise shows."""
 
     @property
     def name(self) -> str:
-        return f"{self.recipe}-{'calm' if self.calm else 'unstable'}-s{self.seed}"
+        kind = "unstable" if not self.calm else "calm-long" if self.long else "calm"
+        return f"{self.recipe}-{kind}-s{self.seed}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -168,6 +172,17 @@ UNPREDICTABLE = ("bad_batches",)
 """Mechanisms no past-only signal can lead by construction: scored and reported apart."""
 
 
+LONG_CALM = {TUNE: (100, 101, 102), HELDOUT: (110, 111, 112), FRESH: (120, 121, 122)}
+"""Seeds of the long calm controls, and the batch divisor of each (1, 2, 4: the recipe's batch, half, a quarter).
+The calm controls above are as long as the unstable runs (250-300 steps), and their loss is still falling steeply
+when they end, so a statistic of the loss standing above its recent mean (`loss_sigma`) never fires on them; a
+real run spends most of its steps on a slowly falling, noisy loss. These run 900 steps at the recipe's safe
+settings, the loss flattening out, at three levels of batch noise (the committed sample runs, 8 x 64 tokens and
+800 steps, are where `loss_sigma` showed its cost). FP16 recipes have none: FP16 is ~30x slower per FLOP on a CPU."""
+LONG_STEPS = 900
+LONG_BATCH_DIV = (1, 2, 4)
+
+
 def zoo_runs() -> list[ZooRun]:
     runs = []
     for mech, recipe, split, base, unstable, calm in RECIPES:
@@ -175,6 +190,12 @@ def zoo_runs() -> list[ZooRun]:
             runs.append(ZooRun(mech, recipe, split, seed=seed, **base, **unstable))
         for seed in CALM_SEEDS[split]:
             runs.append(ZooRun(mech, recipe, split, calm=True, seed=seed, **base, **calm))
+        if base.get("precision") == "fp16":
+            continue
+        for seed, div in zip(LONG_CALM[split], LONG_BATCH_DIV):
+            settings = {**base, **calm, "steps": LONG_STEPS}
+            settings["batch_size"] = settings.get("batch_size", ZooRun.batch_size) // div
+            runs.append(ZooRun(mech, recipe, split, calm=True, seed=seed, long=True, **settings))
     return runs
 
 

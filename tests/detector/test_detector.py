@@ -421,6 +421,24 @@ def test_fit_logistic_recovers_known_coefficients():
     assert fit_logistic(X, y2, l2=0.0, iters=5000)[1][1] == 0.0
 
 
+def test_fit_platt_recovers_a_known_recalibration():
+    """Outcomes drawn at sigmoid(0.5 z - 1) for logits z: the recalibration recovers slope and shift; logits that
+    rank the outcomes backwards are refused instead of being flipped."""
+    from stability.detector.risk import fit_platt
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(0.0, 3.0, 40000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))).astype(float)
+    a, b = fit_platt(z, y)
+    assert a == pytest.approx(0.5, abs=0.03) and b == pytest.approx(-1.0, abs=0.05)
+    # Already calibrated logits stay as they are.
+    y1 = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(float)
+    a1, b1 = fit_platt(z, y1)
+    assert a1 == pytest.approx(1.0, abs=0.05) and b1 == pytest.approx(0.0, abs=0.05)
+    with pytest.raises(ValueError, match="not positive"):
+        fit_platt(-z, y)
+
+
 def test_config_is_checked():
     with pytest.raises(ValueError):
         DetectorConfig(evidence={"window": 2})

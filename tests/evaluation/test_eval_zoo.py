@@ -12,7 +12,7 @@ from stability.detector.labeller import Incident
 from stability.evaluation.buildup import BUILD_UP, INJECTED, SUDDEN, BuildUpConfig, incident_kind
 from stability.evaluation.language import entropy_rate, markov_stream
 from stability.evaluation.series import RunSeries
-from stability.evaluation.zoo import MANIFEST, ZOO, ZOO_FILE, ZooRun, load_zoo
+from stability.evaluation.zoo import MANIFEST, RECIPES, ZOO, ZOO_FILE, ZooRun, load_zoo
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ZOO_DIR = DATA / "zoo"
@@ -92,6 +92,26 @@ def test_recipes_split_by_recipe_and_seed():
     assert not {shape(r) for r in fresh} & {shape(r) for r in ZOO if r.split != "fresh"}
     # ... and an architecture no choice of the detector looked at.
     assert {r.arch for r in fresh} == {"glm", "nanogpt", "llama"}
+
+
+def test_long_calm_controls_in_every_split_at_three_batch_noise_levels():
+    """Every fp32 recipe of every split has calm controls that run three times as long as its unstable runs, at its
+    batch size, half and a quarter of it, at its safe settings; their seeds are their split's own."""
+    for mech, recipe, split, base, _unstable, calm in RECIPES:
+        short = [r for r in ZOO if r.recipe == recipe and r.calm and not r.long]
+        long = sorted((r for r in ZOO if r.recipe == recipe and r.long), key=lambda r: r.seed)
+        if base.get("precision") == "fp16":
+            assert not long
+            continue
+        assert [r.batch_size for r in long] == [short[0].batch_size, short[0].batch_size // 2, short[0].batch_size // 4]
+        assert all(r.calm and r.steps == 3 * short[0].steps == 900 and r.name.endswith(f"calm-long-s{r.seed}")
+                   for r in long)
+        # Safe settings: the same as the short calm controls but for steps and batch.
+        assert {(r.lr, r.grad_clip, r.qk_layernorm, r.z_loss, r.betas, r.eps, r.ramp) for r in long} == \
+            {(short[0].lr, short[0].grad_clip, short[0].qk_layernorm, short[0].z_loss, short[0].betas, short[0].eps,
+              short[0].ramp)}
+        other = {r.seed for r in ZOO if r.split != split}
+        assert not {r.seed for r in long} & other
 
 
 @pytest.mark.slow
