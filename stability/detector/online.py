@@ -1,10 +1,11 @@
 """The online spike detector: sees one logged step at a time, never the future.
 
-Version 2 weighs evidence instead of OR-ing thresholds. Each logged step, `Evidence` turns the metrics into six
-robust, past-only features (how far the gradient norm (total or embedding), the attention-score maximum and the
-loss sit above each signal's own trailing history, how steadily the gradient norm and the attention maximum
-have been growing, and whether the gradient norm grows while the loss stops falling); a monotone logistic model
-(`RiskModel`, fitted on the tuning split of the instability zoo) turns them into a **calibrated spike risk**: the
+Version 2 weighs evidence instead of OR-ing thresholds. Each logged step, `Evidence` turns the metrics into seven
+past-only features (how far the gradient norm (total or embedding), the attention-score maximum and the loss sit
+above each signal's own trailing history, how steadily the gradient norm and the attention maximum have been
+growing, whether the gradient norm grows while the loss stops falling, and how many standard deviations the loss
+stands above the mean of its last 128 values); a monotone logistic model (`RiskModel`, fitted on the tuning split
+of the instability zoo and calibrated on it) turns them into a **calibrated spike risk**: the
 probability of a labelled loss-spike onset within the next H = 50 steps. An alert is raised when the risk reaches
 the tuned threshold, through the same `AlertGate` (cooldown + hysteresis) every method in the evaluation uses.
 Non-finite losses, and non-finite gradients without a loss scaler, are critical at once.

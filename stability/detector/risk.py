@@ -3,9 +3,11 @@
 A logistic regression over the evidence features (`stability.detector.evidence`), every weight constrained to be
 >= 0 (monotone: more evidence never lowers the risk), with a small L2 penalty. Fitted offline on the tuning
 split of the instability zoo by `stability eval --fit` (numpy only: a projected Newton-free gradient method is
-plenty for eight parameters), and shipped as `risk_model.json` next to this file. Being a maximum-likelihood fit
-of the event frequency, its output is calibrated on the data it was fitted on; `stability eval` reports the
-reliability table (predicted vs observed per bin) on the held-out split.
+plenty for eight parameters), and shipped as `risk_model.json` next to this file. The weights are fitted on the
+zoo's short runs (they rank the steps better), then one slope and one shift of the logit (`fit_platt`) on every
+tuning run, long flat calm controls included, so that the probability is calibrated on runs that mostly sit on a
+flat, noisy loss; the shipped model folds both into one intercept and one weight per feature. `stability eval`
+reports the reliability table (predicted vs observed per bin) on the held-out split.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from stability.reference.session import SessionOptions, build_trainer
 from tests.alerting.test_alerting_webhook import RecordingServer, validate
 
 RAMP_FROM = 60        # the learning rate grows 20 % a step from here (a schedule gone wrong): the run blows up
-RISK_THRESHOLD = 0.15
+RISK_THRESHOLD = 0.083
 
 
 class RampAndClock:
@@ -72,8 +72,8 @@ def test_spiking_reference_run_pages_before_the_spike_and_exports_the_risk():
     trainer = build_trainer(cfg, SessionOptions(store=None, monitor=True, detect=True, progress=False,
                                                 policies=[hooks], notifier=notifier))
     # This tests the alerting path, not the detector's operating point (`stability eval` measures that): a
-    # sensitive threshold of risk 0.15 (the risk stays at most 0.143 up to step 86, reaches 0.151 at step 87, three
-    # steps before the spike at 90; the shipped 0.991 does not page in these 95 steps), and a 20-step gate cooldown.
+    # sensitive threshold of risk 0.083 (the risk stays at most 0.081 up to step 86, reaches 0.085 at step 87, three
+    # steps before the spike at 90; the shipped 0.932 does not page in these 95 steps), and a 20-step gate cooldown.
     trainer.detector = OnlineDetector(DetectorConfig(risk_threshold=RISK_THRESHOLD, gate=GateConfig(cooldown=20)))
     scraper = Scraper(notifier.metrics_url)
     hooks.scraper = scraper
