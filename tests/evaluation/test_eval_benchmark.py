@@ -335,3 +335,40 @@ def test_nested_threshold_protocols_never_pick_on_the_left_out_recipe():
     assert second["folds"][1:] != first["folds"][1:]
     pooled = first["pooled"]["2"]["methods"]
     assert set(pooled) == {"in_sample", "out_of_fold"} and "out_of_fold_minus_recall_ci" in pooled["in_sample"]
+
+
+@committed
+def test_risk_weights_rank_on_the_short_runs_and_the_calibration_uses_every_tuning_run():
+    """`--fit`'s two steps, checked from their definitions on the committed tuning split: the shipped weights are
+    a positive multiple of the maximum-likelihood weights fitted without the long calm controls (a calibration
+    changes the scale of the logit, not the ranking), and the calibration's shift solves its score equation on
+    every zoo tuning run, the long calm controls included: the risks sum to the number of onsets that follow."""
+    from stability.detector.evidence import FEATURES
+    from stability.detector.risk import fit_logistic
+    from stability.evaluation.benchmark import GRAD_PRIOR_Z, _ignore, fit_model, targets
+    from stability.evaluation.buildup import BUILD_UP
+
+    runs = [r for r in load_runs(ZOO_DIR, None) if r.meta.get("split") == "tune"]
+    cases, kinds = prepare_cases(runs, 50)
+    evid = {c.series.name: evidence_matrix(c.series) for c in cases}
+    ign = _ignore(cases, kinds, {BUILD_UP, "sudden"})
+    model = fit_model(cases, evid, ign, 50)
+    rows = {True: ([], []), False: ([], [])}  # long calm control or not -> (X, y)
+    for c in cases:
+        X, crit, _ = evid[c.series.name]
+        use, y = targets(c, 50, ign[c.series.name])
+        use &= ~crit
+        long = "-calm-long-" in c.series.name
+        rows[long][0].append(X[use])
+        rows[long][1].append(y[use])
+    assert rows[True][0] and rows[False][0]
+    Xs, ys = np.vstack(rows[False][0]), np.concatenate(rows[False][1])
+    _, w = fit_logistic(Xs, ys, l2=1e-3, even_odds_at={FEATURES.index("grad_z"): float(np.log1p(GRAD_PRIOR_Z))})
+    shipped = np.array([model.weights[k] for k in FEATURES])
+    slope = model.fitted_on["calibration"]["slope"]
+    assert 0 < slope and np.allclose(shipped, slope * w, atol=2e-6)
+    X = np.vstack(rows[False][0] + rows[True][0])
+    y = np.concatenate(rows[False][1] + rows[True][1])
+    p = 1 / (1 + np.exp(-(model.intercept + X @ shipped)))
+    assert model.fitted_on["calibration"]["rows"] == len(y) > model.fitted_on["rows"] == len(ys)
+    assert abs(p.sum() - y.sum()) < 1e-3 * len(y)
