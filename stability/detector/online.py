@@ -191,7 +191,9 @@ class OnlineDetector:
             signal = EMB_SIGNAL
         self.scores = {signal: self.score}
         what = (f"total and embedding gradient norms both {self.cfg.agree_z:g}+ robust sigmas above their recent "
-                "history") if self.surge == "agree_z" else None
+                "history") if self.surge == "agree_z" else (
+            f"loss standing above the mean of its last {self.cfg.evidence.sigma_window} values"
+            if signal == "loss_sigma" else None)
         alert = self.gate.update(step, self.score, signal, message=_message(signal, self.risk, what))
         return [alert] if alert else []
 
@@ -229,6 +231,5 @@ def _message(signal: str, risk: float, what: str | None = None) -> str:
         "grad_norm_rise": "total gradient norm growing steadily",
         "attn_max_rise": "attention-score maximum growing steadily",
         "grad_loss_rise": "total gradient norm growing while the loss stops falling",
-        "loss_sigma": "loss standing above the mean of its last 128 values",
     }.get(signal, signal)
     return f"{what}: spike risk {risk:.0%} within 50 steps"

@@ -636,3 +636,16 @@ def test_loss_sigma_against_its_definition():
     legacy = Evidence()
     legacy.load_state_dict(old)
     assert legacy.update({"loss": float(loss[251])})["loss_sigma"] == 0.0
+
+
+def test_loss_sigma_alert_names_the_configured_window():
+    """The alert says over how many values the loss stands above its mean: the configured `sigma_window`."""
+    from stability.detector import DetectorConfig, OnlineDetector
+
+    rng = np.random.default_rng(5)
+    loss = 2.0 + 0.01 * rng.standard_normal(120)
+    loss[110:] += 0.5                                   # a flat loss jumps
+    for window, want in ((64, "last 64 values"), (128, "last 128 values")):
+        det = OnlineDetector(DetectorConfig(evidence={"sigma_window": window}, risk_threshold=0.3))
+        alerts = [a for t, x in enumerate(loss) for a in det.update(t, {"loss": float(x)})]
+        assert alerts and alerts[0].signal == "loss_sigma" and want in alerts[0].message, alerts
