@@ -268,11 +268,16 @@ def format_benchmark(result: dict) -> str:
     lines += _calm_control_table(methods, [s for s in ("heldout", "fresh") if s in sp])
     lines += _noise_table(result.get("noise") or {})
     rel = result["reliability"]
-    lines += ["", (f"Reliability of the risk on the held-out split (base rate {rel['heldout_summary']['base_rate']}, "
-                   f"Brier {rel['heldout_summary']['brier']})"), "", "| risk bin | steps | mean predicted | observed |",
-              "|---|---|---|---|"]
-    for r in rel["heldout"]:
-        lines.append(f"| {r['bin'][0]:g}-{r['bin'][1]:g} | {r['steps']} | {_f(r['predicted'])} | {_f(r['observed'])} |")
+    for split, label in (("heldout", "held-out"), ("fresh", "fresh")):
+        if split not in rel:
+            continue
+        summary = rel[split + "_summary"]
+        lines += ["", (f"Reliability of the risk on the {label} split (base rate {summary['base_rate']}, "
+                       f"Brier {summary['brier']})"), "", "| risk bin | steps | mean predicted | observed |",
+                  "|---|---|---|---|"]
+        for r in rel[split]:
+            lines.append(f"| {r['bin'][0]:g}-{r['bin'][1]:g} | {r['steps']} | {_f(r['predicted'])} | "
+                         f"{_f(r['observed'])} |")
     sd = result.get("slow_drift_realworld")
     if sd:
         lines += ["", (f"Mechanism 8, slow drift: {len(sd['runs'])} real W&B runs (loss every 10 steps, grad norm every "

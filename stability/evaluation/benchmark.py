@@ -433,6 +433,7 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     result_noise = noise(parts, scored, result_methods, gate, horizon, ign_build)
     rel, rel_summary = reliability(parts[HELDOUT], evid, ign_fit, model, horizon)
     rel_tune, rel_tune_summary = reliability(parts[TUNE], evid, ign_fit, model, horizon)
+    rel_fresh = reliability(parts[FRESH], evid, ign_fit, model, horizon) if parts[FRESH] else None
     kinds_count = {}
     for s in (TUNE, *scored):
         kinds_count[s] = {}
@@ -458,7 +459,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
         "recovery_bad_batches_heldout": _recovery([c for c in parts[HELDOUT] if mech[c.series.name] in UNPREDICTABLE]),
         "detector": {**result_methods.pop(DETECTOR), "model": model.to_dict()},
         "baselines": result_methods,
-        "reliability": {HELDOUT: rel, "heldout_summary": rel_summary, TUNE: rel_tune, "tune_summary": rel_tune_summary},
+        "reliability": {HELDOUT: rel, "heldout_summary": rel_summary, TUNE: rel_tune, "tune_summary": rel_tune_summary,
+                        **({FRESH: rel_fresh[0], "fresh_summary": rel_fresh[1]} if rel_fresh else {})},
         "noise": result_noise,
     }
     result["targets"] = _targets(result)
