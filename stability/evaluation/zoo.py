@@ -180,7 +180,9 @@ The calm controls above are as long as the unstable runs (250-300 steps), and th
 when they end, so a statistic of the loss standing above its recent mean (`loss_sigma`) never fires on them; a
 real run spends most of its steps on a slowly falling, noisy loss. These run 900 steps at the recipe's safe
 settings, the loss flattening out, at three levels of batch noise (the committed sample runs, 8 x 64 tokens and
-800 steps, are where `loss_sigma` showed its cost). FP16 recipes have none: FP16 is ~30x slower per FLOP on a CPU."""
+800 steps, are where `loss_sigma` showed its cost). FP16 recipes have none here, left out on a cost estimate (FP16
+is ~30x slower per FLOP on a CPU) that their tiny shapes proved wrong: measured apart
+(`docs/experiments/fp16_long_calm.py`, 7-21 s a run), the shipped detector pages once in their 10,800 steps."""
 LONG_STEPS = 900
 LONG_BATCH_DIV = (1, 2, 4)
 
