@@ -95,13 +95,16 @@ def test_recipes_split_by_recipe_and_seed():
 
 
 def test_long_calm_controls_in_every_split_at_three_batch_noise_levels():
-    """Every recipe of every split has calm controls that run three times as long as its unstable runs, at its batch
-    size, half and a quarter of it, at its safe settings; their seeds are their split's own."""
+    """Every fp32 recipe of every split has calm controls that run three times as long as its unstable runs, at its
+    batch size, half and a quarter of it, at its safe settings; their seeds are their split's own."""
     for mech, recipe, split, base, _unstable, calm in RECIPES:
         short = [r for r in ZOO if r.recipe == recipe and r.calm and not r.long]
         long = sorted((r for r in ZOO if r.recipe == recipe and r.long), key=lambda r: r.seed)
+        if base.get("precision") == "fp16":
+            assert not long
+            continue
         assert [r.batch_size for r in long] == [short[0].batch_size, short[0].batch_size // 2, short[0].batch_size // 4]
-        assert all(r.calm and r.steps == 3 * short[0].steps and r.name.endswith(f"calm-long-s{r.seed}")
+        assert all(r.calm and r.steps == 3 * short[0].steps == 900 and r.name.endswith(f"calm-long-s{r.seed}")
                    for r in long)
         # Safe settings: the same as the short calm controls but for steps and batch.
         assert {(r.lr, r.grad_clip, r.qk_layernorm, r.z_loss, r.betas, r.eps, r.ramp) for r in long} == \
