@@ -108,6 +108,21 @@ def test_in_the_unprotected_run_an_alert_comes_before_the_labelled_spike():
     assert [s for s in alerts if onset - 50 <= s < onset], (onset, alerts)
 
 
+def test_no_calm_sample_run_gets_more_than_one_alert_from_the_shipped_detector():
+    """Issue #14's target on the committed sample runs: every run without a labelled spike (`stability spikes`
+    finds none) and without a rollback (whose abandoned branch did spike) gets at most one alert from the shipped
+    detector replayed over it (`stability detect`, shipped settings). A threshold re-picked on a different benchmark
+    has broken this before (0.903 paged `post-s0` twice)."""
+    store, calm = RunStore(SAMPLES), {}
+    for r in sr.PLAN:
+        if store.rewinds(r.name):
+            continue
+        if not _json_cli(["spikes", r.name, "--store", str(SAMPLES), "--json"])["spikes"]:
+            calm[r.name] = [a["step"] for a in _json_cli(["detect", r.name, "--store", str(SAMPLES), "--json"])["alerts"]]
+    assert len(calm) >= 10, sorted(calm)
+    assert all(len(steps) <= 1 for steps in calm.values()), calm
+
+
 def test_replaying_the_protected_run_gives_the_alerts_it_raised_while_training():
     """The protected run rolled back twice; `stability detect` replays it as trained (each abandoned branch up to its
     rollback, then the detector state the rollback restored) and finds the alerts the live run recorded, in the
