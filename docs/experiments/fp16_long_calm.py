@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stability.commands.detect import _risk_summary, replay
 from stability.detector import OnlineDetector
-from stability.detector.alert import AlertGate, GateConfig
+from stability.detector.alert import GateConfig
 from stability.evaluation import zoo as Z
 from stability.evaluation.benchmark import peer_factories
+from stability.evaluation.evaluate import gate_alerts, trace
 
 SEEDS = (130, 131, 132)
 
@@ -34,20 +36,15 @@ def fp16_long_calm_runs() -> list:
     return runs
 
 
-def replay(series) -> dict:
-    det, alerts, risks = OnlineDetector(), [], []
-    monitor = peer_factories(GateConfig(threshold=1.0))["olmo_core_monitor"](series)
-    gate, monitor_alerts = AlertGate(GateConfig(threshold=1.0)), 0
-    for step, rec in zip(series.steps.tolist(), series.records):
-        alerts += [(a.step, a.signal) for a in det.update(step, rec)]
-        risks.append(det.risk)
-        monitor.update(step, rec)
-        if monitor.scores:
-            sig = max(monitor.scores, key=monitor.scores.get)
-            monitor_alerts += gate.update(step, monitor.scores[sig], sig) is not None
-    r = np.array(risks)
-    return {"steps": len(r), "alerts": alerts, "p99": round(float(np.quantile(r, 0.99)), 3),
-            "above_half": int((r > 0.5).sum()), "monitor_alerts": monitor_alerts}
+def run_once(series) -> dict:
+    """The shipped detector replayed as `stability detect` replays a run, and OLMo-core's monitor through a gate of
+    its own at its published rule."""
+    risks: list[float] = []
+    alerts = [(a.step, a.signal) for a, _ in replay(OnlineDetector(), series, risks)]
+    gate = GateConfig(threshold=1.0)
+    monitor = trace(peer_factories(gate)["olmo_core_monitor"](series), series)
+    return {"steps": len(risks), "alerts": alerts, "risk": _risk_summary(risks),
+            "monitor_alerts": len(gate_alerts(monitor, gate))}
 
 
 def main(out: Path):
@@ -55,11 +52,12 @@ def main(out: Path):
         Z.generate(out, fp16_long_calm_runs(), jobs=2)
     total = {"steps": 0, "alerts": 0, "monitor": 0}
     for series in Z.load_zoo(out):
-        got = replay(series)
+        got = run_once(series)
         skipped = series.column("skipped_step")[1] if "skipped_step" in series.keys() else np.zeros(0)
         print(f"{series.name}: batch {series.meta['config']['batch_size']}, {got['steps']} steps, "
               f"{int(np.nansum(skipped))} skipped by the scaler; detector alerts {got['alerts']}, risk p99 "
-              f"{got['p99']}, {got['above_half']} steps above 0.5; OLMo-core monitor alerts {got['monitor_alerts']}")
+              f"{got['risk']['p99']}, {got['risk']['steps_above_half']} steps above 0.5; OLMo-core monitor alerts "
+              f"{got['monitor_alerts']}")
         total["steps"] += got["steps"]
         total["alerts"] += len(got["alerts"])
         total["monitor"] += got["monitor_alerts"]

@@ -190,10 +190,12 @@ class OnlineDetector:
         if top == "grad_z" and self.evidence.grad_source == "embedding":
             signal = EMB_SIGNAL
         self.scores = {signal: self.score}
-        what = (f"total and embedding gradient norms both {self.cfg.agree_z:g}+ robust sigmas above their recent "
-                "history") if self.surge == "agree_z" else (
-            f"loss standing above the mean of its last {self.cfg.evidence.sigma_window} values"
-            if signal == "loss_sigma" else None)
+        what = None  # the signal's standing text (`_message`), but where it depends on the settings
+        if self.surge == "agree_z":
+            what = (f"total and embedding gradient norms both {self.cfg.agree_z:g}+ robust sigmas above their recent "
+                    "history")
+        elif signal == "loss_sigma":
+            what = f"loss standing above the mean of its last {self.cfg.evidence.sigma_window} values"
         alert = self.gate.update(step, self.score, signal, message=_message(signal, self.risk, what))
         return [alert] if alert else []
 

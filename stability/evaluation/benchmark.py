@@ -219,15 +219,10 @@ def fit_model(cases: list[Case], evid: dict[str, tuple], ignore: dict[str, list]
 
 def reliability(cases: list[Case], evid: dict, ignore: dict, model: RiskModel, horizon: int,
                 bins=RELIABILITY_BINS) -> list[dict]:
-    """Predicted risk vs observed frequency of an onset within H steps, per bin of predicted risk."""
-    p_all, y_all = [], []
-    for c in cases:
-        X, crit, _ = evid[c.series.name]
-        use, y = targets(c, horizon, ignore[c.series.name])
-        use &= ~crit
-        p_all.append(risk_of(model, X)[use])
-        y_all.append(y[use])
-    p, y = np.concatenate(p_all), np.concatenate(y_all)
+    """Predicted risk vs observed frequency of an onset within H steps, per bin of predicted risk (the rows the
+    model is fitted and calibrated on: `_rows`)."""
+    X, y = _rows(cases, evid, ignore, horizon)
+    p = risk_of(model, X)
     out = []
     for lo, hi in zip(bins[:-1], bins[1:]):
         m = (p >= lo) & ((p < hi) if hi < 1 else (p <= hi))
