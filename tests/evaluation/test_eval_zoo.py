@@ -12,7 +12,7 @@ from stability.detector.labeller import Incident
 from stability.evaluation.buildup import BUILD_UP, INJECTED, SUDDEN, BuildUpConfig, incident_kind
 from stability.evaluation.language import entropy_rate, markov_stream
 from stability.evaluation.series import RunSeries
-from stability.evaluation.zoo import MANIFEST, RECIPES, ZOO, ZOO_FILE, ZooRun, load_zoo
+from stability.evaluation.zoo import MANIFEST, RECIPES, UNPREDICTABLE, ZOO, ZOO_FILE, ZooRun, load_zoo
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ZOO_DIR = DATA / "zoo"
@@ -79,6 +79,9 @@ def test_recipes_split_by_recipe_and_seed():
         for split in ("tune", "heldout"):
             assert any(r.mechanism == m and r.split == split and r.calm for r in ZOO)
             assert any(r.mechanism == m and r.split == split and not r.calm for r in ZOO)
+    # Two tuning recipes per predictable mechanism, so the risk's weights are not fitted to one recipe each.
+    for m in mechs - set(UNPREDICTABLE):
+        assert len({r.recipe for r in ZOO if r.mechanism == m and r.split == "tune"}) == 2, m
     assert {r.arch for r in ZOO if r.split != "fresh"} == {"glm", "nanogpt"}
     assert {r.data for r in ZOO} == {"cpython", "markov"}
     assert len({r.name for r in ZOO}) == len(ZOO)
