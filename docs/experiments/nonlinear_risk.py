@@ -54,11 +54,11 @@ print(f"runs {len(runs)}; tune {len(parts[TUNE])} heldout {len(parts[HELDOUT])} 
 
 
 # -- the trace: detector_trace with any risk -----------------------------------------------------------------------
-def risk_trace(risk, X, crit, agree, steps):
+def risk_trace(risk, X, crit, nets, steps):
     """As `detector_trace`: surge nets (shipped surge_z / agree_z) set the score to 1.0, critical flags give
     NONFINITE_SCORE; every step is active (detector_trace's signals are never empty)."""
     cfg = DetectorConfig()
-    level, agreed = surge_nets(X[:, FEATURES.index("grad_z")], agree, cfg.surge_z, cfg.agree_z)
+    level, agreed = surge_nets(nets[:, 0], nets[:, 1], cfg.surge_z, cfg.agree_z)
     risk = np.where(level | agreed, 1.0, risk)
     scores = np.where(crit, NONFINITE_SCORE, risk)
     signals = ["nonfinite" if c else "risk" for c in crit]
@@ -132,8 +132,8 @@ if len(sys.argv) > 1:
 
 def put(cs, key, predict):
     for c in cs:
-        X, crit, agree = evid[c.series.name]
-        c.traces[key] = risk_trace(predict(X), X, crit, agree, c.series.steps)
+        X, crit, nets = evid[c.series.name]
+        c.traces[key] = risk_trace(predict(X), X, crit, nets, c.series.steps)
 
 
 def summ(cs, key, thr):
@@ -200,8 +200,8 @@ results = {}
 # 1. the shipped model through the package's own trace (baseline to reproduce)
 sm = shipped_model()
 for c in cases:
-    X, crit, agree = evid[c.series.name]
-    c.traces["shipped"] = B.detector_trace(sm, X, crit, agree, c.series.steps)
+    X, crit, nets = evid[c.series.name]
+    c.traces["shipped"] = B.detector_trace(sm, X, crit, nets, c.series.steps)
 t = tuned("shipped")
 print(f"\n== shipped linear (detector_trace)  [{time.time()-T0:.0f}s]")
 for b in B.BUDGETS:

@@ -54,6 +54,8 @@ FEATURES = ("grad_z", "attn_z", "loss_z", "grad_rise", "attn_rise", "grad_loss_r
 _SIGNALS = ("grad", "emb", "attn", "loss")
 _AGREE = "grad_agree"
 """Held like a feature (a metric logged less often keeps it), kept out of FEATURES: see `Evidence.agreement`."""
+_SURGE = "grad_surge"
+"""The same for `Evidence.surge`."""
 _RISES = ("grad", "attn")
 MAX_RISE = 5.0
 """Rises are capped (log units: 150x): past that a run has diverged, and the fit needs bounded features."""
@@ -94,6 +96,12 @@ class EvidenceConfig:
     sigma_window: int = 128
     """Previous logged losses in the mean and standard deviation of `loss_sigma` (OLMo-core's published window;
     50 and 256 did worse in leave-one-recipe-out on the tuning split: 30 and 22 of 51 within 10 against 38)."""
+    surge_emb_share: float = 0.01
+    """The embedding gradient's elevation counts for the detector's surge nets (`Evidence.surge`, `agreement`) only
+    while its norm is at least this fraction of the total gradient norm (0 = always). A Post-LN run stuck on the
+    unigram plateau has a dead embedding whose gradient norm sits near 1e-9 and jumps a thousandfold on a rare
+    token: hundreds of robust sigmas that move nothing, since the embedding then carries a millionth of the update.
+    GLM-130B's surges came from an embedding whose gradient dominated the total. The risk's `grad_z` is unchanged."""
 
     def __post_init__(self):
         if self.window < 4 or not 2 <= self.min_history <= self.window:
@@ -110,6 +118,8 @@ class EvidenceConfig:
             raise ValueError(f"hold must be >= 0, got {self.hold}")
         if self.sigma_window < self.min_history:
             raise ValueError(f"sigma_window must be >= min_history, got {self.sigma_window}")
+        if not 0 <= self.surge_emb_share < 1:
+            raise ValueError(f"surge_emb_share must be in [0, 1), got {self.surge_emb_share}")
         if self.trend_window < 3 or not self.agree_scale > 0:
             raise ValueError(f"trend_window must be >= 3 and agree_scale > 0, got {self.trend_window}, "
                              f"{self.agree_scale}")
@@ -185,8 +195,14 @@ class Evidence:
         """Which gradient norm set `grad_z` at the last update: `total` or `embedding`."""
         self.agreement = 0.0
         """The smaller of the total and the embedding gradient norm's elevations (log(1 + z), as `grad_z`) at the
-        last update: how far *both* stand above their histories (0 unless both are logged). Not a feature of the
-        risk: the detector's surge net reads it (`DetectorConfig.agree_z`)."""
+        last update: how far *both* stand above their histories (0 unless both are logged, or while the embedding's
+        norm is below `surge_emb_share` of the total). Not a feature of the risk: the detector's surge net reads it
+        (`DetectorConfig.agree_z`)."""
+        self.surge = 0.0
+        """The gradient elevation the single-norm surge net reads (`DetectorConfig.surge_z`): `grad_z`, but with the
+        embedding's elevation left out while its norm is below `surge_emb_share` of the total."""
+        self.surge_source = "total"
+        """Which gradient norm set `surge` at the last update."""
 
     def update(self, metrics: dict[str, float]) -> dict[str, float]:
         f: dict[str, float] = {}
@@ -216,8 +232,13 @@ class Evidence:
             rise = self._t["grad"].rise
             f["grad_loss_rise"] = math.log1p(max(0.0, min(rise, MAX_RISE, self.cfg.agree_scale * trend)))
         emb = f.pop("emb_z", None)
-        if emb is not None and "grad_z" in f:
+        emb_counts = emb is not None and self._emb_share_ok(metrics)
+        if emb_counts and "grad_z" in f:
             f[_AGREE] = min(emb, f["grad_z"])
+        if emb_counts and emb > f.get("grad_z", -1.0):
+            f[_SURGE], self.surge_source = emb, "embedding"
+        elif "grad_z" in f:
+            f[_SURGE], self.surge_source = f["grad_z"], "total"
         if emb is not None and emb > f.get("grad_z", -1.0):
             f["grad_z"], self.grad_source = emb, "embedding"
         elif "grad_z" in f:
@@ -233,7 +254,16 @@ class Evidence:
             else:
                 f.setdefault(name, v)
         self.agreement = f.get(_AGREE, 0.0)
+        self.surge = f.get(_SURGE, 0.0)
         return {name: f.get(name, 0.0) for name in FEATURES}
+
+    def _emb_share_ok(self, metrics: dict[str, float]) -> bool:
+        """The embedding gradient norm is at least `surge_emb_share` of the total at this step (true where either
+        norm is missing or not finite: then there is no share to judge)."""
+        emb, total = metrics.get(K_EMB), metrics.get(K_TOTAL)
+        if emb is None or total is None or not (math.isfinite(emb) and math.isfinite(total)) or total <= 0:
+            return True
+        return emb >= self.cfg.surge_emb_share * total
 
     def _loss_trend(self) -> float | None:
         """How far the least-squares line through the last `trend_window` log losses rose over them (log units),

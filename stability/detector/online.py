@@ -180,14 +180,16 @@ class OnlineDetector:
             return [alert] if alert else []
         contrib = self.model.contributions(f)
         self.risk = self.model.probability(f)
-        level, agreed = surge_nets(f["grad_z"], ablated_agreement(self.evidence.agreement, self.cfg.disabled),
+        level, agreed = surge_nets(ablated_agreement(self.evidence.surge, self.cfg.disabled),
+                                   ablated_agreement(self.evidence.agreement, self.cfg.disabled),
                                    self.cfg.surge_z, self.cfg.agree_z)
         self.surge = "surge_z" if level else "agree_z" if agreed else ""
         self.score = max(self.risk / self.threshold, 1.0 if self.surge else 0.0)
         top = max(contrib, key=contrib.get) if contrib and max(contrib.values()) > 0 else ""
         top = "grad_z" if self.surge else top
         signal = SIGNAL_OF.get(top, "risk")
-        if top == "grad_z" and self.evidence.grad_source == "embedding":
+        source = self.evidence.surge_source if self.surge else self.evidence.grad_source
+        if top == "grad_z" and source == "embedding":
             signal = EMB_SIGNAL
         self.scores = {signal: self.score}
         what = None  # the signal's standing text (`_message`), but where it depends on the settings
@@ -211,16 +213,16 @@ class OnlineDetector:
         self.last_step = state["last_step"]
 
 
-def surge_nets(grad_z, agreement, surge_z: float, agree_z: float):
-    """(the single-norm net fires, the agreement net fires): the gradient elevation feature (log(1 + z)) at or above
-    `surge_z` robust sigmas; the total and the embedding gradient norm both at or above `agree_z`
+def surge_nets(surge, agreement, surge_z: float, agree_z: float):
+    """(the single-norm net fires, the agreement net fires): the gradient elevation (log(1 + z), `Evidence.surge`)
+    at or above `surge_z` robust sigmas; the total and the embedding gradient norm both at or above `agree_z`
     (`Evidence.agreement`, in the same units). 0 turns a net off. Elementwise for arrays (the evaluation's traces)."""
-    return (grad_z >= math.log1p(surge_z)) & (surge_z > 0), (agreement >= math.log1p(agree_z)) & (agree_z > 0)
+    return (surge >= math.log1p(surge_z)) & (surge_z > 0), (agreement >= math.log1p(agree_z)) & (agree_z > 0)
 
 
 def ablated_agreement(agreement, disabled):
-    """The agreement is the gradient's elevation too: an ablation without `grad_z` goes without it (a float or an
-    array, kept as it is otherwise)."""
+    """The surge nets' inputs are the gradient's elevation too: an ablation without `grad_z` goes without them (a
+    float or an array, kept as it is otherwise)."""
     return agreement * 0 if "grad_z" in disabled else agreement
 
 

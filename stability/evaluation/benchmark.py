@@ -99,18 +99,18 @@ def load_runs(zoo_dir: str | Path, suite_dir: str | Path | None) -> list[RunSeri
 # -- evidence and the risk model ---------------------------------------------------------------------------------
 def evidence_matrix(series: RunSeries, cfg: EvidenceConfig | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features per logged step, n x len(FEATURES); critical flags; `Evidence.agreement` per step), exactly as the
-    online detector sees them."""
+    """(features per logged step, n x len(FEATURES); critical flags; the surge nets' inputs per step, n x 2:
+    `Evidence.surge` and `Evidence.agreement`), exactly as the online detector sees them."""
     ev = Evidence(cfg)
     X = np.zeros((len(series), len(FEATURES)))
     crit = np.zeros(len(series), dtype=bool)
-    agree = np.zeros(len(series))
+    nets = np.zeros((len(series), 2))
     for i, rec in enumerate(series.records):
         f = ev.update(rec)
         X[i] = [f[k] for k in FEATURES]
         crit[i] = bool(ev.nonfinite)
-        agree[i] = ev.agreement
-    return X, crit, agree
+        nets[i] = ev.surge, ev.agreement
+    return X, crit, nets
 
 
 def risk_of(model: RiskModel, X: np.ndarray) -> np.ndarray:
@@ -119,7 +119,7 @@ def risk_of(model: RiskModel, X: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
 
 
-def detector_trace(model: RiskModel, X: np.ndarray, crit: np.ndarray, agree: np.ndarray, steps: np.ndarray,
+def detector_trace(model: RiskModel, X: np.ndarray, crit: np.ndarray, nets: np.ndarray, steps: np.ndarray,
                    surge_z: float | None = None, agree_z: float | None = None) -> Trace:
     """The detector's per-step score in risk units (a sweep over the gate threshold is a sweep over the risk);
     where the gradient surge net fires (`DetectorConfig.surge_z`, `agree_z`) the score is 1.0: an alert at any
@@ -129,7 +129,7 @@ def detector_trace(model: RiskModel, X: np.ndarray, crit: np.ndarray, agree: np.
     shipped = DetectorConfig()
     surge_z = shipped.surge_z if surge_z is None else surge_z
     agree_z = shipped.agree_z if agree_z is None else agree_z
-    level, agreed = surge_nets(X[:, FEATURES.index("grad_z")], agree, surge_z, agree_z)
+    level, agreed = surge_nets(nets[:, 0], nets[:, 1], surge_z, agree_z)
     risk = np.where(level | agreed, 1.0, risk)
     contrib = X * w
     top = np.argmax(contrib, axis=1)
@@ -353,8 +353,8 @@ def compare(runs: list[RunSeries], *, horizon: int = 50, model: RiskModel | None
     if fit:
         model = fit_model(parts[TUNE], evid, ign_fit, horizon)
     for c in cases:
-        X, crit, agree = evid[c.series.name]
-        c.traces[DETECTOR] = detector_trace(model, X, crit, agree, c.series.steps)
+        X, crit, nets = evid[c.series.name]
+        c.traces[DETECTOR] = detector_trace(model, X, crit, nets, c.series.steps)
         for name, factory in peers.items():
             c.traces[name] = trace(factory(c.series), c.series)
     if PROTOCOLS[THRESHOLD_PROTOCOL] == DETECTOR_OOF:
@@ -470,10 +470,10 @@ def _planted_surge_traces(model: RiskModel, peers: dict):
     at_model, one = GateConfig(threshold=model.threshold), GateConfig(threshold=1.0)
 
     def traces(series: RunSeries) -> dict:
-        X, crit, agree = evidence_matrix(series)
-        out = {DETECTOR: (detector_trace(model, X, crit, agree, series.steps), at_model)}
+        X, crit, nets = evidence_matrix(series)
+        out = {DETECTOR: (detector_trace(model, X, crit, nets, series.steps), at_model)}
         for name, kw in OTHER_SURGE_NETS.items():
-            out[f"{DETECTOR}, {name}"] = (detector_trace(model, X, crit, agree, series.steps, **kw), at_model)
+            out[f"{DETECTOR}, {name}"] = (detector_trace(model, X, crit, nets, series.steps, **kw), at_model)
         return {**out, **{n: (trace(f(series), series), one) for n, f in peers.items()}}
     return traces
 
@@ -507,8 +507,8 @@ def _refit_on_heldout(cases, evid, ign_fit, ign_build, gate1, horizon) -> dict:
     model = fit_model(cases, evid, ign_fit, horizon)
     key = "detector_refit_on_heldout"
     for c in cases:
-        X, crit, agree = evid[c.series.name]
-        c.traces[key] = detector_trace(model, X, crit, agree, c.series.steps)
+        X, crit, nets = evid[c.series.name]
+        c.traces[key] = detector_trace(model, X, crit, nets, c.series.steps)
     pts = tuning_curve(cases, key, gate1, horizon, [ign_build[c.series.name] for c in cases]).points
     for c in cases:
         del c.traces[key]
@@ -583,8 +583,8 @@ def out_of_fold_traces(cases: list[Case], evid: dict, ign_fit: dict, horizon: in
         model = fit_model([c for c in cases if _recipe(c) != r], evid, ign_fit, horizon)
         for c in cases:
             if _recipe(c) == r:
-                X, crit, agree = evid[c.series.name]
-                c.traces[key] = detector_trace(model, X, crit, agree, c.series.steps, **(net or {}))
+                X, crit, nets = evid[c.series.name]
+                c.traces[key] = detector_trace(model, X, crit, nets, c.series.steps, **(net or {}))
     return folds
 
 
@@ -594,10 +594,10 @@ def _out_of_fold(runs, horizon, evidence, disabled, gate, net):
     cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == TUNE], horizon)
     evid = {}
     for c in cases:
-        X, crit, agree = evidence_matrix(c.series, evidence)
+        X, crit, nets = evidence_matrix(c.series, evidence)
         for name in disabled:
             X[:, FEATURES.index(name)] = 0.0
-        evid[c.series.name] = (X, crit, ablated_agreement(agree, disabled))
+        evid[c.series.name] = (X, crit, ablated_agreement(nets, disabled))
     folds = out_of_fold_traces(cases, evid, _ignore(cases, kinds, {BUILD_UP, "sudden"}), horizon, DETECTOR, net)
     ign = _ignore(cases, kinds, {BUILD_UP})
     pooled = tuning_curve(cases, DETECTOR, replace(gate, threshold=1.0), horizon,
@@ -631,8 +631,8 @@ def threshold_protocols(runs: list[RunSeries], *, horizon: int = 50, gate: GateC
         inner, left_out = [c for c in cases if _recipe(c) != r], [c for c in cases if _recipe(c) == r]
         model = fit_model(inner, evid, ign_fit, horizon)
         for c in inner + left_out:
-            X, crit, agree = evid[c.series.name]
-            c.traces[DETECTOR] = detector_trace(model, X, crit, agree, c.series.steps)
+            X, crit, nets = evid[c.series.name]
+            c.traces[DETECTOR] = detector_trace(model, X, crit, nets, c.series.steps)
         out_of_fold_traces(inner, evid, ign_fit, horizon, DETECTOR_OOF)
         picked = {}
         for p, key in PROTOCOLS.items():

@@ -17,6 +17,7 @@ from stability.detector import (
     label_spikes,
     spike_score,
 )
+from stability.detector.evidence import EvidenceConfig
 from stability.detector.robust import RollingMeanStd, RollingWindow
 from stability.evaluation.baselines import GradNormThreshold, LossZAlarm, SpikeScoreAlarm
 from stability.evaluation.synthetic import planted_run
@@ -649,3 +650,30 @@ def test_loss_sigma_alert_names_the_configured_window():
         det = OnlineDetector(DetectorConfig(evidence={"sigma_window": window}, risk_threshold=0.3))
         alerts = [a for t, x in enumerate(loss) for a in det.update(t, {"loss": float(x)})]
         assert alerts and alerts[0].signal == "loss_sigma" and want in alerts[0].message, alerts
+
+
+def test_a_dead_embeddings_jump_does_not_trip_the_surge_net():
+    # A Post-LN run on the unigram plateau: the embedding's gradient norm sits near 1e-9 (a millionth of the total)
+    # and jumps 40-fold for three steps, about 12 robust sigmas: over the single-norm net (10), but it moves nothing.
+    # The same jump of an embedding that carries a fifth of the gradient norm alerts.
+    rng = np.random.default_rng(3)
+    noise, tot = np.exp(0.3 * rng.standard_normal(400)), 0.5 * np.exp(0.05 * rng.standard_normal(400))
+    jump = np.where((np.arange(400) >= 300) & (np.arange(400) < 303), 40.0, 1.0)
+    z = _robust_z_by_hand(np.log(noise * jump), 301)  # the median of the last 3 values has jumped at 301
+    assert 10 < z < 20, z
+    out = {}
+    for base in (1e-9, 0.1):
+        for share in (0.01, 0.0):
+            emb = base * noise * jump
+            assert (emb[301] / tot[301] >= 0.01) == (base == 0.1)
+            det = OnlineDetector(DetectorConfig(evidence=EvidenceConfig(surge_emb_share=share)))
+            alerts = []
+            for s in range(400):
+                alerts += det.update(s, {"loss": 2.5, "grad_norm/embedding": float(emb[s]),
+                                         "grad_norm/total": float(tot[s])})
+                assert det.risk < 0.5  # the risk alone stays low: what alerts here is the net
+            out[base, share] = [(a.step, a.signal) for a in alerts]
+    assert out[1e-9, 0.01] == []
+    assert out[1e-9, 0.0] == out[0.1, 0.01] == out[0.1, 0.0] == [(301, "emb_grad_z")]
+    with pytest.raises(ValueError):
+        EvidenceConfig(surge_emb_share=1.0)

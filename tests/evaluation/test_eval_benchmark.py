@@ -73,8 +73,8 @@ def test_benchmark_risk_is_the_online_detectors_risk():
     run = planted_run(n=900, seed=3, surge_at=600, lag=15, surge_factor=40)
     surges = []
     risks, _, det = _online(run, surges)
-    X, crit, agree = evidence_matrix(run)
-    tr = detector_trace(det.model, X, crit, agree, run.steps)
+    X, crit, nets = evidence_matrix(run)
+    tr = detector_trace(det.model, X, crit, nets, run.steps)
     # The benchmark's score is the risk, and 1.0 (an alert at any threshold) where the surge rule fires.
     assert any(surges) and not all(surges)
     assert np.allclose(tr.scores, np.where(surges, 1.0, risks), rtol=1e-12, atol=1e-15)
@@ -116,7 +116,7 @@ def test_calm_controls_of_the_committed_zoo_raise_no_alert():
     calm = [r for r in load_zoo(ZOO_DIR) if r.meta["calm"]]
     assert len(calm) >= 30
     noisy = {r.name: [a.step for a in _online(r)[1]] for r in calm}
-    # At most one alert per hundred calm controls (227 of them: the surge net on an FP16 control at step 27, in its
+    # At most one alert per hundred calm controls (202 of them: the surge net on an FP16 control at step 27, in its
     # warm-up, and `loss_sigma` at step 507 of a long one).
     assert sum(len(v) for v in noisy.values()) <= len(calm) // 100, {k: v for k, v in noisy.items() if v}
 
@@ -212,8 +212,8 @@ def test_cross_validation_reads_only_the_tuning_split_and_takes_a_config(tmp_pat
         cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == "tune"], 50)
         ign = [[i for i, k in zip(c.labels.incidents, kinds[c.series.name]) if k != "build_up"] for c in cases]
         for c in cases:
-            X, crit, agree = evidence_matrix(c.series)
-            c.traces["detector"] = detector_trace(model, X, crit, agree, c.series.steps)
+            X, crit, nets = evidence_matrix(c.series)
+            c.traces["detector"] = detector_trace(model, X, crit, nets, c.series.steps)
         tc = tuning_curve(cases, "detector", GateConfig(threshold=1.0), 50, ign)
         expected = [tc.threshold(pick_threshold(tc.points, b)) for b in (2.0, 10.0)]
         assert expected != [o["threshold"] for o in full["pooled_out_of_fold"]]
