@@ -62,7 +62,8 @@ def add_arguments(parser):
     g = parser.add_argument_group("generating the zoo")
     g.add_argument("--generate-zoo", action="store_true", help="train the zoo runs into --zoo first")
     g.add_argument("--jobs", type=int, default=2, help="training processes in parallel (default 2)")
-    g.add_argument("--only", metavar="SUBSTR", help="with --generate-zoo / --generate: only runs whose name has it")
+    g.add_argument("--only", metavar="SUBSTR[,SUBSTR...]",
+                   help="with --generate-zoo / --generate: only runs whose name has one of them")
     leg = parser.add_argument_group("the legacy suite-only comparison (--legacy)")
     leg.add_argument("--legacy", action="store_true",
                      help="the former report: detector and loss/grad-norm baselines on the re-warm suite alone")
@@ -101,7 +102,7 @@ def run(args) -> int:
     if args.suite and not (suite / "suite.parquet").exists():
         raise UsageError(f"--suite {suite}: no suite.parquet there")
     if args.generate_zoo:
-        runs = [r for r in ZOO if not args.only or args.only in r.name]
+        runs = [r for r in ZOO if _only(args.only, r.name)]
         if not runs:
             raise UsageError(f"--only {args.only}: no zoo run has that in its name")
         log(f"training {len(runs)} zoo runs into {zoo} with {args.jobs} job(s)")
@@ -396,7 +397,7 @@ def run_legacy(args) -> int:
         raise UsageError(f"--fa-budget must be >= 0, got {args.fa_budget}")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     if args.generate:
-        runs = [r for r in SUITE if not args.only or args.only in r.name]
+        runs = [r for r in SUITE if _only(args.only, r.name)]
         if args.missing:
             have = {r.name for r in load_suite(suite)} if (suite / "suite.parquet").exists() else set()
             runs = [r for r in runs if r.name not in have]
@@ -506,3 +507,8 @@ def format_realworld(rw: dict) -> str:
             f"{'-' if ss['grad_norm'] is None else format(ss['grad_norm'], '.4f')} | {first} | "
             f"{'-' if r['drift_onset'] is None else r['drift_onset']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _only(only: str | None, name: str) -> bool:
+    """`--only`: no filter, or one of its comma-separated fragments is in `name`."""
+    return not only or any(part and part in name for part in only.split(","))

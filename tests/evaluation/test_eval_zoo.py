@@ -159,3 +159,15 @@ def test_committed_zoo_is_exactly_the_configured_one():
     for d in manifest["runs"]:
         assert d == next(r for r in ZOO if r.name == d["name"]).to_dict()
     assert (ZOO_DIR / ZOO_FILE).stat().st_size < 5_000_000
+
+
+def test_only_takes_several_name_fragments():
+    from stability.cli import main
+    from stability.commands.eval import _only
+
+    assert _only(None, "postln-glm-d40-unstable-s0") and _only("", "x")
+    new = "postln-glm-d40,attn-glm-d32"
+    assert [r.name for r in ZOO if _only(new, r.name)] == \
+        [r.name for r in ZOO if r.recipe in ("postln-glm-d40", "attn-glm-d32")]
+    assert not _only("nothing,,", "postln-glm-d40-unstable-s0")
+    assert main(["eval", "--generate-zoo", "--only", "nothing,matches", "--zoo", "/nonexistent"]) == 2
