@@ -559,11 +559,12 @@ def cross_validate(runs: list[RunSeries], *, horizon: int = 50, evidence: Eviden
     shipped_cfg = DetectorConfig()
     net = {"surge_z": shipped_cfg.surge_z if surge_z is None else surge_z,
            "agree_z": shipped_cfg.agree_z if agree_z is None else agree_z}
-    ops, counts, folds = _out_of_fold(runs, horizon, evidence, disabled, gate, net)
+    matrices: dict = {}  # the variant and the shipped settings read the same evidence when only features differ
+    ops, counts, folds = _out_of_fold(runs, horizon, evidence, disabled, gate, net, matrices)
     out = {"split": TUNE, "folds": folds, "horizon": horizon, "features": [f for f in FEATURES if f not in disabled],
            "evidence": vars(evidence), "gate": vars(gate), "surge_net": net, "pooled_out_of_fold": ops}
     if against_shipped:
-        _, shipped, _ = _out_of_fold(runs, horizon, EvidenceConfig(), (), GateConfig(), {})
+        _, shipped, _ = _out_of_fold(runs, horizon, EvidenceConfig(), (), GateConfig(), {}, matrices)
         out["against_shipped"] = {f"{b:g}": intervals({"variant": counts[b], "shipped": shipped[b]}, "variant")
                                   for b in BUDGETS}
     return out
@@ -588,13 +589,19 @@ def out_of_fold_traces(cases: list[Case], evid: dict, ign_fit: dict, horizon: in
     return folds
 
 
-def _out_of_fold(runs, horizon, evidence, disabled, gate, net):
+def _out_of_fold(runs, horizon, evidence, disabled, gate, net, matrices: dict | None = None):
     """(operating points on the pooled out-of-fold curve, per-run counts at each budget's pick, folds); `net`:
-    `detector_trace`'s surge-net arguments."""
+    `detector_trace`'s surge-net arguments; `matrices`: evidence matrices by (run name, evidence settings), shared
+    between calls over the same runs."""
     cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == TUNE], horizon)
+    matrices = {} if matrices is None else matrices
     evid = {}
     for c in cases:
-        X, crit, nets = evidence_matrix(c.series, evidence)
+        key = (c.series.name, repr(evidence))
+        if key not in matrices:
+            matrices[key] = evidence_matrix(c.series, evidence)
+        X, crit, nets = matrices[key]
+        X = X.copy()  # the ablation below zeroes columns; the shared matrix stays as computed
         for name in disabled:
             X[:, FEATURES.index(name)] = 0.0
         evid[c.series.name] = (X, crit, ablated_agreement(nets, disabled))

@@ -138,7 +138,9 @@ def test_egs_multiplies_the_llama_embedding_gradient_by_alpha(tmp_path):
         grads.append(trainer.grads[0])
     plain, egs = grads
     emb = "model.embed_tokens.weight"
-    torch.testing.assert_close(egs[emb], 0.1 * plain[emb], rtol=1e-6, atol=1e-12)
+    # float32: EGS scales each token's contribution before the embedding's backward sums them, the reference scales
+    # the sum: a few ulps apart where a row sums several tokens (1.5e-6 measured on one CPU).
+    torch.testing.assert_close(egs[emb], 0.1 * plain[emb], rtol=1e-5, atol=1e-12)
     assert plain[emb].abs().sum() > 0
     for name in plain:
         if name != emb:

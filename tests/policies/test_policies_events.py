@@ -97,10 +97,13 @@ def test_policies_demo_command_runs_and_reports_the_table_fields(capsys):
         for key in ("spikes", "max_loss", "diverged", "final_loss", "val_loss", "vs_calm_pct", "rollbacks",
                     "steps_computed", "wall_s"):
             assert key in r, key
-    # The unstable configuration spikes near step 195 (late in its 200-step warm-up) without policies; the detector
-    # warns at step 179, and the policies roll back and back off on the warning.
-    assert runs["no-policies"]["spikes"] >= 1 and runs["no-policies"]["rollbacks"] == 0
-    assert runs["egs+rollback+backoff"]["rollbacks"] >= 1
+    # Without policies the unstable configuration goes wrong late in its 200-step warm-up: a labelled spike near step
+    # 195 on one CPU, on another (floating-point sums round differently) a climb that leaves its held-out loss 20 %
+    # above the calm run's; the detector warns before either, and the policies roll back and back off on the warning.
+    assert runs["no-policies"]["spikes"] >= 1 or runs["no-policies"]["diverged"], runs["no-policies"]
+    assert runs["no-policies"]["rollbacks"] == 0 and runs["no-policies"]["events"].get(M.EV_ALERT, 0) >= 1
+    assert runs["egs+rollback+backoff"]["rollbacks"] >= 1 and not runs["egs+rollback+backoff"]["diverged"]
+    assert runs["egs+rollback+backoff"]["vs_calm_pct"] < runs["no-policies"]["vs_calm_pct"]
     assert runs["egs+rollback+backoff"]["events"].get(M.EV_EGS_ON, 0) >= 1
     assert runs["calm-baseline"]["vs_calm_pct"] == 0.0
 
