@@ -25,15 +25,8 @@ SEEDS = (130, 131, 132)
 
 
 def fp16_long_calm_runs() -> list:
-    runs = []
-    for mech, recipe, split, base, _unstable, calm in Z.RECIPES:
-        if base.get("precision") != "fp16":
-            continue
-        for seed, div in zip(SEEDS, Z.LONG_BATCH_DIV):
-            settings = {**base, **calm, "steps": Z.LONG_STEPS}
-            settings["batch_size"] = settings.get("batch_size", Z.ZooRun.batch_size) // div
-            runs.append(Z.ZooRun(mech, recipe, split, calm=True, seed=seed, long=True, **settings))
-    return runs
+    return [r for mech, recipe, split, base, _unstable, calm in Z.RECIPES if base.get("precision") == "fp16"
+            for r in Z.long_calm_runs(mech, recipe, split, base, calm, SEEDS)]
 
 
 def run_once(series) -> dict:

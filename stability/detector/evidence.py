@@ -233,16 +233,17 @@ class Evidence:
             f["grad_loss_rise"] = math.log1p(max(0.0, min(rise, MAX_RISE, self.cfg.agree_scale * trend)))
         emb = f.pop("emb_z", None)
         emb_counts = emb is not None and self._emb_share_ok(metrics)
-        if emb_counts and "grad_z" in f:
-            f[_AGREE] = min(emb, f["grad_z"])
-        if emb_counts and emb > f.get("grad_z", -1.0):
-            f[_SURGE], self.surge_source = emb, "embedding"
-        elif "grad_z" in f:
-            f[_SURGE], self.surge_source = f["grad_z"], "total"
+        total = f.get("grad_z")
+        if emb_counts and total is not None:
+            f[_AGREE] = min(emb, total)
         if emb is not None and emb > f.get("grad_z", -1.0):
             f["grad_z"], self.grad_source = emb, "embedding"
         elif "grad_z" in f:
             self.grad_source = "total"
+        # The surge nets read `grad_z` as merged, or the total alone while the embedding does not count (a share is
+        # only judged where the total is logged, so then the total is there).
+        if "grad_z" in f:
+            f[_SURGE], self.surge_source = (f["grad_z"], self.grad_source) if emb_counts else (total, "total")
         self._updates += 1
         # Metrics logged less often than the loss keep their last value for `hold` updates: a signal does not
         # blink off merely because its metric skipped a logged step.

@@ -214,10 +214,18 @@ def zoo_runs() -> list[ZooRun]:
             runs.append(ZooRun(mech, recipe, split, calm=True, seed=seed, **base, **calm))
         if base.get("precision") == "fp16":
             continue
-        for seed, div in zip(LONG_CALM[split], LONG_BATCH_DIV):
-            settings = {**base, **calm, "steps": LONG_STEPS}
-            settings["batch_size"] = settings.get("batch_size", ZooRun.batch_size) // div
-            runs.append(ZooRun(mech, recipe, split, calm=True, seed=seed, long=True, **settings))
+        runs += long_calm_runs(mech, recipe, split, base, calm, LONG_CALM[split])
+    return runs
+
+
+def long_calm_runs(mech: str, recipe: str, split: str, base: dict, calm: dict, seeds) -> list[ZooRun]:
+    """A recipe's long calm controls: its safe settings for `LONG_STEPS`, one per seed, at its batch size divided by
+    each of `LONG_BATCH_DIV` in turn."""
+    runs = []
+    for seed, div in zip(seeds, LONG_BATCH_DIV):
+        settings = {**base, **calm, "steps": LONG_STEPS}
+        settings["batch_size"] = settings.get("batch_size", ZooRun.batch_size) // div
+        runs.append(ZooRun(mech, recipe, split, calm=True, seed=seed, long=True, **settings))
     return runs
 
 
