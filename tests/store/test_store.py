@@ -273,12 +273,16 @@ def test_merging_keeps_rows_exact_while_reading(tmp_path):
     store = RunStore(tmp_path)
     w = store.create_run("r", writer_config=WriterConfig(flush_interval=0.01, merge_fanout=2))
     stop = threading.Event()
-    seen_bad = []
+    seen_bad, errors = [], []
 
     def reader():
         rs = RunStore(tmp_path)
         while not stop.is_set():
-            df = rs.metrics("r", metrics=M.LOSS)
+            try:
+                df = rs.metrics("r", metrics=M.LOSS)
+            except Exception as e:  # a read that gives up under merges fails the test (a thread's error would not)
+                errors.append(repr(e))
+                return
             steps = df["step"].tolist()
             if steps != list(range(len(steps))):
                 seen_bad.append(steps[:20])
@@ -293,6 +297,7 @@ def test_merging_keeps_rows_exact_while_reading(tmp_path):
     time.sleep(0.1)
     stop.set()
     t.join()
+    assert not errors
     assert not seen_bad
     names = [layout.parse_segment(p.name) for p in (tmp_path / "r" / "segments").glob("m_*.parquet")]
     assert any(s.hi > s.lo for s in names)  # merged segments exist
