@@ -20,7 +20,8 @@ demo: $(STAMP)
 	$(BIN)/stability demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	# Two workers on the machine's two cores; a test file stays on one worker (its module fixtures are built once).
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 sample-runs: $(STAMP)
 	$(BIN)/stability sample-runs --out sample_runs --force --jobs 2
