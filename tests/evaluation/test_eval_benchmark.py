@@ -201,7 +201,7 @@ def test_committed_thresholds_are_the_tuning_picks():
     from its traces; out of fold, the pooled out-of-fold picks of `stability eval --cv`."""
     committed_result = json.loads(RESULTS.read_text())
     model = RiskModel(**committed_result["detector"]["model"])
-    if PROTOCOLS[THRESHOLD_PROTOCOL] == DETECTOR_OOF:  # pragma: no cover - the protocol not shipped
+    if PROTOCOLS[THRESHOLD_PROTOCOL] == DETECTOR_OOF:
         from stability.evaluation.benchmark import cross_validate
 
         full = cross_validate(load_runs(ZOO_DIR, DATA / "eval_suite"), horizon=50)
