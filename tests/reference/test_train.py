@@ -20,8 +20,9 @@ def _tiny(**kw):
 
 
 @pytest.mark.slow
-def test_loss_falls_over_100_steps_on_the_real_corpus():
-    result = _bare(TrainConfig(steps=100)).fit()  # the default tiny config
+def test_loss_falls_over_60_steps_on_the_real_corpus():
+    # The default tiny config, one thread (the suite's other worker has the other core): 5.16 -> 2.96 measured.
+    result = _bare(TrainConfig(steps=60, threads=1)).fit()
     first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
     assert result.status == "finished"
     assert first > 5.0 and last < first - 1.5, (first, last)
