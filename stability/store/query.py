@@ -34,9 +34,8 @@ from stability.store.schema import BRANCHED, COLUMNS, DDL, attach_read_only, rea
 
 _KIND_OF_TABLE = {"metrics": layout.KIND_METRICS, "events": layout.KIND_EVENTS,
                   "checkpoints": layout.KIND_CHECKPOINTS}
-_RETRIES = 10
 _BACKOFF_S = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.25, 0.25, 0.25)
-"""Wait before each attempt: a writer that merges segments every few milliseconds on a loaded machine can win a
+"""Wait before each of a query's attempts (10): a writer that merges segments every few milliseconds on a loaded machine can win a
 handful of immediate retries in a row; backing off gives the reader about a second before it gives up."""
 
 # Readers still open at interpreter exit have their DuckDB connection closed first (DuckDB's bindings
@@ -76,9 +75,9 @@ class RunReader:
         merge removed a segment under it. `build(src) -> (sql, params)`, or `run_queries(cur, src, params)`.
         `cutoffs` (metrics, events): keep the run's lineage, or with `abandoned` only what it left out (lineage.py)."""
         last: Exception | None = None
-        for attempt in range(_RETRIES):
-            if _BACKOFF_S[attempt]:
-                time.sleep(_BACKOFF_S[attempt])
+        for wait in _BACKOFF_S:
+            if wait:
+                time.sleep(wait)
             segs = layout.list_segments(rd)  # first list, then attach: see the module docstring
             with self._con_lock:
                 if self._con is None:

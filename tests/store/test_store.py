@@ -269,6 +269,33 @@ def test_damaged_segment_is_reported_and_skipped(tmp_path, capfd, how):
     assert (tmp_path / "r" / "segments" / (segs[1].name + ".corrupt")).exists()
 
 
+def test_a_read_that_keeps_losing_its_segments_backs_off_then_names_the_run(tmp_path, monkeypatch):
+    """A segment that vanishes under every attempt (a merge that always wins) is retried with back-off, then the
+    read fails with one StoreError naming the run; what is stored stays readable afterwards."""
+    from stability.store import query
+
+    store = RunStore(tmp_path)
+    w = store.create_run("r", writer_config=FAST)
+    w.log(0, {(M.LOSS, ""): 1.0})
+    w.close()  # no writer of its own lists segments while list_segments is patched
+    real = layout.list_segments
+    ghost = layout.segment_name(layout.KIND_METRICS, "deadbeef", 5, 5)
+    listed = []
+
+    def with_a_ghost(rd):
+        listed.append(1)
+        return [*real(rd), layout.parse_segment(str(rd / layout.SEGMENTS / ghost))]
+
+    waits = []
+    monkeypatch.setattr(query.layout, "list_segments", with_a_ghost)
+    monkeypatch.setattr(query.time, "sleep", waits.append)
+    with pytest.raises(StoreError, match="run 'r' kept changing under the query"):
+        RunStore(tmp_path).metrics("r", metrics=M.LOSS)
+    assert len(listed) == 10 and len(waits) == 9 and waits == sorted(waits) and 0.5 < sum(waits) < 2
+    monkeypatch.undo()
+    assert RunStore(tmp_path).metrics("r", metrics=M.LOSS)["value"].tolist() == [1.0]
+
+
 def test_merging_keeps_rows_exact_while_reading(tmp_path):
     store = RunStore(tmp_path)
     w = store.create_run("r", writer_config=WriterConfig(flush_interval=0.01, merge_fanout=2))
