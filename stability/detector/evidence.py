@@ -236,9 +236,9 @@ class Evidence:
         total = f.get("grad_z")
         if emb_counts and total is not None:
             f[_AGREE] = min(emb, total)
-        if emb is not None and emb > f.get("grad_z", -1.0):
+        if emb is not None and emb > (-1.0 if total is None else total):
             f["grad_z"], self.grad_source = emb, "embedding"
-        elif "grad_z" in f:
+        elif total is not None:
             self.grad_source = "total"
         # The surge nets read `grad_z` as merged, or the total alone while the embedding does not count (a share is
         # only judged where the total is logged, so then the total is there).

@@ -35,8 +35,9 @@ from stability.store.schema import BRANCHED, COLUMNS, DDL, attach_read_only, rea
 _KIND_OF_TABLE = {"metrics": layout.KIND_METRICS, "events": layout.KIND_EVENTS,
                   "checkpoints": layout.KIND_CHECKPOINTS}
 _BACKOFF_S = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.25, 0.25, 0.25)
-"""Wait before each of a query's attempts (10): a writer that merges segments every few milliseconds on a loaded machine can win a
-handful of immediate retries in a row; backing off gives the reader about a second before it gives up."""
+"""Wait before each of a query's attempts (10): a writer that merges segments every few milliseconds on a loaded
+machine can win a handful of immediate retries in a row; backing off gives the reader about a second before it
+gives up."""
 
 # Readers still open at interpreter exit have their DuckDB connection closed first (DuckDB's bindings
 # complain about connections that outlive the interpreter).

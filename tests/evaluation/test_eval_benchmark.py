@@ -201,13 +201,12 @@ def test_committed_thresholds_are_the_tuning_picks():
     from its traces; out of fold, the pooled out-of-fold picks of `stability eval --cv`."""
     committed_result = json.loads(RESULTS.read_text())
     model = RiskModel(**committed_result["detector"]["model"])
+    runs = load_runs(ZOO_DIR, DATA / "eval_suite")
     if PROTOCOLS[THRESHOLD_PROTOCOL] == DETECTOR_OOF:
         from stability.evaluation.benchmark import cross_validate
 
-        full = cross_validate(load_runs(ZOO_DIR, DATA / "eval_suite"), horizon=50)
-        expected = [o["threshold"] for o in full["pooled_out_of_fold"]]
+        expected = [o["threshold"] for o in cross_validate(runs, horizon=50)["pooled_out_of_fold"]]
     else:
-        runs = load_runs(ZOO_DIR, DATA / "eval_suite")
         cases, kinds = prepare_cases([r for r in runs if r.meta.get("split") == "tune"], 50)
         ign = [[i for i, k in zip(c.labels.incidents, kinds[c.series.name]) if k != "build_up"] for c in cases]
         for c in cases:

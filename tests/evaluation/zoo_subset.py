@@ -4,10 +4,9 @@ zoo takes minutes per command on a 2-core machine, a subset seconds."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pandas as pd
+from stability.evaluation import runset
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ZOO_DIR, SUITE_DIR = DATA / "zoo", DATA / "eval_suite"
@@ -18,17 +17,15 @@ HELDOUT = ("postln-glm-d64",)
 FRESH = ("fresh-attn-glm", "fresh-postln-glm-d32")
 
 
-def _copy(src: Path, dst: Path, data: str, manifest: str, pick) -> list[str]:
-    """Copy the runs of the set in `src` whose names `pick(manifest entries)` returns into `dst`; returns them."""
-    m = json.loads((src / manifest).read_text())
+def _copy(src: Path, dst: Path, data: str, manifest: str, pick) -> None:
+    """Copy the runs of the set in `src` whose names `pick(manifest entries)` returns into `dst`, as a set of its
+    own (`stability.evaluation.runset`, as the generators write one)."""
+    frame, m = runset.read(src, data, manifest)
     names = set(pick(m["runs"]))
     dst.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_parquet(src / data)
-    frame[frame["run"].isin(names)].reset_index(drop=True).to_parquet(dst / data, index=False)
     m["runs"] = [d for d in m["runs"] if d["name"] in names]
     m["results"] = [d for d in m.get("results", []) if d["name"] in names]
-    (dst / manifest).write_text(json.dumps(m))
-    return sorted(names)
+    runset.write(dst, data, manifest, frame[frame["run"].isin(names)], m)
 
 
 def write(out: Path, recipes=TUNE + HELDOUT + FRESH, suite_per_split: int = 2) -> tuple[Path, Path]:
