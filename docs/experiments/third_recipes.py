@@ -12,7 +12,7 @@ false alarms / 10k: held out 15/56 (shipped 9; 1.78 false alarms / 10k, median l
 held-out curve is not better: the shipped model has 14/56 at 1.49 false alarms / 10k at threshold 0.867, this one
 13/56 at 1.78; the gain within 2 is where the tuning split puts the threshold on a steep curve, not a better
 ranking. At 0.839 the sample runs `post-s0` and `deepnorm-s0` get a second alert (step 441, a two-step loss bump
-of 0.6 nats, no labelled spike), against the target of one per calm run. Not shipped.
+of 0.5-0.6 nats, no labelled spike), against the target of one per calm run. Not shipped.
 
     python docs/experiments/third_recipes.py [DIR]            # DIR defaults to /tmp/zoo_third_recipes
 """
