@@ -24,41 +24,30 @@ from dataclasses import asdict
 from pathlib import Path
 
 from stability.evaluation.benchmark import compare, load_runs
-from stability.evaluation.zoo import (CALM_SEEDS, LONG_CALM, SEEDS, TUNE, ZOO_FILE, ZooRun, generate, load_zoo,
-                                      long_calm_runs)
+from stability.evaluation.zoo import _GLM, _NANO_MKV, TUNE, ZOO_FILE, generate, load_zoo, zoo_runs
 from stability.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
-_GLM = dict(arch="glm", data="cpython")
-_NANO_MKV = dict(arch="nanogpt", data="markov")
 THIRD = (
-    ("postln_emb_surge", "postln-glm-d56-l2", dict(_GLM, ln="post", d_model=56, n_layer=2),
+    ("postln_emb_surge", "postln-glm-d56-l2", TUNE, dict(_GLM, ln="post", d_model=56, n_layer=2),
      dict(grad_clip=0.0, lr=3e-3, ramp=1.02, ramp_from=50), dict(lr=1e-3)),
-    ("attn_logit_growth", "attn-nano-mkv-d48-l3", dict(_NANO_MKV, d_model=48, n_layer=3),
+    ("attn_logit_growth", "attn-nano-mkv-d48-l3", TUNE, dict(_NANO_MKV, d_model=48, n_layer=3),
      dict(grad_clip=0.0, lr=1e-2, ramp=1.02, ramp_from=50), dict(qk_layernorm=True, lr=3e-3)),
-    ("output_logit_divergence", "logit-nano-mkv-d32-l3", dict(_NANO_MKV, d_model=32, n_layer=3, qk_layernorm=True),
+    ("output_logit_divergence", "logit-nano-mkv-d32-l3", TUNE,
+     dict(_NANO_MKV, d_model=32, n_layer=3, qk_layernorm=True),
      dict(weight_decay=0.0, grad_clip=0.0, lr=1e-2, ramp=1.02, ramp_from=50), dict(z_loss=1e-4, lr=3e-3)),
-    ("adam_sign_updates", "adam-glm-d32-l3", dict(_GLM, d_model=32, n_layer=3),
+    ("adam_sign_updates", "adam-glm-d32-l3", TUNE, dict(_GLM, d_model=32, n_layer=3),
      dict(betas=(0.9, 0.999), eps=1e-15, grad_clip=0.0, lr=3e-3, ramp=1.015, ramp_from=50), dict()),
-    ("fp16_scale_collapse", "fp16-glm-l3",
+    ("fp16_scale_collapse", "fp16-glm-l3", TUNE,
      dict(_GLM, d_model=32, n_layer=3, n_head=2, seq_len=32, batch_size=8, steps=250, precision="fp16"),
      dict(grad_clip=0.0, lr=3e-3, ramp=1.025, ramp_from=30), dict(lr=1e-3)),
 )
-
-
-def third_runs() -> list[ZooRun]:
-    runs = []
-    for mech, recipe, base, unstable, calm in THIRD:
-        runs += [ZooRun(mech, recipe, TUNE, seed=s, **base, **unstable) for s in SEEDS[TUNE]]
-        runs += [ZooRun(mech, recipe, TUNE, calm=True, seed=s, **base, **calm) for s in CALM_SEEDS[TUNE]]
-        if base.get("precision") != "fp16":
-            runs += long_calm_runs(mech, recipe, TUNE, base, calm, LONG_CALM[TUNE])
-    return runs
+"""Entries as in `zoo.RECIPES`, all on the tuning split."""
 
 
 def main(out: Path):
     if not (out / ZOO_FILE).exists():
-        generate(out, third_runs(), jobs=2)
+        generate(out, zoo_runs(THIRD), jobs=2)
     runs = load_runs(ROOT / "tests" / "data" / "zoo", ROOT / "tests" / "data" / "eval_suite") + load_zoo(out)
     result, model = compare(runs, fit=True, surges=False)
     det = result["detector"]

@@ -16,17 +16,14 @@ is the online implementation of the one that passed).
 """
 import functools
 import sys
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 
 import stability.detector.risk as R
 import stability.evaluation.benchmark as B
 from stability.detector.alert import GateConfig
-from stability.detector.evidence import K_EMB, K_LOSS, K_TOTAL, P_ATTN
-from stability.evaluation.evaluate import score_runs
-from stability.evaluation.uncertainty import intervals, run_counts
+from stability.detector.evidence import K_EMB, K_LOSS, K_TOTAL, P_ATTN, EvidenceConfig
+from stability.evaluation.uncertainty import intervals
 
 H = 50
 BASE = tuple(B.FEATURES)
@@ -79,23 +76,18 @@ def candidates(series) -> pd.DataFrame:
     return df
 
 
-def run(cases, kinds, evid, ext, add=(), label=""):
-    feats = BASE + tuple(add)
-    B.FEATURES = R.FEATURES = feats
+def run(runs, cases, kinds, evid, ext, add=(), label=""):
+    """Leave one recipe out as `stability eval --cv` does (`benchmark._out_of_fold`), on the shipped features plus
+    the candidates `add` (their columns appended to the evidence matrices it would otherwise compute)."""
+    B.FEATURES = R.FEATURES = BASE + tuple(add)
     try:
-        ev = {}
+        ev, matrices = {}, {}
         for c in cases:
             X, crit, nets = evid[c.series.name]
             extra = [ext[c.series.name][a].to_numpy()[:, None] for a in add]
             ev[c.series.name] = (np.hstack([X, *extra]), crit, nets)
-        gate = GateConfig()
-        B.out_of_fold_traces(cases, ev, B._ignore(cases, kinds, {B.BUILD_UP, "sudden"}), H, B.DETECTOR)
-        ign = B._ignore(cases, kinds, {B.BUILD_UP})
-        il = [ign[c.series.name] for c in cases]
-        ops = B.operating_points(B.tuning_curve(cases, B.DETECTOR, replace(gate, threshold=1.0), H, il).points,
-                                 B.BUDGETS)
-        counts = {b: run_counts(score_runs(cases, B.DETECTOR, replace(gate, threshold=float(op.get("threshold", np.inf))),
-                                           H, il)) for b, op in zip(B.BUDGETS, ops)}
+            matrices[(c.series.name, repr(EvidenceConfig()))] = ev[c.series.name]
+        ops, counts, _ = B._out_of_fold(runs, H, EvidenceConfig(), (), GateConfig(), {}, matrices)
         m = B.fit_model(cases, ev, B._ignore(cases, kinds, {B.BUILD_UP, "sudden"}), H)
     finally:
         B.FEATURES = R.FEATURES = BASE
@@ -110,15 +102,15 @@ def main(args):
     cases, kinds = B.prepare_cases([r for r in runs if r.meta.get("split") == B.TUNE], H)
     evid = {c.series.name: B.evidence_matrix(c.series) for c in cases}
     ext = {c.series.name: candidates(c.series) for c in cases}
-    base = run(cases, kinds, evid, ext)
+    base = run(runs, cases, kinds, evid, ext)
     fit = B.fit_model
     for a in args or list(next(iter(ext.values())).columns):
         if a.startswith("l2="):
             B.fit_model = functools.partial(fit, l2=float(a[3:]))
-            counts = run(cases, kinds, evid, ext, label=a)
+            counts = run(runs, cases, kinds, evid, ext, label=a)
             B.fit_model = fit
         else:
-            counts = run(cases, kinds, evid, ext, add=tuple(a.split(",")))
+            counts = run(runs, cases, kinds, evid, ext, add=tuple(a.split(",")))
         for b in B.BUDGETS:
             s = intervals({"v": counts[b], "s": base[b]}, "v")["methods"]["s"]
             print(f"    within {b:g}: minus shipped {s['v_minus_recall']} {s['v_minus_recall_ci']}", flush=True)

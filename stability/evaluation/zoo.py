@@ -205,9 +205,10 @@ LONG_STEPS = 900
 LONG_BATCH_DIV = (1, 2, 4)
 
 
-def zoo_runs() -> list[ZooRun]:
+def zoo_runs(recipes=RECIPES) -> list[ZooRun]:
+    """Every run of `recipes` (entries as in RECIPES): unstable seeds, calm controls, long calm controls."""
     runs = []
-    for mech, recipe, split, base, unstable, calm in RECIPES:
+    for mech, recipe, split, base, unstable, calm in recipes:
         for seed in SEEDS[split]:
             runs.append(ZooRun(mech, recipe, split, seed=seed, **base, **unstable))
         for seed in CALM_SEEDS[split]:
