@@ -5,14 +5,10 @@ stability/watch.py). It is loaded on first use, so that importing the package (t
 imports torch.
 """
 
+from stability.lazy import lazy_attributes
+
 __version__ = "0.1.0"
 
 _LAZY = {"watch": "stability.watch", "Guard": "stability.watch", "SkippableBatches": "stability.loop_state"}
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'stability' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

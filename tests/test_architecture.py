@@ -20,7 +20,7 @@ PACKAGES = ("stability", "probes", "dashboard")
 # placed here). A module may import a lower floor, or its own part; never a higher floor, never another part of its
 # own floor (parts on one floor are independent of each other). docs/ARCHITECTURE.md draws the same table.
 FLOORS: list[dict[str, tuple[str, ...]]] = [
-    {"names": ("stability", "stability.metrics", "stability.errors")},
+    {"names": ("stability", "stability.metrics", "stability.errors", "stability.lazy")},
     {"probes": ("probes",)},
     {"store": ("stability.store",)},
     {"detector": ("stability.detector",), "reference lab": ("stability.reference",)},
@@ -195,3 +195,23 @@ def test_the_dashboard_and_the_store_never_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert len(wanted) > 20  # the walk found the packages
+
+
+def test_a_read_only_command_does_not_load_torch():
+    # The command line builds the flags of the command it runs only: `train`'s policy flags import torch (2-3 s),
+    # which `stability runs`, `events`, `spikes` or `detect` on a store never need.
+    store = ROOT / "sample_runs"
+    for argv in (["runs", "--store", store], ["events", "post-s0", "--store", store],
+                 ["spikes", "post-s0", "--store", store, "--json"], ["detect", "post-s0", "--store", store, "--json"],
+                 ["alert", "--help"]):
+        code = ("import sys\n"
+                "from stability.cli import main\n"
+                "try:\n"
+                f"    code = main({[str(a) for a in argv]!r})\n"
+                "except SystemExit as e:\n"
+                "    code = e.code\n"
+                "assert code == 0, code\n"
+                "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+                "assert not bad, bad[:5]\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert out.returncode == 0, (argv, out.stderr[-2000:])

@@ -22,13 +22,11 @@ HELP = "rollback checkpoint ring: time and memory at the default interval, relat
 
 
 def add_arguments(parser):
-    from stability.policies import RollbackConfig
-
     parser.add_argument("--steps", type=int, default=40, help="timed training steps (default 40)")
     parser.add_argument("--saves", type=int, default=12, help="timed checkpoints per storage (default 12)")
-    parser.add_argument("--interval", type=int, default=RollbackConfig.interval,
-                        help=f"checkpoint interval (default {RollbackConfig.interval}, the policy's default)")
-    parser.add_argument("--keep", type=int, default=RollbackConfig.keep)
+    # The policy's defaults are filled in by `run`: its module imports torch, which `stability --help` should not.
+    parser.add_argument("--interval", type=int, default=None, help="checkpoint interval (default: the policy's)")
+    parser.add_argument("--keep", type=int, default=None, help="checkpoints kept (default: the policy's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
@@ -50,6 +48,8 @@ def run(args) -> dict:
     from stability.reference.config import TrainConfig
     from stability.reference.train import Trainer
 
+    args.interval = RollbackConfig.interval if args.interval is None else args.interval
+    args.keep = RollbackConfig.keep if args.keep is None else args.keep
     cfg = TrainConfig(steps=10**9, threads=args.threads)
     trainer = Trainer(cfg, detector=OnlineDetector(), progress=False)
     for _ in range(3):

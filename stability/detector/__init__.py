@@ -3,30 +3,18 @@
     det = OnlineDetector(DetectorConfig())
     alerts = det.update(step, {"loss": 2.3, "grad_norm/embedding": 5.1, ...})   # flat keys
     labels = label_spikes(steps, losses)                                          # post hoc ground truth
+
+The names below are loaded on first use: the notifier reads `stability.detector.spike_rule` without the labeller's
+pandas.
 """
 
-from stability.detector.alert import CRITICAL, WARNING, Alert, AlertGate, GateConfig
-from stability.detector.labeller import (
-    Incident,
-    LabelConfig,
-    Labels,
-    label_spikes,
-    spike_score,
-)
-from stability.detector.online import SIGNALS, DetectorConfig, OnlineDetector
+from stability.lazy import lazy_attributes
 
-__all__ = [
-    "CRITICAL",
-    "SIGNALS",
-    "WARNING",
-    "Alert",
-    "AlertGate",
-    "DetectorConfig",
-    "GateConfig",
-    "Incident",
-    "LabelConfig",
-    "Labels",
-    "OnlineDetector",
-    "label_spikes",
-    "spike_score",
-]
+_LAZY = {
+    "CRITICAL": ".alert", "WARNING": ".alert", "Alert": ".alert", "AlertGate": ".alert", "GateConfig": ".alert",
+    "Incident": ".labeller", "LabelConfig": ".labeller", "Labels": ".labeller", "label_spikes": ".labeller",
+    "spike_score": ".labeller", "SIGNALS": ".online", "DetectorConfig": ".online", "OnlineDetector": ".online",
+}
+__all__ = list(_LAZY)
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -24,7 +24,6 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from stability.detector.spike_rule import SpikeRule, SpikeRuleConfig
 
@@ -171,6 +170,8 @@ def _slow_divergence(lab: Labels, cfg: LabelConfig) -> None:
 
 def _centred_mean(x: np.ndarray, k: int) -> np.ndarray:
     """Centred mean over k values (fewer at the ends); a non-finite loss stays non-finite where it is."""
+    import pandas as pd  # here, not at the top: the command line's flags and the notifier import this module
+
     s = pd.Series(np.where(np.isfinite(x), x, np.nan))
     out = s.rolling(k, center=True, min_periods=1).mean().to_numpy()
     return np.where(np.isfinite(x), out, x)
@@ -213,6 +214,8 @@ def _incidents(lab: Labels, cfg: LabelConfig) -> list[Incident]:
 def spike_score(values, window: int = 1000, sigmas: float = 7.0, min_periods: int = 20) -> float:
     """OLMo 2's spike score: share of steps more than `sigmas` standard deviations from the rolling mean of the
     previous `window` values (steps with fewer than `min_periods` values of history are not counted)."""
+    import pandas as pd
+
     s = pd.Series(np.asarray(values, dtype=np.float64))
     s = s.where(np.isfinite(s))
     prev = s.shift(1).rolling(window, min_periods=min_periods)

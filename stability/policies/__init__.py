@@ -11,20 +11,21 @@
 Each is a `Policy` (stability/policies/base.py): `attach(host)`, `before_update(host, step) -> bool`,
 `after_step(host, step, record, alerts)` and `close()`, doing nothing unless overridden; the host is the reference
 trainer or the `LoopState` over a user's loop.
+
+The names below are loaded on first use: the command line and the dashboard import `stability.policies.config` (the
+policy file's dataclasses) without torch, which only the checkpoint ring and the policies acting on a model need.
 """
 
-from stability.policies.base import Policy, as_policy
-from stability.policies.checkpoint_ring import CheckpointRing, clone_state
-from stability.policies.cli import build_policies
-from stability.policies.config import PolicyConfig, PolicyFileError, load_policy_file
-from stability.policies.embedding_grad_shrink import EGSConfig, EmbeddingGradShrink, shrink_gradient
-from stability.policies.lr_backoff import LRBackoff, LRBackoffConfig
-from stability.policies.rollback import Rollback, RollbackConfig
-from stability.policies.skip_step import SkipStep, SkipStepConfig
-from stability.policies.triggers import TRIGGERS, LossJumpConfig, loss_jumps
+from stability.lazy import lazy_attributes
 
-__all__ = [
-    "Policy", "as_policy", "PolicyConfig", "PolicyFileError", "load_policy_file", "build_policies", "EGSConfig",
-    "EmbeddingGradShrink", "shrink_gradient", "RollbackConfig", "Rollback", "CheckpointRing", "clone_state",
-    "SkipStepConfig", "SkipStep", "LRBackoffConfig", "LRBackoff", "TRIGGERS", "LossJumpConfig", "loss_jumps",
-]
+_LAZY = {
+    "Policy": ".base", "as_policy": ".base", "CheckpointRing": ".checkpoint_ring", "clone_state": ".checkpoint_ring",
+    "build_policies": ".cli", "PolicyConfig": ".config", "PolicyFileError": ".config", "load_policy_file": ".config",
+    "EGSConfig": ".embedding_grad_shrink", "EmbeddingGradShrink": ".embedding_grad_shrink",
+    "shrink_gradient": ".embedding_grad_shrink", "LRBackoff": ".lr_backoff", "LRBackoffConfig": ".lr_backoff",
+    "Rollback": ".rollback", "RollbackConfig": ".rollback", "SkipStep": ".skip_step", "SkipStepConfig": ".skip_step",
+    "TRIGGERS": ".triggers", "LossJumpConfig": ".triggers", "loss_jumps": ".triggers",
+}
+__all__ = list(_LAZY)
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
