@@ -18,18 +18,16 @@ recall minus the shipped one's with a 90 % paired bootstrap interval over runs.
     python docs/experiments/risk_persistence.py [VARIANT ...]      # about 1 minute per variant on one idle core
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stability.evaluation import benchmark as B  # noqa: E402
-from stability.evaluation.uncertainty import intervals  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from loro_variants import compare_variants  # noqa: E402
 
 
 def _window(r: np.ndarray, k: int) -> np.ndarray:
@@ -64,31 +62,6 @@ def _smoothed(smooth):
     return detector_trace
 
 
-def main(names):
-    runs = [r for r in B.load_runs(ROOT / "tests" / "data" / "zoo", ROOT / "tests" / "data" / "eval_suite")
-            if r.meta.get("split") == B.TUNE]
-    out, counts = {}, {}
-    for name in names:
-        B.detector_trace = _smoothed(VARIANTS[name])
-        try:
-            ops, c, _ = B._out_of_fold(runs, 50, B.EvidenceConfig(), (), B.GateConfig(), {}, MATRICES)
-        finally:
-            B.detector_trace = _shipped_trace
-        counts[name] = c
-        out[name] = {f"{o['fa_budget_per_10k']:g}": {k: o.get(k) for k in (
-            "hits", "hits_ahead", "incidents", "recall", "false_alarms_per_10k", "precision", "median_lead",
-            "threshold")} for o in ops}
-        print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
-    if "latest" in counts:
-        for name in names:
-            if name != "latest":
-                out[name]["minus_shipped"] = {
-                    f"{b:g}": intervals({name: counts[name][b], "latest": counts["latest"][b]}, name)["methods"]
-                    ["latest"] for b in B.BUDGETS}
-    print(json.dumps(out, indent=1))
-
-
-MATRICES: dict = {}
-
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(VARIANTS))
+    compare_variants(sys.argv[1:] or list(VARIANTS), "detector_trace", lambda name: _smoothed(VARIANTS[name]),
+                     "latest")

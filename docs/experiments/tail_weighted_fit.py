@@ -12,22 +12,19 @@ and recall minus the shipped fit's with a 90 % paired bootstrap interval over ru
     python docs/experiments/tail_weighted_fit.py [q,k,rounds ...]     # about 1 minute a variant on one idle core
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stability.detector.evidence import FEATURES  # noqa: E402
 from stability.detector.risk import RiskModel, fit_logistic, fit_platt  # noqa: E402
 from stability.evaluation import benchmark as B  # noqa: E402
-from stability.evaluation.uncertainty import intervals  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from loro_variants import compare_variants  # noqa: E402
 DEFAULT = ("shipped", "0.99,5,1", "0.99,20,1", "0.95,5,1", "0.95,5,2")
-_shipped_fit = B.fit_model
 
 
 def _tail_fit(q: float, k: int, rounds: int):
@@ -48,32 +45,10 @@ def _tail_fit(q: float, k: int, rounds: int):
     return fit_model
 
 
-def main(names):
-    runs = [r for r in B.load_runs(ROOT / "tests" / "data" / "zoo", ROOT / "tests" / "data" / "eval_suite")
-            if r.meta.get("split") == B.TUNE]
-    matrices: dict = {}
-    out, counts = {}, {}
-    for name in names:
-        if name != "shipped":
-            q, k, rounds = name.split(",")
-            B.fit_model = _tail_fit(float(q), int(k), int(rounds))
-        try:
-            ops, c, _ = B._out_of_fold(runs, 50, B.EvidenceConfig(), (), B.GateConfig(), {}, matrices)
-        finally:
-            B.fit_model = _shipped_fit
-        counts[name] = c
-        out[name] = {f"{o['fa_budget_per_10k']:g}": {k: o.get(k) for k in (
-            "hits", "hits_ahead", "recall", "false_alarms_per_10k", "precision", "median_lead", "threshold")}
-            for o in ops}
-        print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
-    if "shipped" in counts:
-        for name in names:
-            if name != "shipped":
-                out[name]["minus_shipped"] = {
-                    f"{b:g}": intervals({name: counts[name][b], "shipped": counts["shipped"][b]}, name)["methods"]
-                    ["shipped"] for b in B.BUDGETS}
-    print(json.dumps(out, indent=1))
+def _variant(name: str):
+    q, k, rounds = name.split(",")
+    return _tail_fit(float(q), int(k), int(rounds))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(DEFAULT))
+    compare_variants(sys.argv[1:] or list(DEFAULT), "fit_model", _variant, "shipped")
