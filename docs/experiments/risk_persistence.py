@@ -26,8 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stability.evaluation import benchmark as B  # noqa: E402
-from loro_variants import compare_variants  # noqa: E402
+from loro_variants import compare_variants, rescored  # noqa: E402
 
 
 def _window(r: np.ndarray, k: int) -> np.ndarray:
@@ -45,23 +44,6 @@ VARIANTS = {
     "med3": lambda r: np.median(_window(r, 3), axis=1),
 }
 
-_shipped_trace = B.detector_trace
-
-
-def _smoothed(smooth):
-    def detector_trace(model, X, crit, nets, steps, surge_z=None, agree_z=None):
-        tr = _shipped_trace(model, X, crit, nets, steps, surge_z, agree_z)
-        shipped = B.DetectorConfig()
-        level, agreed = B.surge_nets(nets[:, 0], nets[:, 1], shipped.surge_z if surge_z is None else surge_z,
-                                     shipped.agree_z if agree_z is None else agree_z)
-        # Smooth the model's risk alone; where a net fires or a value is non-finite the shipped score stands.
-        risk = smooth(B.risk_of(model, X))
-        keep = level | agreed | crit
-        tr.scores = np.where(keep, tr.scores, risk)
-        return tr
-    return detector_trace
-
-
 if __name__ == "__main__":
-    compare_variants(sys.argv[1:] or list(VARIANTS), "detector_trace", lambda name: _smoothed(VARIANTS[name]),
+    compare_variants(sys.argv[1:] or list(VARIANTS), "detector_trace", lambda name: rescored(VARIANTS[name]),
                      "latest")
