@@ -60,17 +60,33 @@ def compare_variants(names, attribute: str, replacement, shipped: str) -> None:
     print(json.dumps(out, indent=1))
 
 
-def score_once(names, attribute: str, replacement, shipped: str) -> None:
-    """The held-out and fresh splits, once, for each variant (chosen beforehand on the tuning split): the shipped
-    model, thresholds picked on the tuning split as `stability eval` picks them; prints per budget the threshold and
-    hits (5+ steps ahead), false alarms / 10k, precision and median lead on each split."""
+def _runs(judge: str | None):
+    """The zoo and the re-warm suite; with `judge` (a zoo folder), its runs in place of the fresh split."""
+    from stability.evaluation.zoo import load_zoo
+
     runs = B.load_runs(ROOT / "tests" / "data" / "zoo", ROOT / "tests" / "data" / "eval_suite")
+    if judge is None:
+        return runs
+    extra = load_zoo(judge)
+    for r in extra:
+        r.meta["split"] = B.FRESH
+    return [r for r in runs if r.meta.get("split") != B.FRESH] + extra
+
+
+def score_once(names, attribute: str, replacement, shipped: str, *, fit: bool = False,
+               judge: str | None = None) -> None:
+    """The held-out and fresh splits, once, for each variant (chosen beforehand on the tuning split): the shipped
+    model (`fit`: refitted on the tuning split, for a variant of the fit), thresholds picked on the tuning split as
+    `stability eval` picks them; prints per budget the threshold and hits (5+ steps ahead), false alarms / 10k,
+    precision and median lead on each split. `judge`: a zoo folder of runs no variant was chosen on (e.g. the 92
+    runs of `third_recipes.py`), scored in place of the fresh split."""
+    runs = _runs(judge)
     original = getattr(B, attribute)
     out = {}
     for name in names:
         setattr(B, attribute, original if name == shipped else replacement(name))
         try:
-            result, _ = B.compare(runs, peers={}, surges=False)
+            result, _ = B.compare(runs, peers={}, surges=False, fit=fit)
         finally:
             setattr(B, attribute, original)
         out[name] = {b: {"threshold": pick["threshold"], **{
@@ -80,3 +96,56 @@ def score_once(names, attribute: str, replacement, shipped: str) -> None:
             for b, pick in result["detector"]["at_budget"].items()}
         print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
     print(json.dumps(out, indent=1))
+
+
+CURVE_BUDGETS = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def curves(names, attribute: str, replacement, shipped: str, *, judge: str | None = None) -> None:
+    """Each variant's best points on the held-out and fresh (or `judge`) splits' own curves: the most hits within
+    each of `CURVE_BUDGETS` false alarms / 10k, wherever the threshold (an oracle, not a tuned result: it tells a
+    better ranking from a better-placed threshold). The shipped model; a variant of the fit is not refitted here."""
+    from dataclasses import replace
+
+    from stability.detector.online import shipped_model
+    from stability.evaluation.evaluate import curve, operating_points, threshold_grid
+    runs = _runs(judge)
+    runs = [r for r in runs if r.meta.get("split") in (B.HELDOUT, B.FRESH)]
+    cases, kinds = B.prepare_cases(runs, 50)
+    ign = B._ignore(cases, kinds, {B.BUILD_UP})
+    evid = {c.series.name: B.evidence_matrix(c.series) for c in cases}
+    model = shipped_model()
+    original = getattr(B, attribute)
+    out = {}
+    for name in names:
+        trace_of = original if name == shipped else replacement(name)
+        for c in cases:
+            X, crit, nets = evid[c.series.name]
+            c.traces[B.DETECTOR] = trace_of(model, X, crit, nets, c.series.steps)
+        out[name] = {}
+        for split in (B.HELDOUT, B.FRESH):
+            part = [c for c in cases if c.series.meta.get("split") == split]
+            pts = curve(part, B.DETECTOR, replace(B.GateConfig(), threshold=1.0), 50,
+                        threshold_grid(part, B.DETECTOR, n=120), ignore=[ign[c.series.name] for c in part])
+            out[name][split] = {f"{o['fa_budget_per_10k']:g}": [o.get("hits"), o.get("hits_ahead"),
+                                                                o.get("false_alarms_per_10k"), o.get("threshold")]
+                                for o in operating_points(pts, CURVE_BUDGETS)}
+        print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
+    print(json.dumps(out, indent=1))
+
+
+def main(attribute: str, replacement, shipped: str, defaults, fit: bool = False) -> None:
+    """The scripts' command line: `[--score-once | --curves] [--judge DIR] [VARIANT ...]`."""
+    args = sys.argv[1:]
+    judge = None
+    if "--judge" in args:
+        i = args.index("--judge")
+        judge, args = args[i + 1], args[:i] + args[i + 2:]
+    once, oracle = "--score-once" in args, "--curves" in args
+    names = [a for a in args if a not in ("--score-once", "--curves")] or list(defaults)
+    if once:
+        score_once(names, attribute, replacement, shipped, fit=fit, judge=judge)
+    elif oracle:
+        curves(names, attribute, replacement, shipped, judge=judge)
+    else:
+        compare_variants(names, attribute, replacement, shipped)

@@ -11,7 +11,11 @@ Measured like a feature (`stability eval --cv`, leave one recipe out on the tuni
 unread), through `loro_variants.compare_variants`.
 
     python docs/experiments/risk_novelty.py [lam,w,gap ...]      # about 1 minute a variant on one idle core
-    python docs/experiments/risk_novelty.py --score-once shipped 0.15,100,10   # held out and fresh, ~2 min each
+    python docs/experiments/risk_novelty.py --score-once [--judge DIR] shipped 0.15,100,10   # once, ~2 min each
+
+`--score-once` scores the held-out and fresh splits, `--curves` gives their own curves' best points; `--judge DIR`
+replaces the fresh split by the runs in DIR
+(e.g. the 92 runs `third_recipes.py` trains, which no variant here was chosen on).
 """
 
 import sys
@@ -22,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loro_variants import compare_variants, rescored, score_once  # noqa: E402
+from loro_variants import main, rescored  # noqa: E402
 
 DEFAULT = ("shipped", "0.5,100,10", "0.25,100,10", "0.5,200,10", "1,100,10")
 
@@ -41,6 +45,4 @@ def _variant(name: str):
 
 
 if __name__ == "__main__":
-    once = "--score-once" in sys.argv
-    names = [a for a in sys.argv[1:] if a != "--score-once"] or list(DEFAULT)
-    (score_once if once else compare_variants)(names, "detector_trace", _variant, "shipped")
+    main("detector_trace", _variant, "shipped", DEFAULT)

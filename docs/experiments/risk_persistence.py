@@ -16,6 +16,7 @@ hits 5+ steps ahead) of the build-up incidents, false alarms / 10k, precision, m
 recall minus the shipped one's with a 90 % paired bootstrap interval over runs.
 
     python docs/experiments/risk_persistence.py [VARIANT ...]      # about 1 minute per variant on one idle core
+    python docs/experiments/risk_persistence.py --score-once [--judge DIR] latest min2   # once, ~2 min a variant
 """
 
 import sys
@@ -26,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loro_variants import compare_variants, rescored  # noqa: E402
+from loro_variants import main, rescored  # noqa: E402
 
 
 def _window(r: np.ndarray, k: int) -> np.ndarray:
@@ -44,6 +45,6 @@ VARIANTS = {
     "med3": lambda r: np.median(_window(r, 3), axis=1),
 }
 
+
 if __name__ == "__main__":
-    compare_variants(sys.argv[1:] or list(VARIANTS), "detector_trace", lambda name: rescored(VARIANTS[name]),
-                     "latest")
+    main("detector_trace", lambda name: rescored(VARIANTS[name]), "latest", VARIANTS)

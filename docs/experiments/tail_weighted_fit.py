@@ -10,6 +10,7 @@ unread. Prints JSON: per variant and budget, hits (5+ steps ahead) of the 97 bui
 and recall minus the shipped fit's with a 90 % paired bootstrap interval over runs.
 
     python docs/experiments/tail_weighted_fit.py [q,k,rounds ...]     # about 1 minute a variant on one idle core
+    python docs/experiments/tail_weighted_fit.py --score-once [--judge DIR] shipped 0.99,5,1   # once, ~2 min each
 """
 
 import sys
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stability.detector.evidence import FEATURES  # noqa: E402
 from stability.detector.risk import RiskModel, fit_logistic, fit_platt  # noqa: E402
 from stability.evaluation import benchmark as B  # noqa: E402
-from loro_variants import compare_variants  # noqa: E402
+from loro_variants import main  # noqa: E402
 DEFAULT = ("shipped", "0.99,5,1", "0.99,20,1", "0.95,5,1", "0.95,5,2")
 
 
@@ -51,4 +52,4 @@ def _variant(name: str):
 
 
 if __name__ == "__main__":
-    compare_variants(sys.argv[1:] or list(DEFAULT), "fit_model", _variant, "shipped")
+    main("fit_model", _variant, "shipped", DEFAULT, fit=True)
