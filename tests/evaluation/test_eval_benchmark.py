@@ -1,6 +1,7 @@
 """`stability eval` on the instability zoo: the benchmark's risk is the online detector's, its reliability table
 matches a count by hand, a calm recipe raises no alert, and the committed result is what the command computes."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -35,6 +36,13 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 ZOO_DIR = DATA / "zoo"
 RESULTS = DATA / "zoo_results.json"
 committed = pytest.mark.skipif(not (ZOO_DIR / ZOO_FILE).exists(), reason="zoo not generated")
+
+
+@functools.cache
+def committed_zoo() -> tuple:
+    """The committed zoo's runs, read once for the tests here that read it whole (about 7 s a read): they filter it,
+    and nothing they call changes a run."""
+    return tuple(load_zoo(ZOO_DIR))
 
 
 def _online(series, surges=None):
@@ -115,7 +123,7 @@ def test_reliability_table_matches_a_count_by_hand():
 
 @committed
 def test_calm_controls_of_the_committed_zoo_raise_no_alert():
-    calm = [r for r in load_zoo(ZOO_DIR) if r.meta["calm"]]
+    calm = [r for r in committed_zoo() if r.meta["calm"]]
     assert len(calm) >= 30
     noisy = {r.name: [a.step for a in _online(r)[1]] for r in calm}
     # At most one alert per hundred calm controls (202 of them: the surge net on an FP16 control at step 27, in its
@@ -155,7 +163,7 @@ def test_committed_calm_control_alarms_match_a_step_by_step_replay():
     from stability.evaluation.comparison import SUITE_LABELS
 
     result = json.loads(RESULTS.read_text())
-    calm = [r for r in load_zoo(ZOO_DIR) if r.meta["calm"] and r.meta["split"] == "heldout"]
+    calm = [r for r in committed_zoo() if r.meta["calm"] and r.meta["split"] == "heldout"]
     first = {}
     for r in calm:
         st, loss = r.column(K_LOSS)
@@ -342,7 +350,7 @@ def test_nested_threshold_protocols_never_pick_on_the_left_out_recipe():
     recipes only, so changing the left-out recipe's runs changes none of its fold's thresholds, only its scores."""
     from stability.evaluation.benchmark import threshold_protocols
 
-    tune = [r for r in load_zoo(ZOO_DIR) if r.meta["split"] == "tune"
+    tune = [r for r in committed_zoo() if r.meta["split"] == "tune"
             and r.meta["recipe"] in ("attn-nano-cpy", "fp16-glm", "postln-glm-d48")]
     first = threshold_protocols(tune)
     assert [f["recipe"] for f in first["folds"]] == ["attn-nano-cpy", "fp16-glm", "postln-glm-d48"]
@@ -366,7 +374,7 @@ def test_risk_weights_rank_on_the_short_runs_and_the_calibration_uses_every_tuni
     from stability.evaluation.benchmark import GRAD_PRIOR_Z, _ignore, fit_model, targets
     from stability.evaluation.buildup import BUILD_UP
 
-    runs = [r for r in load_runs(ZOO_DIR, None) if r.meta.get("split") == "tune"]
+    runs = [r for r in committed_zoo() if r.meta.get("split") == "tune"]
     cases, kinds = prepare_cases(runs, 50)
     evid = {c.series.name: evidence_matrix(c.series) for c in cases}
     ign = _ignore(cases, kinds, {BUILD_UP, "sudden"})

@@ -20,9 +20,10 @@ def _tiny(**kw):
 
 
 @pytest.mark.slow
-def test_loss_falls_over_60_steps_on_the_real_corpus():
-    # The default tiny config, one thread (the suite's other worker has the other core): 5.16 -> 2.96 measured.
-    result = _bare(TrainConfig(steps=60, threads=1)).fit()
+def test_loss_falls_over_40_steps_on_the_real_corpus():
+    # The default tiny config, one thread (the suite's other worker has the other core): the mean of the first ten
+    # losses 5.16, of the last ten 3.24, held-out 3.14 measured (at 60 steps 2.96, a third more time for no more proof).
+    result = _bare(TrainConfig(steps=40, threads=1)).fit()
     first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
     assert result.status == "finished"
     assert first > 5.0 and last < first - 1.5, (first, last)
