@@ -32,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with `command` given only that subcommand's flags (the others are listed with
-    their help line): a command's flags may import what it runs on (`train`'s policies import torch), and
-    `stability events` should not wait seconds for torch to load."""
+    their help line; "" builds none): a command's flags may import what it runs on (`train`'s policies import
+    torch), and `stability events` should not wait seconds for torch to load."""
     parser = _Parser(
         prog="stability",
         description="Watch LLM pretraining runs, predict loss spikes before they happen, act on them.",
@@ -50,8 +50,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # The top level takes no option with a value, so the first word that is not an option names the command.
-    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+    # The top level takes no option with a value, so the first word that is not an option names the command; with
+    # none (`stability --help`, `--version`) no command's flags are built ("" names no command).
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()

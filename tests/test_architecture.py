@@ -203,7 +203,7 @@ def test_a_read_only_command_does_not_load_torch():
     store = ROOT / "sample_runs"
     for argv in (["runs", "--store", store], ["events", "post-s0", "--store", store],
                  ["spikes", "post-s0", "--store", store, "--json"], ["detect", "post-s0", "--store", store, "--json"],
-                 ["alert", "--help"]):
+                 ["alert", "--help"], ["--help"], ["--version"]):
         code = ("import sys\n"
                 "from stability.cli import main\n"
                 "try:\n"
