@@ -4,6 +4,7 @@ the shipped one's with a 90 % paired bootstrap interval over runs."""
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +33,28 @@ def rescored(score):
     return detector_trace
 
 
+@contextmanager
+def _swapped(attribute: str, fn):
+    """`benchmark.<attribute>` is `fn` inside the block (None: the shipped function), the shipped one again after."""
+    original = getattr(B, attribute)
+    setattr(B, attribute, fn or original)
+    try:
+        yield
+    finally:
+        setattr(B, attribute, original)
+
+
 def compare_variants(names, attribute: str, replacement, shipped: str) -> None:
     """For each name, `benchmark.<attribute>` is `replacement(name)` during its cross-validation (the shipped
     function for `shipped`); prints each variant's pooled out-of-fold operating points to stderr as they come, then
     the JSON of all, with `minus_shipped` intervals when `shipped` is among the names."""
     runs = [r for r in B.load_runs(ROOT / "tests" / "data" / "zoo", ROOT / "tests" / "data" / "eval_suite")
             if r.meta.get("split") == B.TUNE]
-    original = getattr(B, attribute)
     matrices: dict = {}  # the evidence is the same for every variant
     out, counts = {}, {}
     for name in names:
-        setattr(B, attribute, original if name == shipped else replacement(name))
-        try:
+        with _swapped(attribute, None if name == shipped else replacement(name)):
             ops, counts[name], _ = B._out_of_fold(runs, 50, B.EvidenceConfig(), (), B.GateConfig(), {}, matrices)
-        finally:
-            setattr(B, attribute, original)
         out[name] = {f"{o['fa_budget_per_10k']:g}": {k: o.get(k) for k in (
             "hits", "hits_ahead", "recall", "false_alarms_per_10k", "precision", "median_lead", "threshold")}
             for o in ops}
@@ -81,14 +89,10 @@ def score_once(names, attribute: str, replacement, shipped: str, *, fit: bool = 
     precision and median lead on each split. `judge`: a zoo folder of runs no variant was chosen on (e.g. the 92
     runs of `third_recipes.py`), scored in place of the fresh split."""
     runs = _runs(judge)
-    original = getattr(B, attribute)
     out = {}
     for name in names:
-        setattr(B, attribute, original if name == shipped else replacement(name))
-        try:
+        with _swapped(attribute, None if name == shipped else replacement(name)):
             result, _ = B.compare(runs, peers={}, surges=False, fit=fit)
-        finally:
-            setattr(B, attribute, original)
         out[name] = {b: {"threshold": pick["threshold"], **{
             split: {k: pick[split]["overall"][k] for k in ("hits", "hits_ahead", "incidents", "false_alarms_per_10k",
                                                            "precision", "median_lead")}
